@@ -1,0 +1,35 @@
+# The two commands of the README, plus the pieces they are made of.
+# Every target installs what it needs first, so each works on a fresh Debian.
+
+CARGO ?= cargo
+
+.PHONY: all deps services build test lint demo bench package clean
+
+all: build
+
+deps:
+	bash scripts/install-deps.sh
+	bash scripts/install-rust.sh
+
+services: deps
+	bash scripts/start-services.sh
+
+build: deps
+	$(CARGO) build --release --bins
+
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: services lint
+	$(CARGO) bench --no-run
+	$(CARGO) test --no-fail-fast
+
+demo: services
+	bash scripts/demo.sh
+
+bench: services
+	$(CARGO) bench
+
+clean:
+	$(CARGO) clean

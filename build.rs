@@ -1,0 +1,37 @@
+//! Compiles every .proto under proto/ into Rust (prost + tonic).
+//!
+//! Messages also derive serde so operators can write commands and VM specs as
+//! JSON with the proto's own field names (`csagent-mgmt send`, `csagent domain
+//! render`); enums inside messages stay numeric on the wire and in JSON.
+
+use std::path::{Path, PathBuf};
+
+fn protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            protos(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut files = Vec::new();
+    protos(Path::new("proto"), &mut files)?;
+    files.sort();
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure()
+        .message_attribute(
+            ".",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .enum_attribute(
+            ".",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(rename_all = \"snake_case\")]",
+        )
+        .compile_protos(&files, &[PathBuf::from("proto")])?;
+    Ok(())
+}

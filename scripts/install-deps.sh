@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every system package csagent needs to build, test and demo on a
+# fresh Debian/Ubuntu machine. Idempotent: packages already present are skipped.
+set -euo pipefail
+
+packages=(
+  pkg-config
+  protobuf-compiler      # build.rs compiles proto/ with protoc
+  libvirt-dev            # the virt crate links libvirt
+  libvirt-clients        # virsh, virt-xml-validate (+ RelaxNG schemas)
+  libvirt-daemon-system  # libvirtd for end-to-end tests and the demo
+  qemu-system-x86        # QEMU for real guests (TCG when KVM is unusable)
+  qemu-utils             # qemu-img; installing qemu-system-x86 may remove it
+  nftables
+  iproute2
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all system packages present"
+  exit 0
+fi
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# policy-rc.d is not touched: libvirtd is started explicitly by start-services.sh.
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
