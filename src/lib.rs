@@ -4,4 +4,15 @@
 //! management plane) are thin CLIs over these modules; tests and benchmarks
 //! drive the same code.
 
+pub mod agent;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod handlers;
+pub mod hypervisor;
+pub mod link;
+pub mod logging;
+pub mod mgmt;
+pub mod pki;
 pub mod proto;
+pub mod tls;

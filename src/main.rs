@@ -1,1 +1,140 @@
-fn main() {}
+//! `csagent`: the host agent's command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use csagent::config::{self, Config};
+
+#[derive(Parser)]
+#[command(
+    name = "csagent",
+    version,
+    about = "KVM host agent for CloudStack-style clouds"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (what the systemd unit starts).
+    Run {
+        #[arg(short, long, env = "CSAGENT_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Convert a CloudStack agent.properties into agent.toml; says key by key
+    /// what could not be mapped.
+    ImportProperties {
+        file: PathBuf,
+        /// Write here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Validate a config file and exit.
+    Check {
+        #[arg(short, long, env = "CSAGENT_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Print the defaults as TOML.
+    Defaults,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run { config } => run(&config),
+        Cmd::Config { cmd } => config_cmd(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("csagent: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(path)?;
+    csagent::logging::init(cfg.log.format, &cfg.log.level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("csagent")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let stop = CancellationToken::new();
+        spawn_signal_handler(stop.clone())?;
+        csagent::agent::run(cfg, stop).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGTERM (systemctl stop) and SIGINT (Ctrl-C) both start a clean shutdown.
+fn spawn_signal_handler(stop: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        stop.cancel();
+    });
+    Ok(())
+}
+
+fn config_cmd(cmd: ConfigCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ConfigCmd::ImportProperties { file, output } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let imp = config::properties::import(&text);
+            let toml = toml::to_string_pretty(&imp.config).context("cannot render TOML")?;
+            let header = format!(
+                "# Imported from {} by csagent config import-properties.\n\n",
+                file.display()
+            );
+            match output {
+                Some(p) => std::fs::write(&p, header + &toml)
+                    .with_context(|| format!("cannot write {}", p.display()))?,
+                None => print!("{header}{toml}"),
+            }
+            for (key, reason) in &imp.unmapped {
+                eprintln!("not imported: {key}: {reason}");
+            }
+            if let Err((key, reason)) = imp.config.validate() {
+                eprintln!("the imported config is not valid yet: key `{key}`: {reason}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigCmd::Check { config } => {
+            Config::load(&config)?;
+            println!("{}: valid", config.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigCmd::Defaults => {
+            print!(
+                "{}",
+                toml::to_string_pretty(&Config::default()).context("cannot render TOML")?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

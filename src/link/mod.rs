@@ -1,0 +1,234 @@
+//! The agent's side of the stream to the management plane.
+//!
+//! Owns staying connected: which endpoint to dial next (endpoints.rs), how
+//! long to wait (backoff.rs), one session at a time (session.rs), and what
+//! outlives a session (outbox.rs). Losing a session costs one reconnect: the
+//! dispatcher, its running commands and the VMs carry on untouched, and the
+//! next Register tells the plane the whole truth.
+
+pub mod backoff;
+pub mod connector;
+pub mod convert;
+pub mod endpoints;
+pub mod outbox;
+pub mod session;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::Dispatcher;
+use crate::hypervisor::{Hypervisor, VmInfo};
+use crate::proto::v1 as pb;
+use backoff::Backoff;
+use connector::DialOptions;
+use endpoints::Endpoints;
+use outbox::Outbox;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot connect to management endpoint {endpoint}: {reason}")]
+    Dial { endpoint: String, reason: String },
+    #[error("stream to management endpoint {endpoint} ended: {reason}")]
+    Stream { endpoint: String, reason: String },
+}
+
+/// Who this host is, as sent in Register.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub host_uuid: String,
+    pub zone: String,
+    pub pod: String,
+    pub cluster: String,
+    pub host_tags: Vec<String>,
+}
+
+/// The latest view of the host's VMs, refreshed in the background so a
+/// heartbeat never waits on libvirt.
+#[derive(Clone, Debug, Default)]
+pub struct VmSnapshot {
+    pub vms: Vec<VmInfo>,
+    /// False while libvirt is unreachable or hung; `vms` is then the last
+    /// known list.
+    pub available: bool,
+}
+
+/// Everything a session needs, shared across sessions.
+pub struct LinkCtx {
+    pub identity: Identity,
+    pub tls: Arc<ClientConfig>,
+    pub dial: DialOptions,
+    pub max_message_bytes: usize,
+    pub ping_retries: u32,
+    pub dispatcher: Arc<Dispatcher>,
+    pub outbox: Arc<Outbox>,
+    pub hypervisor: Hypervisor,
+    pub vms: watch::Receiver<VmSnapshot>,
+    pub facts: pb::HostFacts,
+    heartbeat_seq: std::sync::atomic::AtomicU64,
+    /// Latest plane clock minus ours (ms), from heartbeat acks.
+    skew_ms: AtomicI64,
+}
+
+impl LinkCtx {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        identity: Identity,
+        tls: Arc<ClientConfig>,
+        dial: DialOptions,
+        max_message_bytes: usize,
+        ping_retries: u32,
+        dispatcher: Arc<Dispatcher>,
+        outbox: Arc<Outbox>,
+        hypervisor: Hypervisor,
+        vms: watch::Receiver<VmSnapshot>,
+        facts: pb::HostFacts,
+    ) -> LinkCtx {
+        LinkCtx {
+            identity,
+            tls,
+            dial,
+            max_message_bytes,
+            ping_retries,
+            dispatcher,
+            outbox,
+            hypervisor,
+            vms,
+            facts,
+            heartbeat_seq: std::sync::atomic::AtomicU64::new(0),
+            skew_ms: AtomicI64::new(0),
+        }
+    }
+
+    pub fn heartbeat(&self) -> pb::Heartbeat {
+        let snap = self.vms.borrow();
+        pb::Heartbeat {
+            seq: self.heartbeat_seq.fetch_add(1, Ordering::Relaxed) + 1,
+            sent_at_unix_ms: session::unix_ms(),
+            vms: snap.vms.iter().map(convert::vm_power).collect(),
+            health: Some(pb::HostHealth {
+                state: pb::HealthState::Ok as i32,
+                reasons: Vec::new(),
+            }),
+            hypervisor_available: snap.available,
+            in_flight_commands: u32::try_from(self.dispatcher.in_flight().len())
+                .unwrap_or(u32::MAX),
+        }
+    }
+
+    pub fn host_report(&self) -> pb::HostReport {
+        crate::agent::basic_host_report()
+    }
+
+    /// A fresh VM list for Register, falling back to the snapshot when
+    /// libvirt does not answer in time.
+    pub async fn fresh_vms(&self) -> VmSnapshot {
+        match self.hypervisor.list_vms().await {
+            Ok(vms) => VmSnapshot {
+                vms,
+                available: true,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "registering with the last known VM list");
+                let mut s = self.vms.borrow().clone();
+                s.available = false;
+                s
+            }
+        }
+    }
+
+    fn note_server_time(&self, server_ms: i64) {
+        let skew = server_ms - session::unix_ms();
+        self.skew_ms.store(skew, Ordering::Relaxed);
+    }
+
+    pub fn skew_ms(&self) -> i64 {
+        self.skew_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// Reconnect policy of the link.
+pub struct Policy {
+    pub endpoints: Endpoints,
+    pub backoff: Backoff,
+}
+
+/// Keeps a session up until `close` fires. The first dial is immediate (a
+/// starting agent registers at once); every later one waits a jittered
+/// backoff, the first of them too, so a fleet whose plane restarted comes
+/// back spread out.
+pub async fn run(ctx: Arc<LinkCtx>, mut policy: Policy, close: CancellationToken) {
+    let mut first = true;
+    loop {
+        if !first {
+            let delay = policy.backoff.next_delay();
+            tracing::debug!(
+                delay_ms = delay.as_millis() as u64,
+                "reconnecting after backoff"
+            );
+            tokio::select! {
+                _ = close.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        first = false;
+        let ep = policy.endpoints.current().clone();
+        tracing::debug!(endpoint = %ep, "dialing management endpoint");
+        let mut was_up = false;
+        let outcome = session::run(&ep, &ctx, &close, |ack| {
+            was_up = true;
+            tracing::info!(endpoint = %ep, plane = %ack.plane_id, heartbeat_ms = ack.heartbeat_interval_ms, "registered with management plane");
+        })
+        .await;
+        match outcome {
+            Ok(session::Ended::Closed) => {
+                tracing::info!(endpoint = %ep, "stream closed cleanly");
+                return;
+            }
+            Err(e) => {
+                if was_up {
+                    tracing::warn!(error = %e, "lost the management plane; failing over");
+                    policy.backoff.reset();
+                } else {
+                    tracing::warn!(error = %e, "management endpoint unavailable");
+                }
+                policy.endpoints.failed(was_up);
+            }
+        }
+    }
+}
+
+/// Refreshes the VM snapshot every `every` until `stop` fires.
+pub async fn poll_vms(
+    hv: Hypervisor,
+    tx: watch::Sender<VmSnapshot>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match hv.list_vms().await {
+            Ok(vms) => {
+                tx.send_replace(VmSnapshot {
+                    vms,
+                    available: true,
+                });
+            }
+            Err(e) => {
+                if tx.borrow().available {
+                    tracing::warn!(error = %e, "hypervisor unavailable; heartbeats say so until it answers");
+                }
+                tx.send_modify(|s| s.available = false);
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The plane's operator interface on a local Unix socket.
+//!
+//! Owns the PlaneAdmin service (list hosts, send a command and follow it,
+//! watch events) and the client side used by `csagent-mgmt hosts|send|events`.
+//! The socket is created mode 0600: whoever can use it controls every host.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use hyper_util::rt::TokioIo;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::{BroadcastStream, UnboundedReceiverStream, UnixListenerStream};
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use super::registry::Registry;
+use crate::proto::v1 as pb;
+use crate::proto::v1::plane_admin_client::PlaneAdminClient;
+use crate::proto::v1::plane_admin_server::{PlaneAdmin, PlaneAdminServer};
+
+pub struct AdminService {
+    pub registry: Arc<Registry>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PlaneAdmin for AdminService {
+    async fn list_hosts(
+        &self,
+        _: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        Ok(Response::new(pb::ListHostsResponse {
+            hosts: self.registry.list(),
+        }))
+    }
+
+    type SendCommandStream = BoxStream<pb::CommandUpdate>;
+
+    async fn send_command(
+        &self,
+        req: Request<pb::SendCommandRequest>,
+    ) -> Result<Response<Self::SendCommandStream>, Status> {
+        let req = req.into_inner();
+        if uuid::Uuid::parse_str(&req.host_uuid).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "host_uuid {:?} is not a UUID",
+                req.host_uuid
+            )));
+        }
+        let cmd = req
+            .command
+            .ok_or_else(|| Status::invalid_argument("command is required"))?;
+        let (id, updates) = self.registry.send(&req.host_uuid.to_ascii_lowercase(), cmd);
+        let first = pb::CommandUpdate {
+            update: Some(pb::command_update::Update::AcceptedId(id)),
+        };
+        let stream = tokio_stream::once(first)
+            .chain(UnboundedReceiverStream::new(updates))
+            .map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type WatchEventsStream = BoxStream<pb::PlaneEvent>;
+
+    async fn watch_events(
+        &self,
+        _: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let stream = BroadcastStream::new(self.registry.subscribe())
+            .filter_map(|e| e.ok())
+            .map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Binds the admin socket (replacing a stale one) with mode 0600.
+pub fn bind(path: &Path) -> std::io::Result<UnixListenerStream> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(UnixListenerStream::new(listener))
+}
+
+pub fn server(registry: Arc<Registry>) -> PlaneAdminServer<AdminService> {
+    PlaneAdminServer::new(AdminService { registry })
+}
+
+/// Connects to a plane's admin socket.
+pub async fn connect(path: &Path) -> Result<PlaneAdminClient<Channel>, tonic::transport::Error> {
+    let path: PathBuf = path.to_path_buf();
+    let channel = Endpoint::from_static("http://admin.local")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await?;
+    Ok(PlaneAdminClient::new(channel))
+}
