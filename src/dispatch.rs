@@ -171,20 +171,21 @@ impl Dispatcher {
             tracing::debug!("started");
             self.handlers.handle(req, &ctx).await
         };
-        let outcome = tokio::select! {
-            biased;
-            _ = token.cancelled() => Err(cancelled(&self.accepting)),
-            r = tokio::time::timeout_at(deadline.into(), work) => r.unwrap_or_else(|_| Err(deadline_exceeded())),
-        };
-        async {
+        let accepting = &self.accepting;
+        async move {
+            let outcome = tokio::select! {
+                biased;
+                _ = token.cancelled() => Err(cancelled(accepting)),
+                r = tokio::time::timeout_at(deadline.into(), work) => r.unwrap_or_else(|_| Err(deadline_exceeded())),
+            };
             match &outcome {
                 Ok(_) => tracing::info!("done"),
                 Err(e) => tracing::warn!(code = ?e.kind, error = %e.message, "failed"),
             }
+            outcome
         }
         .instrument(span)
-        .await;
-        outcome
+        .await
     }
 
     fn complete(&self, id: &str, received: Instant, outcome: Result<Reply, CommandError>) {

@@ -190,6 +190,7 @@ async fn flush_and_close(
         }
     }
     drop(tx);
+    tracing::debug!("request stream ended; waiting for the plane to end its half");
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Ok(Some(_)) = inbound.message().await {}
     })
