@@ -208,3 +208,91 @@ async fn a_silent_plane_is_detected_by_keepalive_and_left() {
     );
     a.proc.signal(nix::sys::signal::Signal::SIGCONT);
 }
+
+#[tokio::test]
+async fn results_produced_while_disconnected_are_delivered_after_reconnect() {
+    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
+    let work = workdir();
+    let port = free_port();
+    let plane = spawn_plane(&pki, work.path(), "plane-1", port, &[]);
+    assert!(wait_port(plane.addr, Duration::from_secs(10)).await);
+    let host = uuid::Uuid::new_v4();
+    let cfg = agent_config(
+        &host,
+        &pki.agent(&host),
+        &[plane.addr.to_string()],
+        work.path(),
+    );
+    let agent = spawn_agent(&cfg, work.path(), "agent");
+    assert!(
+        wait_registered(&plane.admin, &host, Duration::from_secs(10)).await,
+        "{}",
+        agent.log_text()
+    );
+    let mut admin_c = admin::connect(&plane.admin).await.unwrap();
+    let long = pb::Command {
+        id: "finishes-offline".into(),
+        deadline_ms: 0,
+        body: Some(echo("kept", 600)),
+    };
+    let _ = admin_c
+        .send_command(pb::SendCommandRequest {
+            host_uuid: host.to_string(),
+            command: Some(long.clone()),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut plane = plane;
+    plane.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = plane.proc.wait_exit(Duration::from_secs(5)).await;
+    // The command finishes while no plane is there.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(agent.log_text().contains("done"), "{}", agent.log_text());
+    let restarted = spawn_plane(&pki, work.path(), "plane-1b", port, &[]);
+    assert!(
+        wait_registered(&restarted.admin, &host, Duration::from_secs(15)).await,
+        "{}",
+        agent.log_text()
+    );
+    let mut c = admin::connect(&restarted.admin).await.unwrap();
+    let mut late = 0;
+    for _ in 0..100 {
+        let hosts = c
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .hosts;
+        late = hosts[0].late_results;
+        if late > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(late, 1, "the result produced offline was not delivered");
+    // Asking again returns that result without running the command again.
+    let mut again = c
+        .send_command(pb::SendCommandRequest {
+            host_uuid: host.to_string(),
+            command: Some(long),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let started = Instant::now();
+    loop {
+        let u = again.next().await.unwrap().unwrap();
+        if let Some(pb::command_update::Update::Result(r)) = u.update {
+            assert_eq!(r.status, pb::CommandStatus::Ok as i32);
+            break;
+        }
+    }
+    assert!(started.elapsed() < Duration::from_millis(300));
+    let log = agent.log_text();
+    let runs = log
+        .lines()
+        .filter(|l| l.contains("finishes-offline") && l.contains("done"))
+        .count();
+    assert_eq!(runs, 1, "{log}");
+}

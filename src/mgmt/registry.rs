@@ -7,7 +7,7 @@
 //! agent answers repeats from its cache, so this is safe), which is how a
 //! command sent during a network cut or a failover still gets its answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -66,7 +66,12 @@ struct Host {
     skew_ms: i64,
     state: pb::HostState,
     pending: HashMap<String, Pending>,
+    /// Results of commands this plane did not send, newest last.
+    late: VecDeque<pb::CommandResult>,
 }
+
+/// Late results kept per host.
+const LATE_RESULTS: usize = 256;
 
 pub struct Registry {
     hosts: Mutex<HashMap<String, Host>>,
@@ -75,6 +80,9 @@ pub struct Registry {
     next_conn: AtomicU64,
     next_cmd: AtomicU64,
     plane_id: String,
+    /// Random per process: ids this plane generates must never repeat after
+    /// a restart, or an agent would answer a new command from its cache.
+    id_prefix: String,
 }
 
 impl Registry {
@@ -85,6 +93,7 @@ impl Registry {
             events: broadcast::channel(4096).0,
             next_conn: AtomicU64::new(1),
             next_cmd: AtomicU64::new(1),
+            id_prefix: format!("{plane_id}-{:08x}", rand::random::<u32>()),
             plane_id,
         }
     }
@@ -156,8 +165,8 @@ impl Registry {
         };
         match msg.msg {
             Some(Msg::Heartbeat(hb)) => self.on_heartbeat(uuid, host, hb),
-            Some(Msg::Result(r)) => {
-                if let Some(p) = host.pending.remove(&r.command_id) {
+            Some(Msg::Result(r)) => match host.pending.remove(&r.command_id) {
+                Some(p) => {
                     let update = pb::CommandUpdate {
                         update: Some(pb::command_update::Update::Result(r)),
                     };
@@ -165,7 +174,8 @@ impl Registry {
                         let _ = w.send(update.clone());
                     }
                 }
-            }
+                None => self.on_late_result(uuid, host, r),
+            },
             Some(Msg::Progress(pr)) => {
                 if let Some(p) = host.pending.get(&pr.command_id) {
                     let update = pb::CommandUpdate {
@@ -210,6 +220,22 @@ impl Registry {
         }
     }
 
+    /// A result for a command sent by another plane (before a failover) or by
+    /// this one before it restarted: kept, announced, and used to answer a
+    /// re-send of the same id without running it again.
+    fn on_late_result(&self, uuid: &str, host: &mut Host, r: pb::CommandResult) {
+        tracing::info!(host = %uuid, command_id = %r.command_id, "late result for a command this plane did not send");
+        let _ = self.events.send(pb::PlaneEvent {
+            host_uuid: uuid.to_string(),
+            at_unix_ms: unix_ms(),
+            event: Some(pb::plane_event::Event::LateResult(r.clone())),
+        });
+        if host.late.len() >= LATE_RESULTS {
+            host.late.pop_front();
+        }
+        host.late.push_back(r);
+    }
+
     fn on_event(&self, uuid: &str, host: &mut Host, ev: pb::Event) {
         tracing::info!(host = %uuid, vm = %ev.vm_uuid, state = ?pb::VmPowerState::try_from(ev.state).unwrap_or_default(), reason = %ev.reason, "vm event");
         if let Some(p) = host.pending.get(&ev.command_id) {
@@ -235,19 +261,28 @@ impl Registry {
     ) -> (String, mpsc::UnboundedReceiver<pb::CommandUpdate>) {
         if cmd.id.is_empty() {
             let n = self.next_cmd.fetch_add(1, Ordering::Relaxed);
-            cmd.id = format!("{}-{n}", self.plane_id);
+            cmd.id = format!("{}-{n}", self.id_prefix);
         }
         let id = cmd.id.clone();
         let (wtx, wrx) = mpsc::unbounded_channel();
         let mut hosts = self.lock();
         let host = hosts.entry(uuid.to_string()).or_default();
-        if let Some(p) = host.pending.get_mut(&id) {
+        if let Some(r) = host.late.iter().find(|r| r.command_id == id) {
+            let _ = wtx.send(pb::CommandUpdate {
+                update: Some(pb::command_update::Update::Result(r.clone())),
+            });
+        } else if let Some(p) = host.pending.get_mut(&id) {
             // Same id again: one execution, every asker gets the answer.
             p.watchers.push(wtx);
         } else {
             if let Some(c) = &host.conn {
-                let _ =
-                    c.tx.try_send(Ok(plane(pb::plane_message::Msg::Command(cmd.clone()))));
+                if c.tx
+                    .try_send(Ok(plane(pb::plane_message::Msg::Command(cmd.clone()))))
+                    .is_err()
+                {
+                    // Kept in pending: sent again when the host re-registers.
+                    tracing::warn!(host = %uuid, command_id = %id, "queue to the agent is full; command kept for resend");
+                }
             }
             host.pending.insert(
                 id.clone(),
@@ -356,6 +391,7 @@ fn summary(uuid: &str, h: &Host) -> pb::HostSummary {
         cluster: h.register.cluster.clone(),
         clock_skew_ms: h.skew_ms,
         pending_commands: u32::try_from(h.pending.len()).unwrap_or(u32::MAX),
+        late_results: u32::try_from(h.late.len()).unwrap_or(u32::MAX),
     }
 }
 
