@@ -381,7 +381,8 @@ mod tests {
         let a = parse_cpu_times("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3").unwrap();
         let b = parse_cpu_times("cpu  200 0 200 1200 100 0 0 100 0 0\n").unwrap();
         let (busy, steal) = cpu_delta(a, b);
-        assert!((busy - 0.4).abs() < 1e-9, "{busy}");
+        // total 800, idle+iowait 500: busy 300/800; steal 100/800.
+        assert!((busy - 0.375).abs() < 1e-9, "{busy}");
         assert!((steal - 0.125).abs() < 1e-9, "{steal}");
         assert_eq!(cpu_delta(b, b), (0.0, 0.0));
     }

@@ -96,7 +96,7 @@ pub fn skew(sent_ms: i64, plane_ms: i64, received_ms: i64) -> Result<Skew, Clock
     let offset = (offset2 / 2).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
     Ok(Skew {
         offset_ms: offset,
-        round_trip_ms: received_ms - sent_ms,
+        round_trip_ms: received_ms.saturating_sub(sent_ms),
     })
 }
 

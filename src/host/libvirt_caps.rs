@@ -179,8 +179,9 @@ impl Node {
             "domcapabilities"
         };
         let bad = |reason: String| CapsError::Malformed { doc, reason };
+        // Text is trimmed per element on close, not per event: "a &amp; b"
+        // arrives as three events and must keep its inner spaces.
         let mut reader = Reader::from_str(xml);
-        reader.config_mut().trim_text(true);
         // stack[0] is a synthetic document node.
         let mut stack = vec![Node::default()];
         loop {
@@ -192,7 +193,8 @@ impl Node {
                 }
                 Event::End(_) => {
                     let node = stack.pop().filter(|_| !stack.is_empty());
-                    let node = node.ok_or_else(|| bad("unbalanced end tag".into()))?;
+                    let mut node = node.ok_or_else(|| bad("unbalanced end tag".into()))?;
+                    node.text = node.text.trim().to_string();
                     push_child(&mut stack, node);
                 }
                 Event::Text(t) => {

@@ -113,7 +113,12 @@ pub(crate) fn read_hex_opt(path: &Path) -> Option<u32> {
 /// The file name of a symlink's target (`driver -> ../../bus/pci/drivers/vfio-pci`).
 pub(crate) fn link_name(path: &Path) -> Option<String> {
     let target = fs::read_link(path).ok()?;
-    Some(target.file_name()?.to_string_lossy().into_owned())
+    let name = match target.file_name() {
+        Some(n) => n.to_os_string(),
+        // A target ending in ".." names its directory only once resolved.
+        None => fs::canonicalize(path).ok()?.file_name()?.to_os_string(),
+    };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// Keeps log lines short when a file holds garbage.
