@@ -1,0 +1,289 @@
+//! The host module on this real machine (/proc, /sys, /dev, /etc), plus the
+//! parts that need no sysfs: the persisted host UUID, libvirt capabilities
+//! parsing (XML captured from real `virsh capabilities` / `domcapabilities`),
+//! conversion to the wire types, and placement over proto reports.
+
+use csagent::host::clock;
+use csagent::host::convert;
+use csagent::host::libvirt_caps;
+use csagent::host::placement;
+use csagent::host::{
+    host_uuid, Allocated, HealthState, HostCollector, HostConfig, HostIdError, MiB, Request,
+    SysRoots,
+};
+use csagent::proto::v1 as pb;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+const CAPS: &str = include_str!("fixtures/libvirt/capabilities-epyc-kvm.xml");
+const DOMCAPS: &str = include_str!("fixtures/libvirt/domcapabilities-epyc-kvm.xml");
+const DOMCAPS_OVMF: &str = include_str!("fixtures/libvirt/domcapabilities-q35-ovmf.xml");
+
+#[test]
+fn real_host_facts_are_sane() {
+    let c = HostCollector::new(HostConfig::default(), SysRoots::host());
+    let f = c.facts();
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    assert!(!f.hostname.is_empty());
+    assert!(!f.kernel.is_empty() && !f.os.is_empty(), "{f:?}");
+    assert!(f.cpu.threads >= nproc, "{:?}", f.cpu);
+    assert!(f.cpu.cores >= 1 && f.cpu.sockets >= 1 && f.cpu.cores <= f.cpu.threads);
+    assert!(!f.cpu.vendor.is_empty());
+    assert!(f.memory_total.0 > 256 * 1024 * 1024);
+    if std::path::Path::new("/sys/devices/system/node/node0").exists() {
+        assert!(!f.numa.is_empty());
+        let cpus: usize = f.numa.iter().map(|n| n.cpus.len()).sum();
+        assert_eq!(cpus as u32, f.cpu.threads);
+        assert!(f.numa[0].memory_total.0 > 0);
+        assert_eq!(f.numa[0].distances.first(), Some(&10));
+    }
+    assert!(f
+        .interfaces
+        .iter()
+        .any(|i| i.name == "lo" && i.addresses.iter().any(|a| a == "127.0.0.1/8")));
+    assert!(!f.kvm.detail.is_empty());
+    println!("kvm: usable={} ({})", f.kvm.usable, f.kvm.detail);
+    println!(
+        "hugepages: {:?}; pci passthrough candidates: {}",
+        f.hugepages,
+        f.pci_devices.len()
+    );
+}
+
+#[test]
+fn kvm_check_uses_the_qemu_users_groups() {
+    let dev = tempfile::tempdir().unwrap();
+    let missing = csagent::host::facts::kvm_status(dev.path(), Some("root"));
+    assert!(
+        !missing.usable && missing.detail.contains("TCG"),
+        "{missing:?}"
+    );
+    // A regular file is not a device, whoever owns it.
+    fs::write(dev.path().join("kvm"), "").unwrap();
+    let not_dev = csagent::host::facts::kvm_status(dev.path(), Some("root"));
+    assert!(!not_dev.usable && not_dev.detail.contains("character device"));
+    let unknown = csagent::host::facts::kvm_status(
+        std::path::Path::new("/dev"),
+        Some("no-such-user-csagent"),
+    );
+    if std::path::Path::new("/dev/kvm").exists() {
+        assert!(
+            !unknown.usable && unknown.detail.contains("not found"),
+            "{unknown:?}"
+        );
+        // nobody is in no kvm group: it must not be reported usable when the
+        // device is not world-writable, even though root (us) can open it.
+        let meta = fs::metadata("/dev/kvm").unwrap();
+        let nobody = csagent::host::facts::kvm_status(std::path::Path::new("/dev"), Some("nobody"));
+        assert_eq!(
+            nobody.usable,
+            meta.permissions().mode() & 0o006 == 0o006,
+            "{nobody:?}"
+        );
+    } else {
+        println!("skipped: /dev/kvm absent on this machine");
+    }
+}
+
+#[test]
+fn real_host_report_is_sane() {
+    let mut c = HostCollector::new(HostConfig::default(), SysRoots::host());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let alloc = Allocated {
+        vcpus: 1,
+        memory: MiB(512),
+        vms: 1,
+    };
+    let r = c.report(&alloc, &[]);
+    let s = &r.stats;
+    assert!(s.memory_total.0 > 0 && s.memory_available.0 <= s.memory_total.0);
+    assert!((0.0..=1.0).contains(&s.cpu_utilisation));
+    assert!(s.load_1m >= 0.0);
+    assert!(s.swap_free.0 <= s.swap_total.0);
+    assert!(r.collected_at_unix_ms > 1_600_000_000_000);
+    assert_eq!(r.capacity.vcpu_allocated, 1);
+    assert!(r.capacity.memory_total.0 > 0);
+    let me = r.agent.expect("own /proc/self");
+    assert!(me.rss.0 > 0 && me.open_fds >= 3 && me.threads >= 1);
+    assert!(r.clock.ntp.is_some(), "adjtimex works on Linux");
+    // Every finding on a real host has a reason a person can read.
+    assert!(r.health.findings.iter().all(|f| !f.message.is_empty()));
+    let wire = convert::report_to_proto(&r, 1);
+    assert_eq!(wire.capacity.as_ref().unwrap().vms, 1);
+    assert!(serde_json::to_string(&wire)
+        .unwrap()
+        .contains("memory_available_bytes"));
+    // A second report measures rates over the interval.
+    let r2 = c.report(&alloc, &[]);
+    assert!(r2.stats.interfaces.iter().all(|i| i.rx_bytes_per_s >= 0.0));
+}
+
+#[test]
+fn clock_status_and_skew() {
+    let ntp = clock::ntp_status().unwrap();
+    assert!(ntp.max_error_us >= 0);
+    println!("ntp: {ntp:?}");
+    let mut c = HostCollector::new(HostConfig::default(), SysRoots::host());
+    // The plane's clock is 5 s ahead: a certificate it just issued would be
+    // "not yet valid" here.
+    c.record_skew(clock::skew(10_000, 15_050, 10_100).unwrap());
+    let h = c.health();
+    let f = h
+        .findings
+        .iter()
+        .find(|f| f.source == "clock" && f.message.contains("behind"))
+        .unwrap();
+    assert_eq!(f.state, HealthState::Warning);
+    assert!(f.message.contains("5000 ms behind"), "{}", f.message);
+}
+
+#[test]
+fn host_uuid_configured_persisted_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let configured = "6f1c3a52-0d8a-4d7e-9a51-3a0c1b7b2e10";
+    assert_eq!(
+        host_uuid(&state, Some(configured)).unwrap().to_string(),
+        configured
+    );
+    assert!(
+        !state.join("host-uuid").exists(),
+        "configured guid is not written"
+    );
+
+    let id = host_uuid(&state, None).unwrap();
+    let path = state.join("host-uuid");
+    assert_eq!(fs::read_to_string(&path).unwrap().trim(), id.to_string());
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert_eq!(
+        host_uuid(&state, None).unwrap(),
+        id,
+        "stable across restarts"
+    );
+    assert_eq!(
+        fs::read_dir(&state).unwrap().count(),
+        1,
+        "no temp file left"
+    );
+
+    assert!(matches!(
+        host_uuid(&state, Some("not-a-uuid")),
+        Err(HostIdError::BadConfigured { .. })
+    ));
+    fs::write(&path, "garbage\n").unwrap();
+    let err = host_uuid(&state, None).unwrap_err();
+    assert!(matches!(err, HostIdError::BadStateFile { .. }), "{err}");
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        "garbage\n",
+        "never overwritten"
+    );
+}
+
+#[test]
+fn libvirt_capabilities_from_a_real_host() {
+    let f = libvirt_caps::parse(CAPS, DOMCAPS, 9_000_000, 7_002_022).unwrap();
+    assert_eq!(f.arch, "x86_64");
+    assert_eq!(
+        (f.host_cpu_model.as_str(), f.host_cpu_vendor.as_str()),
+        ("kvm64", "AMD")
+    );
+    assert_eq!(f.host_model.as_deref(), Some("EPYC-Milan"));
+    assert!(f.host_passthrough);
+    assert!(f.kvm());
+    assert_eq!(f.domain_types, ["qemu", "kvm"]);
+    assert_eq!(f.max_vcpus, 255);
+    assert!(f.usable_cpu_models.contains(&"pentium3".to_string()));
+    assert!(
+        !f.usable_cpu_models.contains(&"EPYC-Rome".to_string()),
+        "usable='no' is left out"
+    );
+    let pc = f.machine_types.iter().find(|m| m.name == "pc").unwrap();
+    assert_eq!(pc.canonical.as_deref(), Some("pc-i440fx-7.2"));
+    assert!(f
+        .machine_types
+        .iter()
+        .any(|m| m.name.starts_with("pc-q35") && m.max_cpus == 288));
+    assert!(f.machine_types.iter().any(|m| m.deprecated));
+    assert!(f.uefi_firmware.is_empty(), "no OVMF installed on that host");
+    assert!(!f.iommu);
+    assert_eq!(libvirt_caps::format_version(f.qemu_version), "7.2.22");
+
+    let q35 = libvirt_caps::parse(CAPS, DOMCAPS_OVMF, 10_0, 8_002_000).unwrap();
+    assert_eq!(q35.uefi_firmware.len(), 3);
+    assert!(q35.uefi_firmware[0].ends_with("OVMF_CODE_4M.ms.fd"));
+    assert!(q35.secure_boot);
+    assert_eq!(q35.max_vcpus, 4096);
+    assert_eq!(q35.host_model.as_deref(), Some("Icelake-Server"));
+    assert_eq!(
+        q35.usable_cpu_models,
+        ["Skylake-Server-IBRS", "Cascadelake-Server", "qemu64"]
+    );
+
+    let mut facts = HostCollector::new(HostConfig::default(), SysRoots::host()).facts();
+    facts.libvirt = Some(q35);
+    let wire = convert::facts_to_proto(&facts, "0.1.0");
+    let l = wire.libvirt.unwrap();
+    assert_eq!(l.uefi_firmware.len(), 3);
+    assert_eq!(wire.cpu.unwrap().threads, wire.cpu_threads);
+}
+
+fn proto_report(state: pb::HealthState, vcpu_free: u32, memory_free_mib: u64) -> pb::HostReport {
+    let critical = state == pb::HealthState::Critical;
+    pb::HostReport {
+        health: Some(pb::HostHealth {
+            state: state as i32,
+            reasons: vec![],
+            findings: critical
+                .then(|| pb::HealthFinding {
+                    source: "pmbus@7-0058/in1".into(),
+                    state: pb::HealthState::Critical as i32,
+                    message: "pmbus vin (pmbus@7-0058/in1): 0.0 V <= low critical 90.0 V".into(),
+                })
+                .into_iter()
+                .collect(),
+        }),
+        capacity: Some(pb::HostCapacity {
+            vcpu_free,
+            memory_free_mib,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn placement_over_proto_reports() {
+    let reports = [
+        ("h1", proto_report(pb::HealthState::Critical, 64, 100_000)),
+        ("h2", proto_report(pb::HealthState::Ok, 2, 1_024)),
+        ("h3", proto_report(pb::HealthState::Ok, 16, 32_768)),
+    ];
+    let summaries: Vec<_> = reports
+        .iter()
+        .map(|(h, r)| convert::summary_from_proto(h, r))
+        .collect();
+    let req = Request {
+        vcpus: 4,
+        memory: MiB(8192),
+    };
+    assert_eq!(placement::first_fit(&summaries, &req), Ok(2));
+    let err = placement::first_fit(&summaries[..2], &req)
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("Insufficient capacity"), "{err}");
+    assert!(
+        err.contains("h1: host is critical") && err.contains("pmbus@7-0058/in1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("h2: Insufficient capacity on this host: vCPUs short by 2"),
+        "{err}"
+    );
+    // An old agent's report without capacity offers nothing.
+    let bare = convert::summary_from_proto("old", &pb::HostReport::default());
+    assert!(placement::first_fit(&[bare], &req).is_err());
+}
