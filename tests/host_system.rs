@@ -212,7 +212,7 @@ fn libvirt_capabilities_from_a_real_host() {
     assert!(!f.iommu);
     assert_eq!(libvirt_caps::format_version(f.qemu_version), "7.2.22");
 
-    let q35 = libvirt_caps::parse(CAPS, DOMCAPS_OVMF, 10_0, 8_002_000).unwrap();
+    let q35 = libvirt_caps::parse(CAPS, DOMCAPS_OVMF, 10_000_000, 8_002_000).unwrap();
     assert_eq!(q35.uefi_firmware.len(), 3);
     assert!(q35.uefi_firmware[0].ends_with("OVMF_CODE_4M.ms.fd"));
     assert!(q35.secure_boot);

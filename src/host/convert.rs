@@ -279,7 +279,7 @@ pub fn summary_from_proto(host: &str, r: &pb::HostReport) -> HostSummary {
             (state == HealthState::Critical)
                 .then(|| ("host".to_string(), health.reasons.join("; ")))
         });
-    let cap = r.capacity.clone().unwrap_or_default();
+    let cap = r.capacity.unwrap_or_default();
     HostSummary {
         host: host.to_string(),
         state,

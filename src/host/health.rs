@@ -247,7 +247,7 @@ pub fn host_health(sensors: &[Sensor], clock: &ClockStatus, cfg: &HealthConfig) 
         .collect();
     findings.extend(super::clock::findings(clock, cfg));
     // Stable sort keeps discovery order within a state.
-    findings.sort_by(|a, b| b.state.cmp(&a.state));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.state));
     HostHealth {
         state: findings.first().map_or(HealthState::Ok, |f| f.state),
         findings,
