@@ -121,7 +121,7 @@ impl HostCollector {
         }
     }
 
-    /// Memory the host offers to VMs, for callers that size before a report exists.
+    /// Host memory (MemTotal), for callers that need it before a report exists.
     pub fn memory_total(&self) -> MiB {
         super::capacity::memory_total(&self.roots.proc).to_mib()
     }

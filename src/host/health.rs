@@ -5,6 +5,27 @@
 //! then config overrides win; sensors without any limits use configured
 //! fallbacks. This file decides states only: it reads no files and refuses
 //! nothing (admission.rs does).
+//!
+//! Example agent.toml section (every key optional, defaults shown or noted):
+//!
+//! ```toml
+//! [host.health]
+//! refuse_when_critical = true
+//! fallback_temp_warning_c = 85.0
+//! fallback_temp_critical_c = 95.0
+//! temp_warning_margin_c = 5.0
+//! clock_skew_warning_ms = 1000
+//! # clock_skew_critical_ms = 30000
+//! warn_when_ntp_unsynced = true
+//!
+//! [[host.health.overrides]]
+//! sensor = "nvme"            # every sensor of the nvme chip
+//! high_warning = 70.0
+//!
+//! [[host.health.overrides]]
+//! sensor = "thermal/thermal_zone3"
+//! ignore = true              # a zone known to read garbage on this board
+//! ```
 
 use super::clock::ClockStatus;
 use super::sensors::{Alarm, SensorKind, SensorReading, Thresholds};
