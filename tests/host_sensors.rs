@@ -543,8 +543,10 @@ fn collector_report_on_fixture_host_and_admission() {
     );
     assert!(err.contains("memory short by 9120 MiB"), "{err}");
 
-    // The package overheats: warning at max, critical at crit.
+    // The package heats up step by step: warning at max, critical at crit.
     let pkg = root.join("sys/devices/platform/coretemp.0/hwmon/hwmon1/temp1_input");
+    fs::write(&pkg, "70000\n").unwrap();
+    assert_eq!(c.health().state, HealthState::Ok);
     fs::write(&pkg, "85000\n").unwrap();
     assert_eq!(c.health().state, HealthState::Warning);
     fs::write(&pkg, "101000\n").unwrap();
@@ -562,4 +564,29 @@ fn collector_report_on_fixture_host_and_admission() {
     let mut lenient = cfg.health.clone();
     lenient.refuse_when_critical = false;
     assert_eq!(admission::check(&hot, &req, &lenient), Ok(()));
+}
+
+#[test]
+fn temperature_glitch_is_held_back_and_a_real_rise_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    coretemp(dir.path(), "45000");
+    let pkg = dir
+        .path()
+        .join("sys/devices/platform/coretemp.0/hwmon/hwmon1/temp1_input");
+    let id = "coretemp@coretemp.0/temp1";
+    let mut set = SensorSet::new(&dir.path().join("sys"));
+    let value = |set: &mut SensorSet| set.read().iter().find(|r| r.id == id).map(|r| r.value);
+    assert_eq!(value(&mut set), Some(45.0));
+    // A bus glitch reads 127 C once, then 255 C: neither is confirmed.
+    fs::write(&pkg, "127000\n").unwrap();
+    assert_eq!(value(&mut set), None);
+    fs::write(&pkg, "255000\n").unwrap();
+    assert_eq!(value(&mut set), None, "255 C is implausible anyway");
+    fs::write(&pkg, "46000\n").unwrap();
+    assert_eq!(value(&mut set), Some(46.0));
+    // A real overheat persists: accepted on the second read.
+    fs::write(&pkg, "101000\n").unwrap();
+    assert_eq!(value(&mut set), None);
+    fs::write(&pkg, "102000\n").unwrap();
+    assert_eq!(value(&mut set), Some(102.0));
 }

@@ -5,17 +5,26 @@
 //! attribute paths and hardware thresholds; each report then only reads the
 //! input and alarm files. A sensor whose file is missing, unreadable, empty,
 //! not a number or physically absurd is skipped and logged once (per sensor,
-//! for the life of the process), never failing the report. Deciding ok /
+//! for the life of the process), never failing the report. A temperature
+//! that jumps by more than MAX_TEMP_STEP_C between reads (a flaky i2c/SMBus
+//! read returning 127 or 255 C) is held back once: if the next read confirms
+//! it, it is accepted, so a real rise is reported one interval late while a
+//! glitch never makes the host critical. Deciding ok /
 //! warning / critical is health.rs's job, not this file's.
 
 use super::sysfs::{self, ReadError};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Rediscover sensors every this many reads, to pick up hot-plugged devices
 /// and changed power caps without paying for a directory walk every time.
 const RESCAN_EVERY: u32 = 60;
+
+/// A temperature step larger than this between two reads is confirmed by
+/// one more read before it counts. Real parts do not heat 30 C in seconds
+/// without the previous reads already rising.
+const MAX_TEMP_STEP_C: f64 = 30.0;
 
 /// What a sensor measures; the unit follows from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,6 +162,9 @@ pub struct SensorSet {
     sys: PathBuf,
     sources: Vec<Source>,
     warned: HashSet<String>,
+    /// Last accepted value and a jumped value awaiting confirmation, by
+    /// sensor id (survives rediscovery).
+    last: HashMap<String, (f64, Option<f64>)>,
     rescan: bool,
     reads_since_scan: u32,
 }
@@ -165,6 +177,7 @@ impl SensorSet {
             sys: sys.to_path_buf(),
             sources: Vec::new(),
             warned: HashSet::new(),
+            last: HashMap::new(),
             rescan: false,
             reads_since_scan: 0,
         };
@@ -198,7 +211,8 @@ impl SensorSet {
         self.reads_since_scan += 1;
         let mut out = Vec::with_capacity(self.sources.len());
         for i in 0..self.sources.len() {
-            match read_source(&self.sources[i]) {
+            let read = read_source(&self.sources[i]).and_then(|r| self.debounce(r));
+            match read {
                 Ok(r) => out.push(r),
                 Err(problem) => {
                     if matches!(problem, Problem::Read(ReadError::Missing)) {
@@ -213,12 +227,32 @@ impl SensorSet {
     }
 }
 
+impl SensorSet {
+    /// Holds back a temperature jump until a second read confirms it.
+    fn debounce(&mut self, r: SensorReading) -> Result<SensorReading, Problem> {
+        let near = |a: f64, b: f64| (a - b).abs() <= MAX_TEMP_STEP_C;
+        let entry = self.last.entry(r.id.clone()).or_insert((r.value, None));
+        let (accepted, pending) = *entry;
+        let confirmed = pending.is_some_and(|p| near(p, r.value));
+        if r.kind == SensorKind::Temperature && !near(accepted, r.value) && !confirmed {
+            entry.1 = Some(r.value);
+            return Err(Problem::Flapping {
+                from: accepted,
+                to: r.value,
+            });
+        }
+        *entry = (r.value, None);
+        Ok(r)
+    }
+}
+
 /// Why a sensor was skipped.
 #[derive(Debug)]
 enum Problem {
     Read(ReadError),
     Implausible(f64, SensorKind),
     Fault,
+    Flapping { from: f64, to: f64 },
 }
 
 impl std::fmt::Display for Problem {
@@ -227,6 +261,10 @@ impl std::fmt::Display for Problem {
             Problem::Read(e) => write!(f, "{e}"),
             Problem::Implausible(v, k) => write!(f, "implausible value {v} {}", k.unit()),
             Problem::Fault => write!(f, "the hardware flags the sensor as faulty"),
+            Problem::Flapping { from, to } => write!(
+                f,
+                "jumped from {from} C to {to} C in one interval; held back until a second read confirms it"
+            ),
         }
     }
 }
