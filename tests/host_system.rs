@@ -287,3 +287,207 @@ fn placement_over_proto_reports() {
     let bare = convert::summary_from_proto("old", &pb::HostReport::default());
     assert!(placement::first_fit(&[bare], &req).is_err());
 }
+
+/// A 2-node server with a GPU bound to vfio-pci, a GPU on the host driver
+/// without an IOMMU group, and a NIC (not a passthrough candidate here).
+#[test]
+fn facts_from_a_fixture_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let write = |rel: &str, content: &str| {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, format!("{content}\n")).unwrap();
+    };
+    let link = |target: &str, rel: &str| {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, p).unwrap();
+    };
+    write(
+        "etc/os-release",
+        "NAME=\"Rocky Linux\"\nPRETTY_NAME=\"Rocky Linux 9.4 (Blue Onyx)\"\nID=rocky",
+    );
+    write("proc/sys/kernel/osrelease", "5.14.0-427.13.1.el9_4.x86_64");
+    write(
+        "proc/meminfo",
+        "MemTotal:       263921812 kB\nMemAvailable:   250000000 kB",
+    );
+    let mut cpuinfo = String::new();
+    for p in 0..8 {
+        let (socket, core) = (p / 4, (p % 4) / 2);
+        cpuinfo += &format!(
+            "processor\t: {p}\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz\n\
+             cpu MHz\t\t: 2000.000\nphysical id\t: {socket}\ncore id\t\t: {core}\nflags\t\t: fpu vmx avx512f\n\n"
+        );
+    }
+    write("proc/cpuinfo", &cpuinfo);
+    for (node, cpus) in [(0, "0-3"), (1, "4-7")] {
+        let n = format!("sys/devices/system/node/node{node}");
+        write(&format!("{n}/cpulist"), cpus);
+        write(
+            &format!("{n}/distance"),
+            if node == 0 { "10 21" } else { "21 10" },
+        );
+        write(
+            &format!("{n}/meminfo"),
+            &format!("Node {node} MemTotal:       131960906 kB\nNode {node} MemFree:        120000000 kB"),
+        );
+        write(
+            &format!("{n}/hugepages/hugepages-2048kB/nr_hugepages"),
+            "1024",
+        );
+        write(
+            &format!("{n}/hugepages/hugepages-2048kB/free_hugepages"),
+            "512",
+        );
+        write(
+            &format!("{n}/hugepages/hugepages-1048576kB/nr_hugepages"),
+            "4",
+        );
+        write(
+            &format!("{n}/hugepages/hugepages-1048576kB/free_hugepages"),
+            "4",
+        );
+    }
+    write("sys/devices/system/node/online", "0-1");
+    write(
+        "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages",
+        "2048",
+    );
+    write(
+        "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages",
+        "1024",
+    );
+    let pci = [
+        (
+            "0000:17:00.0",
+            "0x030200",
+            "0x10de",
+            "0x20b5",
+            Some("vfio-pci"),
+            Some("42"),
+            "0",
+        ),
+        (
+            "0000:ca:00.0",
+            "0x030000",
+            "0x1a03",
+            "0x2000",
+            Some("ast"),
+            None,
+            "1",
+        ),
+        (
+            "0000:31:00.0",
+            "0x020000",
+            "0x8086",
+            "0x159b",
+            Some("ice"),
+            Some("7"),
+            "0",
+        ),
+    ];
+    for (addr, class, vendor, device, driver, group, numa) in pci {
+        let d = format!("sys/devices/pci0000:00/{addr}");
+        write(&format!("{d}/class"), class);
+        write(&format!("{d}/vendor"), vendor);
+        write(&format!("{d}/device"), device);
+        write(&format!("{d}/numa_node"), numa);
+        if let Some(drv) = driver {
+            link(
+                &format!("../../../bus/pci/drivers/{drv}"),
+                &format!("{d}/driver"),
+            );
+        }
+        if let Some(g) = group {
+            link(
+                &format!("../../../kernel/iommu_groups/{g}"),
+                &format!("{d}/iommu_group"),
+            );
+        }
+        link(
+            &format!("../../../devices/pci0000:00/{addr}"),
+            &format!("sys/bus/pci/devices/{addr}"),
+        );
+    }
+
+    let f = csagent::host::facts::collect(&SysRoots::under(root), Some("root"));
+    assert_eq!(f.os, "Rocky Linux 9.4 (Blue Onyx)");
+    assert_eq!(f.kernel, "5.14.0-427.13.1.el9_4.x86_64");
+    assert_eq!((f.cpu.sockets, f.cpu.cores, f.cpu.threads), (2, 4, 8));
+    assert!(f.cpu.model.contains("Gold 6338") && f.cpu.flags.contains(&"vmx".to_string()));
+    assert_eq!(f.memory_total.0, 263_921_812 * 1024);
+    assert_eq!(f.numa.len(), 2);
+    assert_eq!(f.numa[1].cpus, [4, 5, 6, 7]);
+    assert_eq!(f.numa[1].distances, [21, 10]);
+    assert_eq!(f.numa[0].memory_total.0, 131_960_906 * 1024);
+    assert_eq!(f.numa[0].hugepages[0].page_size_kib, 2048);
+    assert_eq!(
+        (f.numa[0].hugepages[1].total, f.numa[0].hugepages[1].free),
+        (4, 4)
+    );
+    assert_eq!(f.hugepages.len(), 1);
+    assert_eq!(f.hugepages[0].free, 1024);
+    assert!(!f.kvm.usable, "no dev/kvm in the fixture");
+    assert_eq!(f.pci_devices.len(), 2, "{:?}", f.pci_devices);
+    let gpu = &f.pci_devices[0];
+    assert_eq!(gpu.address, "0000:17:00.0");
+    assert_eq!(
+        (gpu.class_name.as_str(), gpu.vendor_id, gpu.device_id),
+        ("3D controller", 0x10de, 0x20b5)
+    );
+    assert_eq!(
+        (gpu.driver.as_deref(), gpu.iommu_group, gpu.numa_node),
+        (Some("vfio-pci"), Some(42), Some(0))
+    );
+    let bmc = &f.pci_devices[1];
+    assert_eq!(
+        (bmc.class_name.as_str(), bmc.iommu_group),
+        ("VGA compatible controller", None)
+    );
+    let wire = convert::facts_to_proto(&f, "0.1.0");
+    assert_eq!(wire.pci_devices[1].iommu_group, -1);
+    assert_eq!(wire.numa_nodes[1].hugepages.len(), 2);
+}
+
+/// /dev/kvm as a real character device node in a tempdir, with the modes
+/// distributions use, checked for QEMU's user and for one without kvm group.
+#[test]
+fn kvm_device_modes_against_user_groups() {
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+    let Some(qemu) = nix::unistd::User::from_name("libvirt-qemu").ok().flatten() else {
+        println!("skipped: no libvirt-qemu user on this machine");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kvm = dir.path().join("kvm");
+    if let Err(e) = mknod(
+        &kvm,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o660),
+        makedev(10, 232),
+    ) {
+        println!("skipped: cannot create a device node here ({e})");
+        return;
+    }
+    // Owned by root, group = QEMU user's primary group (kvm on Debian).
+    nix::unistd::chown(&kvm, Some(nix::unistd::Uid::from_raw(0)), Some(qemu.gid)).unwrap();
+    let set_mode = |m: u32| fs::set_permissions(&kvm, fs::Permissions::from_mode(m)).unwrap();
+    let status = |user: &str| csagent::host::facts::kvm_status(dir.path(), Some(user));
+    set_mode(0o660);
+    assert!(
+        status("libvirt-qemu").usable,
+        "{:?}",
+        status("libvirt-qemu")
+    );
+    assert!(!status("nobody").usable, "root can open it, nobody cannot");
+    set_mode(0o600);
+    let denied = status("libvirt-qemu");
+    assert!(
+        !denied.usable && denied.detail.contains("mode 600"),
+        "{denied:?}"
+    );
+    set_mode(0o666);
+    assert!(status("nobody").usable);
+}
