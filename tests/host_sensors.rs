@@ -522,6 +522,11 @@ fn collector_report_on_fixture_host_and_admission() {
     assert_eq!(report.capacity.vcpu_free, 2);
     assert_eq!(report.capacity.memory_total, MiB(16000));
     assert_eq!(report.capacity.memory_free, MiB(16000 - 1024 - 4096));
+    // MemAvailable 12000000 kB = 11718 MiB, less the 1024 MiB reserve.
+    assert_eq!(
+        report.capacity.memory_available_for_vms,
+        Some(MiB(11718 - 1024))
+    );
     assert_eq!(report.sensors.len(), 3 + 3 + 9 + 2);
     let req = Request {
         vcpus: 2,

@@ -29,6 +29,8 @@ pub struct HostSummary {
     pub critical: Option<(String, String)>,
     pub vcpu_free: u32,
     pub memory_free: MiB,
+    /// What a new VM can get right now (MemAvailable - reserve), when known.
+    pub memory_available_for_vms: Option<MiB>,
 }
 
 impl HostSummary {
@@ -42,6 +44,7 @@ impl HostSummary {
                 .map(|f| (f.source.clone(), f.message.clone())),
             vcpu_free: r.capacity.vcpu_free,
             memory_free: r.capacity.memory_free,
+            memory_available_for_vms: r.capacity.memory_available_for_vms,
         }
     }
 }
@@ -49,8 +52,19 @@ impl HostSummary {
 /// One resource that does not fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shortage {
-    Vcpus { requested: u32, free: u32 },
-    Memory { requested: MiB, free: MiB },
+    Vcpus {
+        requested: u32,
+        free: u32,
+    },
+    Memory {
+        requested: MiB,
+        free: MiB,
+    },
+    /// Allocations fit, but the kernel cannot give that much memory now.
+    MemoryNow {
+        requested: MiB,
+        available: MiB,
+    },
 }
 
 impl fmt::Display for Shortage {
@@ -65,6 +79,15 @@ impl fmt::Display for Shortage {
                 f,
                 "memory short by {} (requested {requested}, free {free})",
                 requested.saturating_sub(free)
+            ),
+            Shortage::MemoryNow {
+                requested,
+                available,
+            } => write!(
+                f,
+                "memory available now short by {} (requested {requested}, MemAvailable after the \
+                 host reserve {available})",
+                requested.saturating_sub(available)
             ),
         }
     }
@@ -138,6 +161,17 @@ pub fn check_summary(
             requested: req.memory,
             free: h.memory_free,
         });
+    }
+    match h.memory_available_for_vms {
+        // Report the allocation shortage alone when both apply: it is the
+        // one the plane can act on.
+        Some(available) if req.memory > available && req.memory <= h.memory_free => {
+            shortages.push(Shortage::MemoryNow {
+                requested: req.memory,
+                available,
+            });
+        }
+        _ => {}
     }
     if shortages.is_empty() {
         Ok(())

@@ -80,12 +80,17 @@ pub struct Capacity {
     pub memory_offered: MiB,
     pub memory_allocated: MiB,
     pub memory_free: MiB,
+    /// MemAvailable minus the reservation: what a new VM can get right now.
+    /// Set only without memory overcommit; with overcommit, operators rely
+    /// on KSM/ballooning and only the allocation figures count.
+    pub memory_available_for_vms: Option<MiB>,
 }
 
 impl Capacity {
     pub fn compute(
         threads: u32,
         memory_total: MiB,
+        memory_available: MiB,
         alloc: &Allocated,
         cfg: &CapacityConfig,
     ) -> Self {
@@ -106,6 +111,8 @@ impl Capacity {
             memory_offered: offered,
             memory_allocated: alloc.memory,
             memory_free: offered.saturating_sub(alloc.memory),
+            memory_available_for_vms: (mem_overcommit <= 1.0)
+                .then(|| memory_available.saturating_sub(reserved)),
         }
     }
 }
@@ -415,15 +422,19 @@ mod tests {
             memory: MiB(4096),
             vms: 2,
         };
-        let c = Capacity::compute(8, MiB(16384), &alloc, &cfg);
+        let c = Capacity::compute(8, MiB(16384), MiB(9000), &alloc, &cfg);
         assert_eq!(c.vcpu_total, 24);
         assert_eq!(c.vcpu_free, 14);
         assert_eq!(c.memory_offered, MiB(14336));
         assert_eq!(c.memory_free, MiB(10240));
+        assert_eq!(c.memory_available_for_vms, Some(MiB(9000 - 2048)));
         let bad = CapacityConfig {
             cpu_overcommit: f64::NAN,
             ..cfg
         };
-        assert_eq!(Capacity::compute(8, MiB(16384), &alloc, &bad).vcpu_total, 6);
+        assert_eq!(
+            Capacity::compute(8, MiB(16384), MiB(0), &alloc, &bad).vcpu_total,
+            6
+        );
     }
 }

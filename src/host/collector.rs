@@ -104,6 +104,7 @@ impl HostCollector {
         let capacity = Capacity::compute(
             self.cpu_threads,
             stats.memory_total.to_mib(),
+            stats.memory_available.to_mib(),
             allocated,
             &self.cfg.capacity,
         );

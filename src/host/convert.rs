@@ -190,6 +190,7 @@ fn capacity_to_proto(c: &Capacity, vms: u32) -> pb::HostCapacity {
         memory_allocated_mib: c.memory_allocated.0,
         memory_free_mib: c.memory_free.0,
         vms,
+        memory_available_for_vms_mib: c.memory_available_for_vms.map(|m| m.0),
     }
 }
 
@@ -286,5 +287,6 @@ pub fn summary_from_proto(host: &str, r: &pb::HostReport) -> HostSummary {
         critical,
         vcpu_free: cap.vcpu_free,
         memory_free: MiB(cap.memory_free_mib),
+        memory_available_for_vms: cap.memory_available_for_vms_mib.map(MiB),
     }
 }

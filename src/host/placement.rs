@@ -71,6 +71,7 @@ mod tests {
             }),
             vcpu_free: vcpus,
             memory_free: MiB(mem),
+            memory_available_for_vms: None,
         }
     }
 
@@ -87,6 +88,25 @@ mod tests {
             memory: MiB(2048),
         };
         assert_eq!(first_fit(&hosts, &req), Ok(2));
+    }
+
+    #[test]
+    fn physical_memory_counts_without_overcommit() {
+        let mut h = host("busy", HealthState::Ok, 8, 16384);
+        h.memory_available_for_vms = Some(MiB(1000));
+        let err = first_fit(
+            &[h],
+            &Request {
+                vcpus: 1,
+                memory: MiB(2048),
+            },
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("memory available now short by 1048 MiB"),
+            "{msg}"
+        );
     }
 
     #[test]
