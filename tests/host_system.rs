@@ -37,10 +37,13 @@ fn real_host_facts_are_sane() {
         assert!(f.numa[0].memory_total.0 > 0);
         assert_eq!(f.numa[0].distances.first(), Some(&10));
     }
-    assert!(f
-        .interfaces
-        .iter()
-        .any(|i| i.name == "lo" && i.addresses.iter().any(|a| a == "127.0.0.1/8")));
+    assert!(
+        f.interfaces.iter().all(|i| i.name != "lo"),
+        "lo is skipped by default"
+    );
+    let all = csagent::host::facts::collect(&SysRoots::host(), None, &[]);
+    let lo = all.interfaces.iter().find(|i| i.name == "lo").unwrap();
+    assert!(lo.addresses.iter().any(|a| a == "127.0.0.1/8"), "{lo:?}");
     assert!(!f.kvm.detail.is_empty());
     println!("kvm: usable={} ({})", f.kvm.usable, f.kvm.detail);
     println!(
@@ -116,6 +119,12 @@ fn real_host_report_is_sane() {
     // A second report measures rates over the interval.
     let r2 = c.report(&alloc, &[]);
     assert!(r2.stats.interfaces.iter().all(|i| i.rx_bytes_per_s >= 0.0));
+}
+
+#[test]
+fn collector_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<HostCollector>();
 }
 
 #[test]
@@ -412,7 +421,7 @@ fn facts_from_a_fixture_server() {
         );
     }
 
-    let f = csagent::host::facts::collect(&SysRoots::under(root), Some("root"));
+    let f = csagent::host::facts::collect(&SysRoots::under(root), Some("root"), &[]);
     assert_eq!(f.os, "Rocky Linux 9.4 (Blue Onyx)");
     assert_eq!(f.kernel, "5.14.0-427.13.1.el9_4.x86_64");
     assert_eq!((f.cpu.sockets, f.cpu.cores, f.cpu.threads), (2, 4, 8));

@@ -77,7 +77,11 @@ impl HostCollector {
     /// Facts for Register. libvirt's part is left None for the caller to set
     /// from `libvirt_caps::parse`.
     pub fn facts(&self) -> HostFacts {
-        facts::collect(&self.roots, self.cfg.qemu_user.as_deref())
+        facts::collect(
+            &self.roots,
+            self.cfg.qemu_user.as_deref(),
+            &self.cfg.capacity.skip_interface_prefixes,
+        )
     }
 
     /// Records the skew measured from the latest heartbeat ack.

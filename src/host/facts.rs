@@ -100,8 +100,9 @@ pub struct PciDevice {
 }
 
 /// Gathers every fact except libvirt's. `qemu_user` names the user QEMU runs
-/// as (None: try "libvirt-qemu", then "qemu").
-pub fn collect(roots: &SysRoots, qemu_user: Option<&str>) -> HostFacts {
+/// as (None: try "libvirt-qemu", then "qemu"); interfaces whose names start
+/// with one of `skip_interfaces` (VM taps, loopback) are left out.
+pub fn collect(roots: &SysRoots, qemu_user: Option<&str>, skip_interfaces: &[String]) -> HostFacts {
     HostFacts {
         hostname: hostname(),
         kernel: sysfs::read_opt(&roots.proc.join("sys/kernel/osrelease")).unwrap_or_default(),
@@ -110,7 +111,7 @@ pub fn collect(roots: &SysRoots, qemu_user: Option<&str>) -> HostFacts {
         numa: numa_nodes(&roots.sys),
         memory_total: super::capacity::memory_total(&roots.proc),
         hugepages: hugepages_in(&roots.sys.join("kernel/mm/hugepages")),
-        interfaces: interfaces(),
+        interfaces: interfaces(skip_interfaces),
         kvm: kvm_status(&roots.dev, qemu_user),
         pci_devices: pci_devices(&roots.sys),
         libvirt: None,
@@ -243,12 +244,13 @@ fn hugepages_in(dir: &Path) -> Vec<HugePages> {
     out
 }
 
-fn interfaces() -> Vec<InterfaceAddrs> {
+fn interfaces(skip: &[String]) -> Vec<InterfaceAddrs> {
     let mut by_name: BTreeMap<String, InterfaceAddrs> = BTreeMap::new();
     let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
         return Vec::new();
     };
-    for a in addrs {
+    let skipped = |name: &str| skip.iter().any(|p| name.starts_with(p.as_str()));
+    for a in addrs.filter(|a| !skipped(&a.interface_name)) {
         let entry = by_name
             .entry(a.interface_name.clone())
             .or_insert_with(|| InterfaceAddrs {
