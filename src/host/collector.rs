@@ -155,3 +155,32 @@ pub fn now_unix_ms() -> i64 {
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_config_from_toml() {
+        let cfg: HostConfig = toml::from_str(
+            r#"
+            qemu_user = "qemu"
+            [capacity]
+            reserved_memory_mib = 4096
+            cpu_overcommit = 4.0
+            [health]
+            refuse_when_critical = false
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.qemu_user.as_deref(), Some("qemu"));
+        assert_eq!(cfg.capacity.reserved_memory_mib, 4096);
+        assert_eq!(cfg.capacity.reserved_cpus, 0, "unset keys keep defaults");
+        assert!(!cfg.health.refuse_when_critical);
+        assert!(toml::from_str::<HostConfig>("[capacity]\nreserved_mem = 1").is_err());
+        assert_eq!(
+            toml::from_str::<HostConfig>("").unwrap(),
+            HostConfig::default()
+        );
+    }
+}
