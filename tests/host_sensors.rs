@@ -424,6 +424,14 @@ fn broken_tree(root: &Path) {
             ("fan2_input", "1200"),
             ("fan2_min", "x"),
             ("in0_input", "99999999999999999999"),
+            // An unused Super I/O input: limits never set, alarm raised.
+            ("in1_input", "1800"),
+            ("in1_min", "0"),
+            ("in1_max", "0"),
+            ("in1_alarm", "1"),
+            ("in2_input", "3300"),
+            ("in2_min", "3500"),
+            ("in2_max", "3100"),
             ("temp7_input", "40000"),
             ("temp7_fault", "1"),
         ],
@@ -461,6 +469,8 @@ fn broken_sensors_are_skipped_and_logged_once() {
         [
             "nct6775@nct6775.656/temp5",
             "nct6775@nct6775.656/fan2",
+            "nct6775@nct6775.656/in1",
+            "nct6775@nct6775.656/in2",
             "coretemp@coretemp.0/temp1",
             "coretemp@coretemp.0/temp2",
             "coretemp@coretemp.0/temp6",
@@ -468,9 +478,21 @@ fn broken_sensors_are_skipped_and_logged_once() {
     );
     let temp5 = find(&first, "nct6775@nct6775.656/temp5");
     assert!(temp5.thresholds.is_empty(), "garbage limits are dropped");
+    let cfg = csagent::host::HealthConfig::default();
+    for unset in ["nct6775@nct6775.656/in1", "nct6775@nct6775.656/in2"] {
+        let r = find(&first, unset);
+        assert!(r.thresholds.is_empty() && r.alarm == Alarm::None, "{r:?}");
+        let state = csagent::host::health::evaluate_sensor(r, &cfg).state;
+        assert_eq!(state, HealthState::Ok, "unset limits raise nothing");
+    }
     assert_eq!(
         ids(&second),
-        ["nct6775@nct6775.656/temp5", "nct6775@nct6775.656/fan2"]
+        [
+            "nct6775@nct6775.656/temp5",
+            "nct6775@nct6775.656/fan2",
+            "nct6775@nct6775.656/in1",
+            "nct6775@nct6775.656/in2"
+        ]
     );
     assert_eq!(
         ids(&third),

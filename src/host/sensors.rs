@@ -379,14 +379,21 @@ fn chip_sources(base: &Path, chip: &str, device: &str) -> Vec<Source> {
             let attr = format!("{}{index}", kind.prefix());
             let file = |suffix: &str| base.join(format!("{attr}_{suffix}"));
             let label = sysfs::read_opt(&file("label")).unwrap_or_else(|| attr.clone());
-            let (alarms, fault) = alarm_files(kind, &file);
+            let (mut alarms, fault) = alarm_files(kind, &file);
+            let thresholds = hwmon_thresholds(kind, &file);
+            if thresholds.is_empty() {
+                // Limit alarms compare against limits nobody configured
+                // (Super I/O chips boot with min = max = 0); only critical
+                // and fault flags still mean something.
+                alarms.retain(|(_, level)| *level == Alarm::Critical);
+            }
             Source {
                 id: format!("{chip}@{device}/{attr}"),
                 chip: chip.to_string(),
                 label,
                 kind,
                 input: base.join(input),
-                thresholds: hwmon_thresholds(kind, &file),
+                thresholds,
                 alarms,
                 fault,
             }
@@ -447,12 +454,18 @@ fn hwmon_thresholds(kind: SensorKind, file: &dyn Fn(&str) -> PathBuf) -> Thresho
                 high_critical: None,
             }
         }
-        SensorKind::Voltage | SensorKind::Current => Thresholds {
-            low_critical: value("lcrit"),
-            low_warning: value("min"),
-            high_warning: value("max"),
-            high_critical: value("crit"),
-        },
+        SensorKind::Voltage | SensorKind::Current => {
+            let mut t = unconfigured_limits_dropped(Thresholds {
+                low_critical: value("lcrit"),
+                low_warning: value("min"),
+                high_warning: value("max"),
+                high_critical: value("crit"),
+            });
+            // A lone upper limit of 0 is "unset" too (nothing reads below it).
+            t.high_warning = t.high_warning.filter(|v| *v != 0.0);
+            t.high_critical = t.high_critical.filter(|v| *v != 0.0);
+            t
+        }
         SensorKind::Power => Thresholds {
             low_critical: None,
             low_warning: None,
@@ -460,6 +473,24 @@ fn hwmon_thresholds(kind: SensorKind, file: &dyn Fn(&str) -> PathBuf) -> Thresho
             high_critical: value("crit").filter(|v| *v > 0.0),
         },
     }
+}
+
+/// A min at or above its max means the limits were never set (chips power
+/// up with both at 0 or at their register defaults), not a narrow window.
+fn unconfigured_limits_dropped(mut t: Thresholds) -> Thresholds {
+    if let (Some(lo), Some(hi)) = (t.low_warning, t.high_warning) {
+        if lo >= hi {
+            t.low_warning = None;
+            t.high_warning = None;
+        }
+    }
+    if let (Some(lo), Some(hi)) = (t.low_critical, t.high_critical) {
+        if lo >= hi {
+            t.low_critical = None;
+            t.high_critical = None;
+        }
+    }
+    t
 }
 
 /// Drivers publish placeholder limits: nvme's unset "Sensor N" max is
