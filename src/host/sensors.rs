@@ -438,12 +438,12 @@ fn hwmon_thresholds(kind: SensorKind, file: &dyn Fn(&str) -> PathBuf) -> Thresho
         (a, b) => a.or(b),
     };
     match kind {
-        SensorKind::Temperature => Thresholds {
+        SensorKind::Temperature => unconfigured_limits_dropped(Thresholds {
             low_critical: value("lcrit"),
             low_warning: value("min"),
             high_warning: value("max"),
             high_critical: min_of(value("crit"), value("emergency")),
-        },
+        }),
         SensorKind::Fan => {
             let min = value("min").filter(|m| *m > 0.0);
             Thresholds {
