@@ -500,3 +500,53 @@ fn kvm_device_modes_against_user_groups() {
     set_mode(0o666);
     assert!(status("nobody").usable);
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Garbage from libvirt is an error, never a panic.
+        #[test]
+        fn caps_parser_never_panics(a in ".{0,200}", b in "<[a-zA-Z/ '=]{0,80}>?") {
+            let _ = libvirt_caps::parse(&a, &b, 0, 0);
+            let _ = libvirt_caps::parse(CAPS, &format!("<domainCapabilities>{b}</domainCapabilities>"), 0, 0);
+        }
+
+        /// Any three timestamps give a skew or a clear error, and the offset
+        /// formula is exact when the round trip is even.
+        #[test]
+        fn skew_is_total(sent in any::<i64>(), plane in any::<i64>(), recv in any::<i64>()) {
+            if let Ok(s) = clock::skew(sent, plane, recv) {
+                prop_assert!(s.round_trip_ms >= 0);
+            }
+        }
+
+        #[test]
+        fn skew_formula(sent in -1_000_000_000i64..1_000_000_000, rtt in 0i64..10_000, offset in -100_000i64..100_000) {
+            let rtt = rtt * 2;
+            let plane = sent + rtt / 2 + offset;
+            let s = clock::skew(sent, plane, sent + rtt).unwrap();
+            prop_assert_eq!(s.offset_ms, offset);
+        }
+
+        /// Whatever a sensor file holds, reading never panics and never
+        /// reports an implausible value.
+        #[test]
+        fn sensor_files_with_any_content(content in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let hw = dir.path().join("class/hwmon/hwmon0");
+            fs::create_dir_all(&hw).unwrap();
+            fs::write(hw.join("name"), "fuzz\n").unwrap();
+            fs::write(hw.join("temp1_input"), &content).unwrap();
+            fs::write(hw.join("temp1_max"), &content).unwrap();
+            fs::write(hw.join("fan1_input"), &content).unwrap();
+            let mut set = csagent::host::sensors::SensorSet::new(dir.path());
+            for r in set.read() {
+                prop_assert!(r.kind.plausible(r.value), "{:?}", r);
+            }
+        }
+    }
+}
