@@ -225,13 +225,15 @@ impl SensorSet {
         }
         out
     }
-}
 
-impl SensorSet {
     /// Holds back a temperature jump until a second read confirms it.
     fn debounce(&mut self, r: SensorReading) -> Result<SensorReading, Problem> {
         let near = |a: f64, b: f64| (a - b).abs() <= MAX_TEMP_STEP_C;
-        let entry = self.last.entry(r.id.clone()).or_insert((r.value, None));
+        // get_mut first: no key allocation on the common path.
+        let Some(entry) = self.last.get_mut(&r.id) else {
+            self.last.insert(r.id.clone(), (r.value, None));
+            return Ok(r);
+        };
         let (accepted, pending) = *entry;
         let confirmed = pending.is_some_and(|p| near(p, r.value));
         if r.kind == SensorKind::Temperature && !near(accepted, r.value) && !confirmed {
