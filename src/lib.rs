@@ -9,6 +9,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod handlers;
+pub mod host;
 pub mod hypervisor;
 pub mod link;
 pub mod logging;
