@@ -40,7 +40,7 @@ pub struct Config {
     pub hypervisor: HypervisorSection,
     pub network: NetworkSection,
     pub storage: StorageSection,
-    pub host: HostSection,
+    pub host: crate::host::HostConfig,
     pub guest: GuestSection,
     pub migration: MigrationSection,
     pub log: LogSection,
@@ -206,16 +206,6 @@ impl Default for StorageSection {
             op_timeout_secs: 120,
         }
     }
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct HostSection {
-    pub reserved_mem_mb: u64,
-    pub overcommit_mem_mb: u64,
-    pub reserved_cpu_count: u32,
-    /// 0: measured.
-    pub cpu_manual_speed_mhz: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

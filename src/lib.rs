@@ -14,6 +14,7 @@ pub mod hypervisor;
 pub mod link;
 pub mod logging;
 pub mod mgmt;
+pub mod monitor;
 pub mod pki;
 pub mod proto;
 pub mod tls;

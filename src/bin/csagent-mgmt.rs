@@ -65,6 +65,16 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         wait_secs: u64,
     },
+    /// Where would a new VM go? First fit over Up hosts; "Insufficient
+    /// capacity" (exit code 1) with each host's reason when none fits.
+    Place {
+        #[arg(long, default_value = DEFAULT_ADMIN)]
+        admin_socket: PathBuf,
+        #[arg(long)]
+        vcpus: u32,
+        #[arg(long)]
+        memory_mib: u64,
+    },
     /// Print VM events and host state changes as they happen (JSON lines).
     Events {
         #[arg(long, default_value = DEFAULT_ADMIN)]
@@ -166,6 +176,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             wait_secs,
         } => send(&admin_socket, host, &json, id, deadline_ms, wait_secs).await,
         Cmd::Events { admin_socket } => events(&admin_socket).await,
+        Cmd::Place {
+            admin_socket,
+            vcpus,
+            memory_mib,
+        } => place(&admin_socket, vcpus, memory_mib).await,
     }
 }
 
@@ -345,4 +360,24 @@ async fn events(socket: &Path) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&ev?)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn place(socket: &Path, vcpus: u32, memory_mib: u64) -> anyhow::Result<ExitCode> {
+    let mut client = admin::connect(socket)
+        .await
+        .with_context(|| format!("cannot reach the plane at {}", socket.display()))?;
+    match client
+        .place_vm(pb::PlaceVmRequest { vcpus, memory_mib })
+        .await
+    {
+        Ok(r) => {
+            println!("{}", r.into_inner().host_uuid);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+            eprintln!("{}", s.message());
+            Ok(ExitCode::from(1))
+        }
+        Err(s) => bail!("{}", s.message()),
+    }
 }

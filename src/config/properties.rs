@@ -149,10 +149,10 @@ fn apply(cfg: &mut Config, key: &str, v: &str) -> Result<(), String> {
         }
         "local.storage.path" => cfg.storage.local_path = PathBuf::from(v),
         "local.storage.uuid" => cfg.storage.local_uuid = v.to_string(),
-        "host.reserved.mem.mb" => cfg.host.reserved_mem_mb = num(v)?,
-        "host.overcommit.mem.mb" => cfg.host.overcommit_mem_mb = num(v)?,
-        "host.reserved.cpu.count" => cfg.host.reserved_cpu_count = num(v)?,
+        "host.reserved.mem.mb" => cfg.host.capacity.reserved_memory_mib = num(v)?,
+        "host.reserved.cpu.count" => cfg.host.capacity.reserved_cpus = num(v)?,
         "host.cpu.manual.speed.mhz" => cfg.host.cpu_manual_speed_mhz = num(v)?,
+        "host.overcommit.mem.mb" => return Err(overcommit_hint(v)),
         "host.tags" => cfg.agent.host_tags = list(v, ','),
         "guest.cpu.mode" => cfg.guest.cpu_mode = v.to_string(),
         "guest.cpu.model" => cfg.guest.cpu_model = v.to_string(),
@@ -177,6 +177,15 @@ fn apply(cfg: &mut Config, key: &str, v: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// CloudStack adds a fixed number of MiB; csagent offers memory by a factor,
+/// which stays right when the host's memory changes. Say what to set.
+fn overcommit_hint(v: &str) -> String {
+    format!(
+        "csagent expresses memory overcommit as a factor: set host.capacity.memory_overcommit \
+         (e.g. 1.25) instead of {v} MiB"
+    )
 }
 
 /// `host=a,b,c@roundrobin`: a comma list with an optional ordering suffix.

@@ -28,6 +28,10 @@ pub struct HostConfig {
     /// The user QEMU runs as, for the /dev/kvm check. Default: libvirt-qemu
     /// (Debian/Ubuntu), then qemu (RHEL family).
     pub qemu_user: Option<String>,
+    /// CPU speed to report instead of the measured one, MHz; 0: measured
+    /// (CloudStack's host.cpu.manual.speed.mhz, for CPUs whose /proc/cpuinfo
+    /// speed is misleading, e.g. with frequency scaling).
+    pub cpu_manual_speed_mhz: u32,
 }
 
 /// One periodic host report.
@@ -77,11 +81,15 @@ impl HostCollector {
     /// Facts for Register. libvirt's part is left None for the caller to set
     /// from `libvirt_caps::parse`.
     pub fn facts(&self) -> HostFacts {
-        facts::collect(
+        let mut f = facts::collect(
             &self.roots,
             self.cfg.qemu_user.as_deref(),
             &self.cfg.capacity.skip_interface_prefixes,
-        )
+        );
+        if self.cfg.cpu_manual_speed_mhz > 0 {
+            f.cpu.mhz = f64::from(self.cfg.cpu_manual_speed_mhz);
+        }
+        f
     }
 
     /// Records the skew measured from the latest heartbeat ack.

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::Dispatcher;
 use crate::hypervisor::{Hypervisor, VmInfo};
+use crate::monitor::HostMonitor;
 use crate::proto::v1 as pb;
 use backoff::Backoff;
 use connector::DialOptions;
@@ -68,10 +69,11 @@ pub struct LinkCtx {
     pub outbox: Arc<Outbox>,
     pub hypervisor: Hypervisor,
     pub vms: watch::Receiver<VmSnapshot>,
-    pub facts: pb::HostFacts,
+    pub host: Arc<HostMonitor>,
     heartbeat_seq: std::sync::atomic::AtomicU64,
-    /// Latest plane clock minus ours (ms), from heartbeat acks.
-    skew_ms: AtomicI64,
+    /// Send time (Unix ms) of the latest heartbeat, to measure clock skew
+    /// when its ack arrives.
+    last_heartbeat_sent: AtomicI64,
 }
 
 impl LinkCtx {
@@ -86,7 +88,7 @@ impl LinkCtx {
         outbox: Arc<Outbox>,
         hypervisor: Hypervisor,
         vms: watch::Receiver<VmSnapshot>,
-        facts: pb::HostFacts,
+        host: Arc<HostMonitor>,
     ) -> LinkCtx {
         LinkCtx {
             identity,
@@ -98,30 +100,30 @@ impl LinkCtx {
             outbox,
             hypervisor,
             vms,
-            facts,
+            host,
             heartbeat_seq: std::sync::atomic::AtomicU64::new(0),
-            skew_ms: AtomicI64::new(0),
+            last_heartbeat_sent: AtomicI64::new(0),
         }
     }
 
     pub fn heartbeat(&self) -> pb::Heartbeat {
         let snap = self.vms.borrow();
+        let sent = session::unix_ms();
+        self.last_heartbeat_sent.store(sent, Ordering::Relaxed);
         pb::Heartbeat {
             seq: self.heartbeat_seq.fetch_add(1, Ordering::Relaxed) + 1,
-            sent_at_unix_ms: session::unix_ms(),
+            sent_at_unix_ms: sent,
             vms: snap.vms.iter().map(convert::vm_power).collect(),
-            health: Some(pb::HostHealth {
-                state: pb::HealthState::Ok as i32,
-                reasons: Vec::new(),
-            }),
+            health: Some(self.host.health()),
             hypervisor_available: snap.available,
             in_flight_commands: u32::try_from(self.dispatcher.in_flight().len())
                 .unwrap_or(u32::MAX),
         }
     }
 
-    pub fn host_report(&self) -> pb::HostReport {
-        crate::agent::basic_host_report()
+    pub async fn host_report(&self) -> pb::HostReport {
+        let vms = self.vms.borrow().vms.clone();
+        self.host.report(&vms).await
     }
 
     /// A fresh VM list for Register, falling back to the snapshot when
@@ -141,13 +143,11 @@ impl LinkCtx {
         }
     }
 
+    /// An ack answers the latest heartbeat (acks are immediate and the
+    /// interval is seconds), so its send time pairs with the plane's clock.
     fn note_server_time(&self, server_ms: i64) {
-        let skew = server_ms - session::unix_ms();
-        self.skew_ms.store(skew, Ordering::Relaxed);
-    }
-
-    pub fn skew_ms(&self) -> i64 {
-        self.skew_ms.load(Ordering::Relaxed)
+        let sent = self.last_heartbeat_sent.load(Ordering::Relaxed);
+        self.host.record_skew(sent, server_ms, session::unix_ms());
     }
 }
 

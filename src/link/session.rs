@@ -150,7 +150,8 @@ async fn serve(
                 let _ = tx.try_send(agent_msg(pb::agent_message::Msg::Heartbeat(ctx.heartbeat())));
             }
             _ = report.tick() => {
-                let _ = tx.try_send(agent_msg(pb::agent_message::Msg::HostReport(ctx.host_report())));
+                let report = ctx.host_report().await;
+                let _ = tx.try_send(agent_msg(pb::agent_message::Msg::HostReport(report)));
             }
         }
     }
@@ -207,7 +208,7 @@ async fn register(ctx: &LinkCtx) -> pb::Register {
         pod: ctx.identity.pod.clone(),
         cluster: ctx.identity.cluster.clone(),
         host_tags: ctx.identity.host_tags.clone(),
-        facts: Some(ctx.facts.clone()),
+        facts: Some(ctx.host.facts()),
         vms: snapshot.vms.iter().map(super::convert::vm_status).collect(),
         sent_at_unix_ms: unix_ms(),
         in_flight_command_ids: ctx.dispatcher.in_flight(),

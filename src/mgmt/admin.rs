@@ -65,6 +65,25 @@ impl PlaneAdmin for AdminService {
         Ok(Response::new(Box::pin(stream)))
     }
 
+    async fn place_vm(
+        &self,
+        req: Request<pb::PlaceVmRequest>,
+    ) -> Result<Response<pb::PlaceVmResponse>, Status> {
+        use crate::host::placement::PlacementError;
+        let req = req.into_inner();
+        let want = crate::host::Request {
+            vcpus: req.vcpus,
+            memory: crate::host::MiB(req.memory_mib),
+        };
+        match self.registry.place(&want) {
+            Ok(host_uuid) => Ok(Response::new(pb::PlaceVmResponse { host_uuid })),
+            Err(e @ PlacementError::InvalidRequest(_)) => {
+                Err(Status::invalid_argument(e.to_string()))
+            }
+            Err(e) => Err(Status::resource_exhausted(e.to_string())),
+        }
+    }
+
     type WatchEventsStream = BoxStream<pb::PlaneEvent>;
 
     async fn watch_events(

@@ -360,6 +360,26 @@ impl Registry {
         });
     }
 
+    /// First fit over connected, Up hosts that have sent a report, in UUID
+    /// order (stable, so tests and operators can predict it).
+    pub fn place(
+        &self,
+        req: &crate::host::Request,
+    ) -> Result<String, crate::host::placement::PlacementError> {
+        let hosts = self.lock();
+        let mut candidates: Vec<_> = hosts
+            .iter()
+            .filter(|(_, h)| h.conn.is_some() && h.state == pb::HostState::Up)
+            .filter_map(|(uuid, h)| {
+                h.last_report
+                    .as_ref()
+                    .map(|r| crate::host::convert::summary_from_proto(uuid, r))
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.host.cmp(&b.host));
+        crate::host::placement::first_fit(&candidates, req).map(|i| candidates[i].host.clone())
+    }
+
     pub fn list(&self) -> Vec<pb::HostSummary> {
         let hosts = self.lock();
         let mut out: Vec<_> = hosts
