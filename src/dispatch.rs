@@ -277,7 +277,7 @@ fn encode(reply: Reply) -> pb::command_result::Result {
         Reply::VmList(vms) => R::VmList(pb::VmList {
             vms: vms.iter().map(crate::link::convert::vm_status).collect(),
         }),
-        Reply::HostFacts(f) => R::HostFacts(f),
+        Reply::HostFacts(f) => R::HostFacts(*f),
     }
 }
 

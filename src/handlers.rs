@@ -43,7 +43,7 @@ pub enum Reply {
     Echo(String),
     VmStatus(VmInfo),
     VmList(Vec<VmInfo>),
-    HostFacts(pb::HostFacts),
+    HostFacts(Box<pb::HostFacts>),
 }
 
 /// What a running command may use besides its request.
@@ -76,7 +76,7 @@ impl Handlers {
                 .await
                 .map(Reply::VmList)
                 .map_err(hv_error),
-            Request::GetHostFacts => Ok(Reply::HostFacts(self.facts.clone())),
+            Request::GetHostFacts => Ok(Reply::HostFacts(Box::new(self.facts.clone()))),
         }
     }
 }
