@@ -1,0 +1,1 @@
+//! Conversions between proto storage messages and storage types.
