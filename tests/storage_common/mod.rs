@@ -89,6 +89,7 @@ pub fn list(dir: &Path) -> Vec<String> {
 /// A tmpfs of `mib` MiB mounted on a temp dir; unmounted in Drop.
 pub struct Tmpfs {
     pub dir: tempfile::TempDir,
+    mounted: std::cell::Cell<bool>,
 }
 
 impl Tmpfs {
@@ -102,7 +103,7 @@ impl Tmpfs {
             .status()
             .unwrap();
         assert!(st.success(), "mount tmpfs failed");
-        Tmpfs { dir }
+        Tmpfs { dir, mounted: std::cell::Cell::new(true) }
     }
 
     pub fn path(&self) -> &Path {
@@ -110,7 +111,9 @@ impl Tmpfs {
     }
 
     pub fn unmount(&self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
+        if self.mounted.replace(false) {
+            let _ = Command::new("umount").arg(self.dir.path()).status();
+        }
     }
 }
 
