@@ -9,39 +9,77 @@ use std::process::Command;
 
 use csagent::storage::pool::Monitor;
 use csagent::storage::{
-    CallOpts, CreateVolume, ErrorKind, ImageFormat, PoolDef, PoolKind, PoolName, PoolState, Storage,
-    StorageConfig, VolumeName, Bytes,
+    Bytes, CallOpts, CreateVolume, ErrorKind, ImageFormat, PoolDef, PoolKind, PoolName, PoolState,
+    Storage, StorageConfig, VolumeName,
 };
 use storage_common::*;
 
 fn validate(xml: &str) {
-    let dir = tempfile::Builder::new().prefix("csat-sto-xml-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("csat-sto-xml-")
+        .tempdir()
+        .unwrap();
     let f = dir.path().join("pool.xml");
     std::fs::write(&f, xml).unwrap();
-    let out = Command::new("virt-xml-validate").arg(&f).arg("storagepool").output().unwrap();
-    assert!(out.status.success(), "{xml}\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("virt-xml-validate")
+        .arg(&f)
+        .arg("storagepool")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{xml}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn remote_defs() -> Vec<PoolDef> {
     let n = |s: &str| PoolName::new(unique(s)).unwrap();
     vec![
-        PoolDef { name: n("nfs"), kind: PoolKind::Netfs { host: "10.0.0.5".into(), export: "/export/primary".into(), path: "/mnt/csat-sto-nfs".into() } },
+        PoolDef {
+            name: n("nfs"),
+            kind: PoolKind::Netfs {
+                host: "10.0.0.5".into(),
+                export: "/export/primary".into(),
+                path: "/mnt/csat-sto-nfs".into(),
+            },
+        },
         PoolDef {
             name: n("rbd"),
             kind: PoolKind::Rbd {
-                monitors: vec![Monitor { host: "10.0.0.1".into(), port: Some(6789) }, Monitor { host: "ceph-mon2.example".into(), port: None }],
+                monitors: vec![
+                    Monitor {
+                        host: "10.0.0.1".into(),
+                        port: Some(6789),
+                    },
+                    Monitor {
+                        host: "ceph-mon2.example".into(),
+                        port: None,
+                    },
+                ],
                 ceph_pool: "cloudstack".into(),
                 auth_user: "admin".into(),
                 secret_uuid: uuid::Uuid::new_v4(),
             },
         },
-        PoolDef { name: n("iscsi"), kind: PoolKind::Iscsi { host: "10.0.0.9".into(), port: Some(3260), iqn: "iqn.2024-01.example:target0".into() } },
+        PoolDef {
+            name: n("iscsi"),
+            kind: PoolKind::Iscsi {
+                host: "10.0.0.9".into(),
+                port: Some(3260),
+                iqn: "iqn.2024-01.example:target0".into(),
+            },
+        },
     ]
 }
 
 #[tokio::test]
 async fn remote_pool_xml_is_valid_and_defines_on_test_driver() {
-    let s = Storage::new(StorageConfig { libvirt_uri: "test:///default".into(), ..StorageConfig::default() });
+    let s = Storage::new(StorageConfig {
+        libvirt_uri: "test:///default".into(),
+        ..StorageConfig::default()
+    });
     for def in remote_defs() {
         let xml = def.to_xml().unwrap();
         validate(&xml);
@@ -54,7 +92,12 @@ async fn remote_pool_xml_is_valid_and_defines_on_test_driver() {
     // Volumes on RBD/iSCSI are not made by this agent: a clear refusal.
     let rbd = remote_defs().remove(1);
     s.add_pool(rbd.clone(), CallOpts::default()).await.unwrap();
-    let req = CreateVolume { pool: rbd.name.clone(), name: VolumeName::new("v").unwrap(), format: ImageFormat::Raw, size: Bytes(1 << 20) };
+    let req = CreateVolume {
+        pool: rbd.name.clone(),
+        name: VolumeName::new("v").unwrap(),
+        format: ImageFormat::Raw,
+        size: Bytes(1 << 20),
+    };
     let e = s.create_volume(req, CallOpts::default()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
 }
@@ -63,19 +106,52 @@ async fn remote_pool_xml_is_valid_and_defines_on_test_driver() {
 fn bad_pool_definitions_are_refused() {
     let n = PoolName::new("csat-sto-bad").unwrap();
     let bad = [
-        PoolKind::Dir { path: "relative/dir".into() },
-        PoolKind::Dir { path: "/var/../etc".into() },
-        PoolKind::Netfs { host: "evil host".into(), export: "/x".into(), path: "/mnt/x".into() },
-        PoolKind::Netfs { host: "h".into(), export: "no-slash".into(), path: "/mnt/x".into() },
-        PoolKind::Rbd { monitors: vec![], ceph_pool: "p".into(), auth_user: "u".into(), secret_uuid: uuid::Uuid::nil() },
-        PoolKind::Iscsi { host: "h".into(), port: None, iqn: "has space".into() },
+        PoolKind::Dir {
+            path: "relative/dir".into(),
+        },
+        PoolKind::Dir {
+            path: "/var/../etc".into(),
+        },
+        PoolKind::Netfs {
+            host: "evil host".into(),
+            export: "/x".into(),
+            path: "/mnt/x".into(),
+        },
+        PoolKind::Netfs {
+            host: "h".into(),
+            export: "no-slash".into(),
+            path: "/mnt/x".into(),
+        },
+        PoolKind::Rbd {
+            monitors: vec![],
+            ceph_pool: "p".into(),
+            auth_user: "u".into(),
+            secret_uuid: uuid::Uuid::nil(),
+        },
+        PoolKind::Iscsi {
+            host: "h".into(),
+            port: None,
+            iqn: "has space".into(),
+        },
     ];
     for kind in bad {
-        let def = PoolDef { name: n.clone(), kind };
-        assert_eq!(def.validate().unwrap_err().kind(), ErrorKind::InvalidArgument, "{def:?}");
+        let def = PoolDef {
+            name: n.clone(),
+            kind,
+        };
+        assert_eq!(
+            def.validate().unwrap_err().kind(),
+            ErrorKind::InvalidArgument,
+            "{def:?}"
+        );
     }
     // Escaping: a name with XML metacharacters stays a name.
-    let def = PoolDef { name: PoolName::new("csat-sto-<x>&'\"").unwrap(), kind: PoolKind::Dir { path: "/tmp/a<b".into() } };
+    let def = PoolDef {
+        name: PoolName::new("csat-sto-<x>&'\"").unwrap(),
+        kind: PoolKind::Dir {
+            path: "/tmp/a<b".into(),
+        },
+    };
     validate(&def.to_xml().unwrap());
 }
 
@@ -89,27 +165,55 @@ async fn dir_pool_lifecycle_and_honest_status() {
     assert_eq!(st.path.as_deref(), Some(p.dir.as_path()));
 
     // Same definition again: no-op; a different one under the name: refused.
-    let same = PoolDef { name: p.name.clone(), kind: PoolKind::Dir { path: p.dir.clone() } };
+    let same = PoolDef {
+        name: p.name.clone(),
+        kind: PoolKind::Dir {
+            path: p.dir.clone(),
+        },
+    };
     s.add_pool(same, CallOpts::default()).await.unwrap();
-    let other = PoolDef { name: p.name.clone(), kind: PoolKind::Dir { path: "/tmp/csat-sto-elsewhere".into() } };
-    assert_eq!(s.add_pool(other, CallOpts::default()).await.unwrap_err().kind(), ErrorKind::AlreadyExists);
+    let other = PoolDef {
+        name: p.name.clone(),
+        kind: PoolKind::Dir {
+            path: "/tmp/csat-sto-elsewhere".into(),
+        },
+    };
+    assert_eq!(
+        s.add_pool(other, CallOpts::default())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
 
     // Stopped behind our back: reported Inactive, not as an empty pool.
     let c = virt::connect::Connect::open(Some(URI)).unwrap();
-    c.lookup_storage_pool_by_name(p.name.as_str()).unwrap().destroy().unwrap();
+    c.lookup_storage_pool_by_name(p.name.as_str())
+        .unwrap()
+        .destroy()
+        .unwrap();
     let all = s.list_pools(CallOpts::default()).await.unwrap();
     let st = all.iter().find(|x| x.name == p.name.as_str()).unwrap();
     assert_eq!(st.state, PoolState::Inactive);
     assert_eq!(st.capacity.0, 0);
     assert!(!st.message.is_empty());
-    let e = s.refresh_pool(&p.name, CallOpts::default()).await.unwrap_err();
+    let e = s
+        .refresh_pool(&p.name, CallOpts::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable);
     let st = s.start_pool(&p.name, CallOpts::default()).await.unwrap();
     assert_eq!(st.state, PoolState::Running);
 
     s.remove_pool(&p.name, CallOpts::default()).await.unwrap();
     assert!(c.lookup_storage_pool_by_name(p.name.as_str()).is_err());
-    assert_eq!(s.refresh_pool(&p.name, CallOpts::default()).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        s.refresh_pool(&p.name, CallOpts::default())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
 }
 
 #[tokio::test]
@@ -117,13 +221,28 @@ async fn shared_mount_point_unmounted_is_reported() {
     let fs = Tmpfs::new(8);
     let s = storage();
     let name = unique("smp");
-    let _guard = PoolGuard { uri: URI.into(), name: name.clone() };
+    let _guard = PoolGuard {
+        uri: URI.into(),
+        name: name.clone(),
+    };
     let pool = PoolName::new(&name).unwrap();
-    let def = PoolDef { name: pool.clone(), kind: PoolKind::SharedMountPoint { path: fs.path().to_path_buf() } };
+    let def = PoolDef {
+        name: pool.clone(),
+        kind: PoolKind::SharedMountPoint {
+            path: fs.path().to_path_buf(),
+        },
+    };
     let st = s.add_pool(def, CallOpts::default()).await.unwrap();
     assert_eq!(st.state, PoolState::Running);
-    let v = CreateVolume { pool: pool.clone(), name: VolumeName::new("a").unwrap(), format: ImageFormat::Qcow2, size: Bytes(1 << 20) };
-    s.create_volume(v.clone(), CallOpts::default()).await.unwrap();
+    let v = CreateVolume {
+        pool: pool.clone(),
+        name: VolumeName::new("a").unwrap(),
+        format: ImageFormat::Qcow2,
+        size: Bytes(1 << 20),
+    };
+    s.create_volume(v.clone(), CallOpts::default())
+        .await
+        .unwrap();
 
     fs.unmount();
     let all = s.list_pools(CallOpts::default()).await.unwrap();
@@ -134,10 +253,24 @@ async fn shared_mount_point_unmounted_is_reported() {
     v2.name = VolumeName::new("b").unwrap();
     let e = s.create_volume(v2, CallOpts::default()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
-    assert!(list(fs.path()).is_empty(), "wrote into the bare mount point dir");
+    assert!(
+        list(fs.path()).is_empty(),
+        "wrote into the bare mount point dir"
+    );
 
     // Adding a shared mount point that is not mounted is refused.
     let name2 = unique("smp2");
-    let def = PoolDef { name: PoolName::new(&name2).unwrap(), kind: PoolKind::SharedMountPoint { path: fs.path().to_path_buf() } };
-    assert_eq!(s.add_pool(def, CallOpts::default()).await.unwrap_err().kind(), ErrorKind::Unavailable);
+    let def = PoolDef {
+        name: PoolName::new(&name2).unwrap(),
+        kind: PoolKind::SharedMountPoint {
+            path: fs.path().to_path_buf(),
+        },
+    };
+    assert_eq!(
+        s.add_pool(def, CallOpts::default())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Unavailable
+    );
 }

@@ -148,9 +148,17 @@ impl StorageError {
                 N::NoStoragePool | N::NoStorageVolume | N::NoDomain | N::NoDomainSnapshot => {
                     ErrorKind::NotFound
                 }
-                N::InvalidArg | N::XmlError | N::XmlDetail | N::OperationInvalid => {
-                    ErrorKind::InvalidArgument
-                }
+                // Unsupported requests (e.g. revert to an external snapshot
+                // before libvirt 9.9) change nothing: the command is invalid
+                // on this host, retrying will not help.
+                N::InvalidArg
+                | N::XmlError
+                | N::XmlDetail
+                | N::OperationInvalid
+                | N::ConfigUnsupported
+                | N::OperationUnsupported
+                | N::NoSupport
+                | N::ArgumentUnsupported => ErrorKind::InvalidArgument,
                 N::OperationTimeout | N::AgentUnresponsive => ErrorKind::DeadlineExceeded,
                 N::StorageVolExist => ErrorKind::AlreadyExists,
                 N::SystemError | N::Rpc | N::NoConnect | N::InternalError => ErrorKind::Unavailable,

@@ -305,15 +305,10 @@ impl QemuImg {
             SnapshotOp::Apply => ("-a", "snapshot revert"),
             SnapshotOp::Delete => ("-d", "snapshot delete"),
         };
-        let args = vec![
-            os("snapshot"),
-            os("-q"),
-            os("-f"),
-            os("qcow2"),
-            os(flag),
-            os(name),
-            path.into(),
-        ];
+        // `qemu-img snapshot` has no -f: the format is probed. Callers have
+        // checked the qcow2 magic first, so probing cannot mistake a raw
+        // guest-written image for qcow2.
+        let args = vec![os("snapshot"), os("-q"), os(flag), os(name), path.into()];
         self.run(call(step, path, args), ctl).await.map(drop)
     }
 

@@ -248,6 +248,11 @@ impl Storage {
                         "the VM is not running; snapshot its volumes instead",
                     ));
                 }
+                if Domain::lookup_snapshot_by_name(&dom, name.as_str(), 0).is_ok() {
+                    return Err(StorageError::AlreadyExists {
+                        what: format!("snapshot {name} of VM {d}"),
+                    });
+                }
                 let dxml = dom.xml_desc(0).map_err(|e| StorageError::libvirt("read domain XML", &d, e))?;
                 let disks = file_disks(&dxml)?;
                 let (sxml, files) = snapshot_xml(&name, &disks)?;

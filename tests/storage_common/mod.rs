@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use csagent::storage::{
-    CallOpts, PoolDef, PoolKind, PoolName, Storage, StorageConfig,
-};
+use csagent::storage::{CallOpts, PoolDef, PoolKind, PoolName, Storage, StorageConfig};
 
 pub const URI: &str = "qemu:///system";
 
@@ -54,21 +52,33 @@ pub struct TestPool {
 
 impl TestPool {
     pub async fn new(tag: &str) -> TestPool {
-        let tmp = tempfile::Builder::new().prefix("csat-sto-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("csat-sto-")
+            .tempdir()
+            .unwrap();
         Self::at(tag, tmp, None).await
     }
 
     pub async fn at(tag: &str, tmp: tempfile::TempDir, dir: Option<PathBuf>) -> TestPool {
         let storage = storage();
         let name = unique(tag);
-        let guard = PoolGuard { uri: URI.into(), name: name.clone() };
+        let guard = PoolGuard {
+            uri: URI.into(),
+            name: name.clone(),
+        };
         let dir = dir.unwrap_or_else(|| tmp.path().to_path_buf());
         let def = PoolDef {
             name: PoolName::new(&name).unwrap(),
             kind: PoolKind::Dir { path: dir.clone() },
         };
         storage.add_pool(def, CallOpts::default()).await.unwrap();
-        TestPool { storage, name: PoolName::new(name).unwrap(), dir, _guard: guard, _tmp: tmp }
+        TestPool {
+            storage,
+            name: PoolName::new(name).unwrap(),
+            dir,
+            _guard: guard,
+            _tmp: tmp,
+        }
     }
 
     /// Names of files in the pool dir, temp files included, sorted.
@@ -94,7 +104,10 @@ pub struct Tmpfs {
 
 impl Tmpfs {
     pub fn new(mib: u32) -> Tmpfs {
-        let dir = tempfile::Builder::new().prefix("csat-sto-tmpfs-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("csat-sto-tmpfs-")
+            .tempdir()
+            .unwrap();
         let st = Command::new("mount")
             .args(["-t", "tmpfs", "-o"])
             .arg(format!("size={mib}m"))
@@ -103,7 +116,10 @@ impl Tmpfs {
             .status()
             .unwrap();
         assert!(st.success(), "mount tmpfs failed");
-        Tmpfs { dir, mounted: std::cell::Cell::new(true) }
+        Tmpfs {
+            dir,
+            mounted: std::cell::Cell::new(true),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -148,20 +164,34 @@ pub fn random_file(path: &Path, len: u64, seed: u64) {
 /// Runs qemu-img (test-side, to set up fixtures) and asserts success.
 pub fn qemu_img(args: &[&str]) -> String {
     let out = Command::new("qemu-img").args(args).output().unwrap();
-    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub fn info_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&qemu_img(&["info", "-U", "--output=json", path.to_str().unwrap()])).unwrap()
+    serde_json::from_str(&qemu_img(&[
+        "info",
+        "-U",
+        "--output=json",
+        path.to_str().unwrap(),
+    ]))
+    .unwrap()
 }
 
 /// Pids of running qemu-img processes whose command line mentions `needle`.
 pub fn qemu_img_pids(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd);
         if cmd.starts_with("qemu-img") && cmd.contains(needle) {
             out.push(pid);
@@ -184,7 +214,9 @@ impl HttpServer {
         let url = format!("http://{}/csat-sto-template.img", l.local_addr().unwrap());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = l.accept().await else { return };
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
                 let body = body.clone();
                 tokio::spawn(async move {
                     let mut req = Vec::new();
@@ -203,14 +235,25 @@ impl HttpServer {
                         let _ = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").await;
                         for c in body.chunks(64 * 1024) {
                             let head = format!("{:x}\r\n", c.len());
-                            if s.write_all(head.as_bytes()).await.is_err() { return; }
-                            if s.write_all(c).await.is_err() { return; }
-                            if s.write_all(b"\r\n").await.is_err() { return; }
+                            if s.write_all(head.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            if s.write_all(c).await.is_err() {
+                                return;
+                            }
+                            if s.write_all(b"\r\n").await.is_err() {
+                                return;
+                            }
                         }
                         let _ = s.write_all(b"0\r\n\r\n").await;
                     } else {
-                        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
-                        if s.write_all(head.as_bytes()).await.is_err() { return; }
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        if s.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
                         let _ = s.write_all(&body).await;
                     }
                     let _ = s.shutdown().await;
