@@ -158,6 +158,17 @@ async fn external_snapshot_of_running_vm() {
         .unwrap();
     dom.create().unwrap();
 
+    // The running VM holds qemu's write lock: qemu-img must not touch it.
+    let vol = SnapshotTarget::Volume {
+        pool: p.name.clone(),
+        volume: VolumeName::new("root").unwrap(),
+    };
+    let e = s
+        .create_snapshot(vol, snap("offline"), CallOpts::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+
     let target = SnapshotTarget::Domain {
         domain: name.clone(),
     };

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use csagent::storage::template::ChecksumAlgo;
 use csagent::storage::{
-    Bytes, CallOpts, Checksum, CopyTemplate, ErrorKind, ImageFormat, PoolDef, PoolKind, PoolName,
-    Progress, ProgressSink, StorageError, TemplateSource, VolumeName,
+    Bytes, CallOpts, Checksum, CloneMode, CopyTemplate, CreateFromTemplate, ErrorKind, ImageFormat,
+    PoolDef, PoolKind, PoolName, Progress, ProgressSink, StorageError, TemplateSource, VolumeName,
 };
 use md5::Md5;
 use sha2::{Digest, Sha256};
@@ -219,6 +219,28 @@ async fn local_copy_md5_and_mismatch_removes_copy() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    // Host files outside the secondary-storage roots are not templates.
+    let e = p
+        .storage
+        .copy_template(
+            copy(
+                &p,
+                "shadow",
+                TemplateSource::Path("/etc/hostname".into()),
+                ImageFormat::Raw,
+                None,
+            ),
+            CallOpts::default(),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    assert!(
+        e.to_string()
+            .contains("outside the secondary-storage roots"),
+        "{e}"
+    );
     assert_eq!(p.files(), vec!["ok"]);
 }
 
@@ -363,6 +385,37 @@ async fn disk_full_leaves_no_partial_file() {
     assert!(e.to_string().contains("No space left"), "{e}");
     assert_eq!(e.kind(), ErrorKind::InsufficientCapacity);
     assert!(list(fs.path()).is_empty(), "{:?}", list(fs.path()));
+
+    // qemu-img convert filling the disk: two full copies racing for room
+    // for one. Whichever fails (at the capacity check or with ENOSPC while
+    // writing) fails cleanly, and no partial file is left.
+    random_file(&fs.path().join("tpl.raw"), 3 * MIB, 8);
+    let full = |n: &str| CreateFromTemplate {
+        pool: pool.clone(),
+        name: VolumeName::new(n).unwrap(),
+        template: VolumeName::new("tpl.raw").unwrap(),
+        mode: CloneMode::Full {
+            format: ImageFormat::Raw,
+        },
+        size: None,
+    };
+    let (a, b) = tokio::join!(
+        storage.create_volume_from_template(full("c1"), CallOpts::default(), None),
+        storage.create_volume_from_template(full("c2"), CallOpts::default(), None),
+    );
+    let mut expect = vec!["tpl.raw".to_string()];
+    for (n, r) in [("c1", &a), ("c2", &b)] {
+        match r {
+            Ok(_) => expect.push(n.to_string()),
+            Err(e) => {
+                println!("{n}: {e}");
+                assert_eq!(e.kind(), ErrorKind::InsufficientCapacity, "{e}")
+            }
+        }
+    }
+    assert!(a.is_err() || b.is_err(), "both copies fit in 8 MiB?");
+    expect.sort();
+    assert_eq!(list(fs.path()), expect);
     storage
         .remove_pool(&pool, CallOpts::default())
         .await

@@ -109,6 +109,10 @@ pub struct StorageConfig {
     /// Timeout of any operation not in `op_timeouts` (the seed's 120 s).
     pub default_timeout: Duration,
     pub op_timeouts: HashMap<Op, Duration>,
+    /// Directories a template may be copied from by path (secondary
+    /// storage mounts). A path elsewhere is refused, so a command cannot
+    /// copy host files such as /etc/shadow into a VM-visible volume.
+    pub template_roots: Vec<PathBuf>,
 }
 
 impl Default for StorageConfig {
@@ -118,6 +122,8 @@ impl Default for StorageConfig {
             qemu_img: PathBuf::from("qemu-img"),
             default_timeout: Duration::from_secs(120),
             op_timeouts: HashMap::new(),
+            // CloudStack mounts secondary storage under /mnt.
+            template_roots: vec![PathBuf::from("/mnt")],
         }
     }
 }

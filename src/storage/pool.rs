@@ -568,7 +568,10 @@ impl Storage {
             .await?;
         let mut out = Vec::with_capacity(names.len());
         for n in names {
-            out.push(self.one_status(n, &ctl).await?);
+            // Each pool gets the whole budget: one hung NFS pool must not
+            // make the others look unreachable.
+            let one = RunCtl::new(ctl.budget, ctl.cancel.clone());
+            out.push(self.one_status(n, &one).await?);
         }
         Ok(out)
     }

@@ -431,6 +431,15 @@ fn exit_error(c: &Call<'_>, status: std::process::ExitStatus, stderr: &str) -> S
             };
         }
     }
+    if stderr.contains("Failed to get") && stderr.contains("lock") {
+        // qemu's image locking: a running VM has the image open.
+        return StorageError::Unavailable {
+            what: format!("image {}", c.object),
+            reason: format!(
+                "it is in use by a running VM ({stderr}); stop the VM or use a VM snapshot"
+            ),
+        };
+    }
     if stderr.contains("No such file or directory") && c.output.0.is_none() {
         return StorageError::NotFound {
             what: format!("image {} ({stderr})", c.object),

@@ -156,7 +156,8 @@ impl Storage {
                 what: format!("template {}", dst.display()),
             });
         }
-        let (mut src, total, what) = open_source(&req.source, &ctl).await?;
+        let (mut src, total, what) =
+            open_source(&req.source, &self.config().template_roots, &ctl).await?;
         if let Some(t) = total {
             let available = fs_available(&root, &ctl).await?;
             if t > available {
@@ -251,6 +252,7 @@ impl Storage {
 
 async fn open_source(
     src: &TemplateSource,
+    roots: &[PathBuf],
     ctl: &RunCtl,
 ) -> Result<(Source, Option<Bytes>, String), StorageError> {
     match src {
@@ -261,6 +263,7 @@ async fn open_source(
                     "must be absolute",
                 ));
             }
+            check_template_root(p, roots)?;
             let f = tokio::fs::File::open(p)
                 .await
                 .map_err(|e| StorageError::io("open template", p, e))?;
@@ -317,6 +320,24 @@ async fn open_source(
             Ok((Source::Http(resp), total, u.clone()))
         }
     }
+}
+
+/// The template path, symlinks resolved, must lie under one of `roots`.
+fn check_template_root(p: &Path, roots: &[PathBuf]) -> Result<(), StorageError> {
+    let real = p
+        .canonicalize()
+        .map_err(|e| StorageError::io("open template", p, e))?;
+    let inside = roots
+        .iter()
+        .filter_map(|r| r.canonicalize().ok())
+        .any(|r| real.starts_with(r));
+    if inside {
+        return Ok(());
+    }
+    Err(StorageError::invalid(
+        format!("template path {}", p.display()),
+        format!("is outside the secondary-storage roots {roots:?} (storage config template_roots)"),
+    ))
 }
 
 /// Streams `src` into the temp file, hashing as it goes, and returns the

@@ -197,7 +197,8 @@ impl Storage {
         let tmp = TempFile::new(temp_path(&root, &req.name));
         self.qemu_img
             .create(tmp.path(), req.format, Some(req.size), None, &ctl)
-            .await?;
+            .await
+            .map_err(|e| relabel(e, &req.pool, &dst))?;
         tmp.publish(&dst)?;
         built_info(&req.pool, &req.name, &dst)
     }
@@ -238,7 +239,9 @@ impl Storage {
         let tmp = TempFile::new(temp_path(&root, &req.name));
         match req.mode {
             CloneMode::Linked => {
-                ensure_capacity(&req.pool, &root, size, &ctl).await?;
+                ensure_capacity(&req.pool, &root, size, &ctl)
+                    .await
+                    .map_err(|e| relabel(e, &req.pool, &dst))?;
                 let grow = (size > th.virtual_size).then_some(size);
                 self.qemu_img
                     .create(
@@ -248,11 +251,18 @@ impl Storage {
                         Some((&tpl, th.format)),
                         &ctl,
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| relabel(e, &req.pool, &dst))?;
             }
             CloneMode::Full { format } => {
-                let needed = self.qemu_img.measure(&tpl, th.format, format, &ctl).await?;
-                ensure_capacity(&req.pool, &root, needed, &ctl).await?;
+                let needed = self
+                    .qemu_img
+                    .measure(&tpl, th.format, format, &ctl)
+                    .await
+                    .map_err(|e| relabel(e, &req.pool, &dst))?;
+                ensure_capacity(&req.pool, &root, needed, &ctl)
+                    .await
+                    .map_err(|e| relabel(e, &req.pool, &dst))?;
                 let sink = progress.as_deref();
                 self.qemu_img
                     .convert(
@@ -262,11 +272,13 @@ impl Storage {
                         sink,
                         &ctl,
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| relabel(e, &req.pool, &dst))?;
                 if size > th.virtual_size {
                     self.qemu_img
                         .resize(tmp.path(), format, size, false, &ctl)
-                        .await?;
+                        .await
+                        .map_err(|e| relabel(e, &req.pool, &dst))?;
                 }
             }
         }
@@ -372,6 +384,19 @@ impl Storage {
                 })
                 .collect(),
         })
+    }
+}
+
+/// qemu-img knows only the temp file; the operator needs the pool and the
+/// volume's name.
+fn relabel(e: StorageError, pool: &PoolName, dst: &Path) -> StorageError {
+    match e {
+        StorageError::DiskFull { step, .. } => StorageError::DiskFull {
+            pool: pool.to_string(),
+            step,
+            path: dst.to_path_buf(),
+        },
+        other => other,
     }
 }
 

@@ -19,6 +19,7 @@ pub fn unique(tag: &str) -> String {
 pub fn storage() -> Arc<Storage> {
     Arc::new(Storage::new(StorageConfig {
         libvirt_uri: URI.into(),
+        template_roots: vec![std::env::temp_dir()],
         ..StorageConfig::default()
     }))
 }
