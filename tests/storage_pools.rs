@@ -274,3 +274,68 @@ async fn shared_mount_point_unmounted_is_reported() {
         ErrorKind::Unavailable
     );
 }
+
+struct SecretGuard(uuid::Uuid);
+
+impl Drop for SecretGuard {
+    fn drop(&mut self) {
+        if let Ok(c) = virt::connect::Connect::open(Some(URI)) {
+            if let Ok(sec) = c.lookup_secret_by_uuid_string(&self.0.to_string()) {
+                let _ = sec.undefine();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn ceph_secret_is_stored_private_and_removed() {
+    use csagent::storage::ceph_secret::{CephKey, CephSecret};
+    let uuid = uuid::Uuid::new_v4();
+    let _g = SecretGuard(uuid);
+    let key = CephKey::new("AQBzY2F0LXN0by10ZXN0LWtleS0xMjM0NTY3OA==").unwrap();
+    assert!(!format!("{key:?}").contains("AQB"), "key leaked in Debug");
+    assert!(CephKey::new("not base64 !!").is_err());
+    let sec = CephSecret {
+        uuid,
+        user: "csat-sto".into(),
+        key,
+    };
+    let xml = sec.to_xml().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("csat-sto-xml-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(dir.path().join("s.xml"), &xml).unwrap();
+    let ok = Command::new("virt-xml-validate")
+        .arg(dir.path().join("s.xml"))
+        .arg("secret")
+        .status()
+        .unwrap();
+    assert!(ok.success(), "{xml}");
+
+    let s = storage();
+    s.put_ceph_secret(sec.clone(), CallOpts::default())
+        .await
+        .unwrap();
+    // Same uuid again replaces the key: idempotent for a re-sent command.
+    s.put_ceph_secret(sec, CallOpts::default()).await.unwrap();
+    let c = virt::connect::Connect::open(Some(URI)).unwrap();
+    let found = c.lookup_secret_by_uuid_string(&uuid.to_string()).unwrap();
+    let desc = found.xml_desc(0).unwrap();
+    assert!(desc.contains("private='yes'"), "{desc}");
+    assert!(
+        found.value(0).is_err(),
+        "a private secret's value must not be readable"
+    );
+    s.remove_ceph_secret(uuid, CallOpts::default())
+        .await
+        .unwrap();
+    assert!(c.lookup_secret_by_uuid_string(&uuid.to_string()).is_err());
+    assert_eq!(
+        s.remove_ceph_secret(uuid, CallOpts::default())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+}

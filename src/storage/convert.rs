@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use crate::proto::v1 as pb;
 
+use super::ceph_secret::{CephKey, CephSecret};
 use super::error::{ErrorKind, StorageError};
 use super::pool::Monitor;
 use super::template::ChecksumAlgo;
@@ -177,9 +178,7 @@ impl TryFrom<&pb::PoolDefinition> for PoolDef {
                     .collect::<Result<_, StorageError>>()?,
                 ceph_pool: r.ceph_pool.clone(),
                 auth_user: r.auth_user.clone(),
-                secret_uuid: uuid::Uuid::parse_str(&r.secret_uuid).map_err(|e| {
-                    StorageError::invalid(format!("secret_uuid {:?}", r.secret_uuid), e.to_string())
-                })?,
+                secret_uuid: secret_uuid(&r.secret_uuid)?,
             },
             Some(Kind::Iscsi(i)) => PoolKind::Iscsi {
                 host: i.host.clone(),
@@ -195,6 +194,27 @@ impl TryFrom<&pb::PoolDefinition> for PoolDef {
         def.validate()?;
         Ok(def)
     }
+}
+
+fn secret_uuid(s: &str) -> Result<uuid::Uuid, StorageError> {
+    uuid::Uuid::parse_str(s)
+        .map_err(|e| StorageError::invalid(format!("secret uuid {s:?}"), e.to_string()))
+}
+
+impl TryFrom<&pb::PutCephSecret> for CephSecret {
+    type Error = StorageError;
+    fn try_from(m: &pb::PutCephSecret) -> Result<Self, StorageError> {
+        Ok(CephSecret {
+            uuid: secret_uuid(&m.uuid)?,
+            user: m.user.clone(),
+            key: CephKey::new(m.key.clone())?,
+        })
+    }
+}
+
+/// UUID of a RemoveCephSecret.
+pub fn remove_ceph_secret(m: &pb::RemoveCephSecret) -> Result<uuid::Uuid, StorageError> {
+    secret_uuid(&m.uuid)
 }
 
 impl From<&VolumeInfo> for pb::VolumeInfo {

@@ -8,6 +8,7 @@
 //! what it half-made on failure. Must not: see proto types (convert.rs is
 //! the edge), render domain XML, or hold the hypervisor's libvirt connection.
 
+pub mod ceph_secret;
 pub mod convert;
 pub mod error;
 pub mod lock;
