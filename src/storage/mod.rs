@@ -14,6 +14,7 @@ pub mod error;
 pub mod lock;
 pub mod names;
 pub mod pool;
+pub mod pool_def;
 pub mod probe;
 pub mod qemu_img;
 pub mod snapshot;
