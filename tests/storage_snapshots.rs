@@ -168,6 +168,14 @@ async fn external_snapshot_of_running_vm() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    // Nor may its disk be deleted under it.
+    let root = VolumeName::new("root").unwrap();
+    let e = s
+        .delete_volume(&p.name, &root, CallOpts::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(p.dir.join("root").exists());
 
     let target = SnapshotTarget::Domain {
         domain: name.clone(),

@@ -190,6 +190,27 @@ impl QemuImg {
         parsed.map_err(|e| bad_json("info", path, e))
     }
 
+    /// Fails with Unavailable when a running VM holds the image: unlike
+    /// `info` this asks for qemu's image locks (no -U), which a VM's write
+    /// lock refuses.
+    pub async fn ensure_unused(
+        &self,
+        path: &Path,
+        format: ImageFormat,
+        ctl: &RunCtl,
+    ) -> Result<(), StorageError> {
+        let args = vec![
+            os("info"),
+            os("--output=json"),
+            os("-f"),
+            os(format.as_str()),
+            path.into(),
+        ];
+        self.run(call("in-use check", path, args), ctl)
+            .await
+            .map(drop)
+    }
+
     pub async fn check(
         &self,
         path: &Path,

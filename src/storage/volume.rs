@@ -320,8 +320,8 @@ impl Storage {
     }
 
     /// Deletes a volume. Refused while another volume of the pool uses it
-    /// as its backing file: deleting a template under its clones corrupts
-    /// every one of them.
+    /// as its backing file (deleting a template under its clones corrupts
+    /// every one of them) and while a running VM has it open.
     pub async fn delete_volume(
         &self,
         pool: &PoolName,
@@ -338,6 +338,8 @@ impl Storage {
                 format!("volume {user} uses it as backing file; delete or flatten {user} first"),
             ));
         }
+        let h = probe(&path)?;
+        self.qemu_img.ensure_unused(&path, h.format, &ctl).await?;
         std::fs::remove_file(&path).map_err(|e| StorageError::io("delete volume", &path, e))
     }
 
