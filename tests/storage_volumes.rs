@@ -405,3 +405,18 @@ async fn timeout_kills_qemu_img_and_names_the_step() {
     assert_eq!(e.kind(), ErrorKind::DeadlineExceeded, "{e}");
     assert_eq!(p.files(), vec!["big.raw"]);
 }
+
+#[tokio::test]
+async fn sweep_removes_only_leftover_temp_files() {
+    let p = TestPool::new("sweep").await;
+    std::fs::write(p.dir.join(".vm-root.part-0123456789abcdef"), b"half").unwrap();
+    std::fs::write(p.dir.join("keep"), b"volume").unwrap();
+    std::fs::write(p.dir.join(".operator-note"), b"not ours").unwrap();
+    let removed = p
+        .storage
+        .sweep_partial_files(&p.name, CallOpts::default())
+        .await
+        .unwrap();
+    assert_eq!(removed, vec![p.dir.join(".vm-root.part-0123456789abcdef")]);
+    assert_eq!(p.files(), vec![".operator-note", "keep"]);
+}

@@ -65,6 +65,19 @@ pub fn temp_path(root: &Path, name: &VolumeName) -> PathBuf {
     root.join(format!(".{}.part-{tag:016x}", name.as_str()))
 }
 
+/// True for names made by `temp_path`: ".<name>.part-<16 hex>".
+pub fn is_temp_name(file_name: &str) -> bool {
+    let Some(rest) = file_name.strip_prefix('.') else {
+        return false;
+    };
+    match rest.rsplit_once(".part-") {
+        Some((name, tag)) => {
+            !name.is_empty() && tag.len() == 16 && tag.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        None => false,
+    }
+}
+
 /// Removes a temp file when dropped unless it was published: every early
 /// return and every `?` leaves no partial file behind.
 pub struct TempFile {
@@ -112,6 +125,22 @@ impl Drop for TempFile {
                     tracing::warn!(path = %p.display(), error = %e, "could not remove temp file");
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_are_recognised() {
+        let n = VolumeName::new("vm-root").unwrap();
+        let p = temp_path(Path::new("/pool"), &n);
+        let f = p.file_name().unwrap().to_str().unwrap();
+        assert!(is_temp_name(f), "{f}");
+        for other in ["vm-root", ".hidden", ".x.part-zz", ".part-0123456789abcdef"] {
+            assert!(!is_temp_name(other), "{other}");
         }
     }
 }

@@ -343,6 +343,32 @@ impl Storage {
         std::fs::remove_file(&path).map_err(|e| StorageError::io("delete volume", &path, e))
     }
 
+    /// Removes temp files a crashed agent left in the pool. Call it at
+    /// startup, before commands run: an in-flight create owns its temp file.
+    pub async fn sweep_partial_files(
+        &self,
+        pool: &PoolName,
+        opts: CallOpts,
+    ) -> Result<Vec<PathBuf>, StorageError> {
+        let ctl = self.ctl(Op::Delete, &opts);
+        let root = self.pool_dir(pool, &ctl).await?;
+        let rd = std::fs::read_dir(&root).map_err(|e| StorageError::io("scan pool", &root, e))?;
+        let mut removed = Vec::new();
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            if !name.to_str().is_some_and(super::lock::is_temp_name) {
+                continue;
+            }
+            let p = entry.path();
+            match std::fs::remove_file(&p) {
+                Ok(()) => removed.push(p),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io("remove partial file", &p, e)),
+            }
+        }
+        Ok(removed)
+    }
+
     pub async fn volume_info(
         &self,
         pool: &PoolName,
