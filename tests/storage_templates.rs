@@ -421,3 +421,44 @@ async fn disk_full_leaves_no_partial_file() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn download_without_length_stops_before_pool_is_full() {
+    // 65 MiB pool: after 64 MiB only 1 MiB is left, under the 2 % reserve.
+    let fs = Tmpfs::new(65);
+    let storage = storage();
+    let name = unique("reserve");
+    let _guard = PoolGuard {
+        uri: URI.into(),
+        name: name.clone(),
+    };
+    let pool = PoolName::new(&name).unwrap();
+    let def = PoolDef {
+        name: pool.clone(),
+        kind: PoolKind::SharedMountPoint {
+            path: fs.path().to_path_buf(),
+        },
+    };
+    storage.add_pool(def, CallOpts::default()).await.unwrap();
+    let srv = HttpServer::serve(Arc::new(vec![0x5a; 80 * MIB as usize]), true).await;
+    let req = CopyTemplate {
+        pool: pool.clone(),
+        name: VolumeName::new("big").unwrap(),
+        source: TemplateSource::Url(srv.url.clone()),
+        format: ImageFormat::Raw,
+        checksum: None,
+    };
+    let e = storage
+        .copy_template(req, CallOpts::default(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StorageError::InsufficientCapacity { .. }),
+        "{e}"
+    );
+    assert!(list(fs.path()).is_empty(), "{:?}", list(fs.path()));
+    storage
+        .remove_pool(&pool, CallOpts::default())
+        .await
+        .unwrap();
+}

@@ -18,12 +18,15 @@ use super::lock::{temp_path, TempFile};
 use super::names::{volume_path, PoolName, VolumeName};
 use super::probe::probe;
 use super::qemu_img::RunCtl;
-use super::volume::{check_backing_inside, fs_available, VolumeInfo};
+use super::volume::{check_backing_inside, fs_available, fs_space, VolumeInfo};
 use super::{Bytes, CallOpts, ImageFormat, Op, Progress, ProgressSink, Storage};
 
 const CHUNK: usize = 1 << 20;
 /// Progress is reported at most every this many bytes (and at the end).
 const PROGRESS_STEP: u64 = 8 << 20;
+/// With no announced length, free space is rechecked this often so a
+/// download stops before it fills a pool that running VMs write to.
+const SPACE_CHECK_STEP: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TemplateSource {
@@ -322,6 +325,27 @@ async fn open_source(
     }
 }
 
+/// Fails once the pool's free space drops under its reserve (2 % of the
+/// filesystem, at most 1 GiB): VM disks in the pool need that room.
+async fn keep_reserve(
+    tmp: &Path,
+    pool: &PoolName,
+    done: u64,
+    ctl: &RunCtl,
+) -> Result<(), StorageError> {
+    let dir = tmp.parent().unwrap_or(Path::new("/"));
+    let (available, total) = fs_space(dir, ctl).await?;
+    let reserve = (total.0 / 50).min(1 << 30);
+    if available.0 < reserve {
+        return Err(StorageError::InsufficientCapacity {
+            pool: pool.to_string(),
+            needed: done + reserve,
+            available: available.0 + done,
+        });
+    }
+    Ok(())
+}
+
 /// The template path, symlinks resolved, must lie under one of `roots`.
 fn check_template_root(p: &Path, roots: &[PathBuf]) -> Result<(), StorageError> {
     let real = p
@@ -385,7 +409,11 @@ async fn stream_to(
         }
         hasher.update(&buf);
         out.write_all(&buf).await.map_err(write_err)?;
+        let before = done;
         done += n as u64;
+        if total.is_none() && before / SPACE_CHECK_STEP != done / SPACE_CHECK_STEP {
+            keep_reserve(tmp.path(), &req.pool, done, ctl).await?;
+        }
         if let Some(p) = progress {
             if done - reported >= PROGRESS_STEP {
                 reported = done;

@@ -84,9 +84,14 @@ pub(crate) fn check_size(size: Bytes) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Free bytes of the filesystem holding `dir`, off the async workers: a
-/// statvfs on a dead NFS mount blocks.
+/// Free bytes of the filesystem holding `dir`.
 pub(crate) async fn fs_available(dir: &Path, ctl: &RunCtl) -> Result<Bytes, StorageError> {
+    fs_space(dir, ctl).await.map(|(available, _)| available)
+}
+
+/// (available, total) bytes of the filesystem holding `dir`, off the async
+/// workers: a statvfs on a dead NFS mount blocks.
+pub(crate) async fn fs_space(dir: &Path, ctl: &RunCtl) -> Result<(Bytes, Bytes), StorageError> {
     let d = dir.to_path_buf();
     let job = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&d));
     let st = tokio::select! {
@@ -96,8 +101,10 @@ pub(crate) async fn fs_available(dir: &Path, ctl: &RunCtl) -> Result<Bytes, Stor
         }),
     };
     let st = st.map_err(|e| StorageError::io("read free space", dir, e.into()))?;
-    Ok(Bytes(
-        st.blocks_available() as u64 * st.fragment_size() as u64,
+    let frag = st.fragment_size() as u64;
+    Ok((
+        Bytes(st.blocks_available() as u64 * frag),
+        Bytes(st.blocks() as u64 * frag),
     ))
 }
 
