@@ -31,13 +31,16 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub use ceph_secret::{CephKey, CephSecret};
 pub use error::{ErrorKind, StorageError};
 pub use names::{PoolName, SnapshotName, VolumeName};
-pub use pool::{PoolDef, PoolKind, PoolState, PoolStatus};
+pub use pool::{Monitor, PoolDef, PoolKind, PoolState, PoolStatus};
 pub use qemu_img::QemuImg;
 pub use snapshot::{SnapshotInfo, SnapshotTarget};
-pub use template::{Checksum, CopyTemplate, TemplateSource};
-pub use volume::{CloneMode, CreateFromTemplate, CreateVolume, ResizeVolume, VolumeInfo};
+pub use template::{Checksum, ChecksumAlgo, CopyTemplate, TemplateSource};
+pub use volume::{
+    BackingFile, CloneMode, CreateFromTemplate, CreateVolume, ResizeVolume, VolumeInfo,
+};
 
 /// A size in bytes. Sizes on the wire and in qemu-img are bytes; the newtype
 /// keeps them from being mixed with MiB or counts.
@@ -191,5 +194,58 @@ impl Storage {
             opts.timeout.unwrap_or_else(|| self.cfg.timeout(op)),
             opts.cancel.clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send<T: Send>(_: &T) {}
+
+    /// Dispatch runs every operation on a spawned task: their futures must
+    /// be Send. Never polled; this only has to compile.
+    #[test]
+    fn operation_futures_are_send() {
+        let s = Storage::new(StorageConfig::default());
+        let pool = PoolName::new("p").unwrap();
+        let vol = VolumeName::new("v").unwrap();
+        let o = CallOpts::default;
+        send(&s.create_volume(
+            CreateVolume {
+                pool: pool.clone(),
+                name: vol.clone(),
+                format: ImageFormat::Raw,
+                size: Bytes(1),
+            },
+            o(),
+        ));
+        send(&s.create_volume_from_template(
+            CreateFromTemplate {
+                pool: pool.clone(),
+                name: vol.clone(),
+                template: vol.clone(),
+                mode: CloneMode::Linked,
+                size: None,
+            },
+            o(),
+            None,
+        ));
+        send(&s.copy_template(
+            CopyTemplate {
+                pool: pool.clone(),
+                name: vol.clone(),
+                source: TemplateSource::Url("http://h/".into()),
+                format: ImageFormat::Raw,
+                checksum: None,
+            },
+            o(),
+            None,
+        ));
+        send(&s.list_pools(o()));
+        send(&s.delete_volume(&pool, &vol, o()));
+        let t = SnapshotTarget::Domain { domain: "d".into() };
+        send(&s.create_snapshot(t.clone(), SnapshotName::new("s").unwrap(), o()));
+        send(&s.list_snapshots(t, o()));
     }
 }
