@@ -17,4 +17,5 @@ pub mod mgmt;
 pub mod monitor;
 pub mod pki;
 pub mod proto;
+pub mod storage;
 pub mod tls;
