@@ -5,3 +5,4 @@
 //! drive the same code.
 
 pub mod proto;
+pub mod network;
