@@ -69,19 +69,21 @@ impl Mtu {
     }
 }
 
-/// A kernel interface name: 1..=15 bytes, no '/', ':', whitespace or NUL,
-/// not "." or "..".
+/// A kernel interface name: 1..=15 characters of `[A-Za-z0-9_.-]`, not "."
+/// or "..".
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IfName(String);
 
 impl IfName {
     pub fn new(name: &str) -> Result<Self> {
+        // Stricter than the kernel on purpose: nft treats '*' as a wildcard,
+        // '@' and '$' as set and variable references.
         let bad_char = name
             .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0' || !c.is_ascii());
+            .any(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'));
         if name.is_empty() || name.len() > IFNAME_MAX || bad_char || name == "." || name == ".." {
             return Err(NetworkError::invalid(format!(
-                "interface name {name:?} is not valid (1..15 ASCII characters, no '/', ':' or spaces)"
+                "interface name {name:?} is not valid (1..15 characters of A-Z a-z 0-9 _ . -)"
             )));
         }
         Ok(Self(name.to_owned()))
@@ -168,6 +170,8 @@ mod tests {
         assert!(IfName::new("").is_err());
         assert!(IfName::new("a/b").is_err());
         assert!(IfName::new("sixteen-chars-xx").is_err());
+        assert!(IfName::new("eth*").is_err());
+        assert!(IfName::new("@set").is_err());
         assert!(IfName::new("eth0").is_ok());
     }
 

@@ -1,0 +1,340 @@
+//! Guest networking against the real kernel, inside network namespaces this
+//! test creates (`csat-net-*`), deleted by Drop guards even on failure.
+//!
+//! `ip` (iproute2) only builds the scaffolding a host would already have:
+//! namespaces, veth pairs standing in for physical NICs and guest taps,
+//! guest addresses. Everything csagent does goes through its own code
+//! (netlink, nft). Packets are real: std sockets inside the namespaces.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use csagent::network::{
+    Cidr, Direction, ErrorKind, IfName, IcmpMatch, MacAddr, Mtu, Network, NetworkSpec, PortRange,
+    Protocol, Rule, VlanId, VmPort, VmRules, VmUuid, Vni, VxlanFlood,
+};
+
+// ---------------------------------------------------------------------------
+// Scaffolding
+// ---------------------------------------------------------------------------
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace, deleted (with everything in it) on drop.
+struct Ns {
+    name: String,
+}
+
+impl Ns {
+    fn new(tag: &str) -> Ns {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let name = format!("csat-net-{tag}-{}-{n}", std::process::id());
+        run(&["ip", "netns", "add", &name]);
+        let ns = Ns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+    /// `ip -n NS ARGS...`
+    fn ip(&self, args: &[&str]) {
+        let mut a = vec!["ip", "-n", self.name.as_str()];
+        a.extend_from_slice(args);
+        run(&a);
+    }
+    /// `ip netns exec NS PROG ARGS...` returning stdout.
+    fn exec(&self, args: &[&str]) -> String {
+        let mut a = vec!["ip", "netns", "exec", self.name.as_str()];
+        a.extend_from_slice(args);
+        run(&a)
+    }
+    /// Runs `f` on a thread that has entered this namespace.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        spawn_in(&self.name, f).join().expect("namespace thread panicked")
+    }
+    /// Runs an async block (csagent's code) inside this namespace.
+    fn block_on<T: Send + 'static, F: std::future::Future<Output = T>>(
+        &self,
+        f: impl FnOnce() -> F + Send + 'static,
+    ) -> T {
+        self.run(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(f())
+        })
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Spawns a thread that enters namespace `ns` and runs `f`.
+fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A veth pair with one end in each namespace.
+fn veth(a: &Ns, a_name: &str, b: &Ns, b_name: &str) {
+    a.ip(&["link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", &b.name]);
+    a.ip(&["link", "set", a_name, "up"]);
+    b.ip(&["link", "set", b_name, "up"]);
+}
+
+fn name(s: &str) -> IfName {
+    IfName::new(s).unwrap()
+}
+
+fn vm(n: u8) -> VmUuid {
+    VmUuid(uuid::Uuid::from_bytes([n; 16]))
+}
+
+// ---------------------------------------------------------------------------
+// Probes: real packets
+// ---------------------------------------------------------------------------
+
+const WAIT: Duration = Duration::from_millis(400);
+
+/// Sends UDP from `src` (bound to `from`) to `to` in `dst`; true if it arrived.
+fn udp_arrives(src: &Ns, from: Option<Ipv4Addr>, dst: &Ns, to: SocketAddr) -> bool {
+    let (tx, rx) = mpsc::channel::<()>();
+    let receiver = spawn_in(&dst.name, move || {
+        let s = UdpSocket::bind(to).expect("bind receiver");
+        s.set_read_timeout(Some(WAIT)).ok();
+        tx.send(()).ok();
+        let mut buf = [0u8; 64];
+        s.recv_from(&mut buf).is_ok()
+    });
+    rx.recv().expect("receiver ready");
+    src.run(move || {
+        let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(from.unwrap_or(Ipv4Addr::UNSPECIFIED)), 0))
+            .expect("bind sender");
+        for _ in 0..3 {
+            let _ = s.send_to(b"csagent", to);
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    });
+    receiver.join().expect("receiver")
+}
+
+/// A UDP exchange: `src` sends from port `sport` to `to`, `dst` answers to
+/// the sender's address; true if the answer arrived (conntrack at work).
+fn udp_reply_arrives(src: &Ns, sport: u16, dst: &Ns, to: SocketAddr) -> bool {
+    let (tx, rx) = mpsc::channel::<()>();
+    let server = spawn_in(&dst.name, move || {
+        let s = UdpSocket::bind(to).expect("bind server");
+        s.set_read_timeout(Some(WAIT)).ok();
+        tx.send(()).ok();
+        let mut buf = [0u8; 64];
+        if let Ok((_, peer)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(b"reply", peer);
+        }
+    });
+    rx.recv().expect("server ready");
+    let got = src.run(move || {
+        let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), sport)).expect("bind");
+        s.set_read_timeout(Some(WAIT)).ok();
+        let _ = s.send_to(b"hello", to);
+        let mut buf = [0u8; 64];
+        s.recv_from(&mut buf).is_ok()
+    });
+    server.join().expect("server");
+    got
+}
+
+/// TCP connect from `src` to a listener on `to` in `dst`.
+fn tcp_connects(src: &Ns, dst: &Ns, to: SocketAddr) -> bool {
+    let (tx, rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let server = spawn_in(&dst.name, move || {
+        let l = TcpListener::bind(to).expect("listen");
+        tx.send(()).ok();
+        let _ = done_rx.recv_timeout(Duration::from_secs(3));
+        drop(l);
+    });
+    rx.recv().expect("listener ready");
+    let ok = src.run(move || TcpStream::connect_timeout(&to, WAIT).is_ok());
+    done_tx.send(()).ok();
+    server.join().expect("server");
+    ok
+}
+
+/// ICMP echo from `src` to `to` (unprivileged ICMP datagram socket); true if
+/// a reply came back.
+fn ping(src: &Ns, to: Ipv4Addr) -> bool {
+    src.exec(&["sh", "-c", "echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range"]);
+    src.run(move || {
+        let s = socket2_icmp().expect("icmp socket");
+        s.set_read_timeout(Some(WAIT)).ok();
+        // type 8 (echo request), code 0, checksum and id filled by the kernel.
+        let pkt = [8u8, 0, 0, 0, 0, 0, 0, 1, b'c', b's'];
+        for _ in 0..2 {
+            if s.send_to(&pkt, SocketAddr::new(IpAddr::V4(to), 0)).is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 64];
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                if n >= 1 && buf[0] == 0 {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+/// An ICMP datagram socket wrapped as a UdpSocket (same datagram API).
+fn socket2_icmp() -> std::io::Result<UdpSocket> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2) call; the fd is owned by the UdpSocket below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid datagram socket nobody else owns.
+    Ok(unsafe { UdpSocket::from_raw_fd(fd) })
+}
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+// ---------------------------------------------------------------------------
+// Plumbing
+// ---------------------------------------------------------------------------
+
+fn vxlan_spec(vni: u32, underlay: &str, peers: &[&str]) -> NetworkSpec {
+    NetworkSpec::Vxlan {
+        vni: Vni::new(vni).unwrap(),
+        underlay: name(underlay),
+        flood: VxlanFlood::Peers(peers.iter().map(|p| p.parse().unwrap()).collect()),
+        mtu: None,
+    }
+}
+
+fn link_index(ns: &Ns, dev: &str) -> Option<String> {
+    let out = Command::new("ip").args(["-n", &ns.name, "-o", "link", "show", dev]).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).split(':').next().unwrap_or("").to_owned())
+}
+
+/// Ensure is idempotent, reference counted, refuses foreign links before
+/// changing anything and rolls back what it created when a step fails.
+#[test]
+fn network_ensure_is_idempotent_refcounted_and_safe() {
+    let h = Ns::new("plumb");
+    let peer = Ns::new("plumbp");
+    veth(&h, "u0", &peer, "u1");
+    h.ip(&["addr", "add", "192.168.70.1/24", "dev", "u0"]);
+    // A foreign bridge holding the name csagent would give VNI 55, and a
+    // foreign VXLAN device holding VNI 56 under another name.
+    h.ip(&["link", "add", "brvx-55", "type", "bridge"]);
+    h.ip(&["link", "add", "foreignvx", "type", "vxlan", "id", "56", "dstport", "4789", "dev", "u0"]);
+
+    h.block_on(|| async {
+        let net = Network::new().unwrap();
+        let spec = vxlan_spec(42, "u0", &["192.168.70.2"]);
+        let br = net.ensure_network(vm(1), &spec).await.unwrap();
+        assert_eq!(br.as_str(), "brvx-42");
+        // Second ensure by another VM: same links, no change.
+        let again = net.ensure_network(vm(2), &spec).await.unwrap();
+        assert_eq!(again, br);
+        assert_eq!(net.bridge_users(&br).await, 2);
+
+        let foreign = net.ensure_network(vm(1), &vxlan_spec(55, "u0", &[])).await.unwrap_err();
+        assert_eq!(foreign.kind(), ErrorKind::Conflict, "{foreign}");
+        let dup_vni = net.ensure_network(vm(1), &vxlan_spec(56, "u0", &[])).await.unwrap_err();
+        assert_eq!(dup_vni.kind(), ErrorKind::Conflict, "{dup_vni}");
+        let bad_dev = net.ensure_network(vm(1), &vxlan_spec(57, "nosuchdev", &[])).await.unwrap_err();
+        assert_eq!(bad_dev.kind(), ErrorKind::InvalidArgument, "{bad_dev}");
+        let mtu = NetworkSpec::Vxlan {
+            vni: Vni::new(42).unwrap(),
+            underlay: name("u0"),
+            flood: VxlanFlood::Peers(vec![]),
+            mtu: Some(Mtu::new(1300).unwrap()),
+        };
+        let mismatch = net.ensure_network(vm(3), &mtu).await.unwrap_err();
+        assert_eq!(mismatch.kind(), ErrorKind::Conflict, "{mismatch}");
+        assert!(Vni::new(0).is_err() && VlanId::new(4095).is_err());
+        br
+    });
+    // The failed VNI 56 left nothing half-made; the foreign links are intact.
+    assert!(link_index(&h, "brvx-56").is_none(), "rollback left brvx-56");
+    assert!(link_index(&h, "vxlan56").is_none());
+    assert!(link_index(&h, "foreignvx").is_some() && link_index(&h, "brvx-55").is_some());
+    assert!(link_index(&h, "vxlan55").is_none());
+    let detail = h.exec(&["ip", "-d", "link", "show", "vxlan42"]);
+    assert!(detail.contains("id 42") && detail.contains("dstport 4789"), "{detail}");
+    assert!(detail.contains("master brvx-42"), "{detail}");
+    let fdb = h.exec(&["bridge", "fdb", "show", "dev", "vxlan42"]);
+    assert!(fdb.contains("dst 192.168.70.2"), "{fdb}");
+
+    h.block_on(|| async {
+        let net = Network::new().unwrap();
+        // Agent restart: users rebuilt from libvirt's view.
+        let br = name("brvx-42");
+        net.rebuild_users(&[(vm(1), br.clone()), (vm(2), br.clone())]).await;
+        // Peers change: the flood list follows.
+        net.ensure_network(vm(1), &vxlan_spec(42, "u0", &["192.168.70.3"])).await.unwrap();
+        assert!(!net.release_network(vm(1), &br).await.unwrap(), "still used by vm 2");
+        assert!(net.release_network(vm(2), &br).await.unwrap(), "last user gone");
+        // Releasing a foreign bridge is refused.
+        net.rebuild_users(&[]).await;
+        let e = net.release_network(vm(9), &name("brvx-55")).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Conflict);
+    });
+    assert!(link_index(&h, "brvx-42").is_none() && link_index(&h, "vxlan42").is_none());
+    assert!(link_index(&h, "brvx-55").is_some());
+}
+
+/// Two hosts joined by a veth underlay: the same VNI carries traffic, a
+/// different VNI does not.
+#[test]
+fn network_vxlan_carries_only_its_vni() {
+    let a = Ns::new("vxa");
+    let b = Ns::new("vxb");
+    veth(&a, "ua", &b, "ub");
+    a.ip(&["addr", "add", "192.168.71.1/24", "dev", "ua"]);
+    b.ip(&["addr", "add", "192.168.71.2/24", "dev", "ub"]);
+    let plumb = |ns: &Ns, dev: &'static str, peer: &'static str, vnis: &'static [(u32, &'static str)]| {
+        ns.block_on(move || async move {
+            let net = Network::new().unwrap();
+            for (vni, _) in vnis {
+                net.ensure_network(vm(1), &vxlan_spec(*vni, dev, &[peer])).await.unwrap();
+            }
+        });
+        for (vni, addr) in vnis {
+            ns.ip(&["addr", "add", addr, "dev", &format!("brvx-{vni}")]);
+        }
+    };
+    plumb(&a, "ua", "192.168.71.2", &[(100, "10.60.0.1/24"), (101, "10.61.0.1/24")]);
+    plumb(&b, "ub", "192.168.71.1", &[(100, "10.60.0.2/24"), (102, "10.61.0.2/24")]);
+    assert!(udp_arrives(&a, None, &b, sa("10.60.0.2", 4000)), "same VNI must carry traffic");
+    assert!(!udp_arrives(&a, None, &b, sa("10.61.0.2", 4000)), "VNI 101 must not reach VNI 102");
+    assert!(ping(&b, "10.60.0.1".parse().unwrap()), "ICMP over VNI 100");
+}
