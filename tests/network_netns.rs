@@ -120,7 +120,7 @@ fn vm(n: u8) -> VmUuid {
 const WAIT: Duration = Duration::from_millis(400);
 
 /// Sends UDP from `src` (bound to `from`) to `to` in `dst`; true if it arrived.
-fn udp_arrives(src: &Ns, from: Option<Ipv4Addr>, dst: &Ns, to: SocketAddr) -> bool {
+fn udp_arrives(src: &Ns, from: Option<IpAddr>, dst: &Ns, to: SocketAddr) -> bool {
     let (tx, rx) = mpsc::channel::<()>();
     let receiver = spawn_in(&dst.name, move || {
         let s = UdpSocket::bind(to).expect("bind receiver");
@@ -131,8 +131,12 @@ fn udp_arrives(src: &Ns, from: Option<Ipv4Addr>, dst: &Ns, to: SocketAddr) -> bo
     });
     rx.recv().expect("receiver ready");
     src.run(move || {
-        let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(from.unwrap_or(Ipv4Addr::UNSPECIFIED)), 0))
-            .expect("bind sender");
+        let any = if to.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        };
+        let s = UdpSocket::bind(SocketAddr::new(from.unwrap_or(any), 0)).expect("bind sender");
         for _ in 0..3 {
             let _ = s.send_to(b"csagent", to);
             std::thread::sleep(Duration::from_millis(30));
@@ -337,4 +341,184 @@ fn network_vxlan_carries_only_its_vni() {
     assert!(udp_arrives(&a, None, &b, sa("10.60.0.2", 4000)), "same VNI must carry traffic");
     assert!(!udp_arrives(&a, None, &b, sa("10.61.0.2", 4000)), "VNI 101 must not reach VNI 102");
     assert!(ping(&b, "10.60.0.1".parse().unwrap()), "ICMP over VNI 100");
+}
+
+// ---------------------------------------------------------------------------
+// Security groups
+// ---------------------------------------------------------------------------
+
+fn rule(dir: Direction, proto: Protocol, ports: Option<(u32, u32)>, cidrs: &[&str]) -> Rule {
+    Rule {
+        direction: dir,
+        protocol: proto,
+        ports: ports.map(|(a, b)| PortRange::new(a, b).unwrap()),
+        icmp: None,
+        cidrs: cidrs.iter().map(|c| c.parse::<Cidr>().unwrap()).collect(),
+    }
+}
+
+fn port(tap: &str, mac: &str, ips: &[&str]) -> VmPort {
+    VmPort {
+        tap: name(tap),
+        bridge: name("brvx-77"),
+        mac: mac.parse::<MacAddr>().unwrap(),
+        ips: ips.iter().map(|i| i.parse().unwrap()).collect(),
+    }
+}
+
+/// Host H with a csagent bridge; guests G1 (VM A) and G2 (VM B) on veths
+/// standing in for taps.
+struct SgLab {
+    h: Ns,
+    g1: Ns,
+    g2: Ns,
+    _underlay: Ns,
+}
+
+fn sg_lab() -> SgLab {
+    let h = Ns::new("sgh");
+    let underlay = Ns::new("sgu");
+    let g1 = Ns::new("sga");
+    let g2 = Ns::new("sgb");
+    veth(&h, "u0", &underlay, "u1");
+    h.block_on(|| async {
+        let net = Network::new().unwrap();
+        net.ensure_network(vm(1), &vxlan_spec(77, "u0", &[])).await.unwrap();
+    });
+    for (g, tap, mac, v4, v6) in [
+        (&g1, "tapa", "52:54:00:00:00:0a", "10.9.0.1/24", "fd00::1/64"),
+        (&g2, "tapb", "52:54:00:00:00:0b", "10.9.0.2/24", "fd00::2/64"),
+    ] {
+        veth(&h, tap, g, "eth0");
+        h.ip(&["link", "set", tap, "master", "brvx-77"]);
+        g.ip(&["link", "set", "eth0", "address", mac]);
+        g.ip(&["addr", "add", v4, "dev", "eth0"]);
+        g.ip(&["addr", "add", v6, "dev", "eth0", "nodad"]);
+    }
+    SgLab {
+        h,
+        g1,
+        g2,
+        _underlay: underlay,
+    }
+}
+
+fn rules_a() -> VmRules {
+    VmRules {
+        vm: vm(0xa),
+        ports: vec![port("tapa", "52:54:00:00:00:0a", &["10.9.0.1", "fd00::1"])],
+        rules: vec![rule(Direction::Ingress, Protocol::Udp, Some((7000, 7000)), &[])],
+    }
+}
+
+fn rules_b(udp_port: u32) -> VmRules {
+    let mut echo = rule(Direction::Ingress, Protocol::Icmp, None, &[]);
+    echo.icmp = Some(IcmpMatch {
+        icmp_type: 8,
+        code: None,
+    });
+    VmRules {
+        vm: vm(0xb),
+        ports: vec![port("tapb", "52:54:00:00:00:0b", &["10.9.0.2", "fd00::2"])],
+        rules: vec![
+            rule(Direction::Ingress, Protocol::Tcp, Some((22, 22)), &["10.9.0.0/24"]),
+            rule(Direction::Ingress, Protocol::Udp, Some((udp_port, udp_port)), &["10.9.0.1/32"]),
+            rule(Direction::Ingress, Protocol::Udp, Some((6000, 6010)), &["fd00::/64"]),
+            echo,
+        ],
+    }
+}
+
+/// csagent's tables without the kernel's handles, for comparisons.
+fn csagent_tables(h: &Ns) -> String {
+    let mut out = String::new();
+    for fam in ["bridge", "inet"] {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &h.name, "nft", "list", "table", fam, "csagent"])
+            .output()
+            .unwrap();
+        out.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    out
+}
+
+/// Security groups drop and pass real packets as their rules say, stop
+/// spoofed sources, update without duplicates, survive an agent restart and
+/// never touch another table.
+#[test]
+fn network_security_groups_filter_real_traffic() {
+    let lab = sg_lab();
+    let (h, g1, g2) = (&lab.h, &lab.g1, &lab.g2);
+    h.exec(&["nft", "add", "table", "inet", "foreign"]);
+    h.exec(&["nft", "add", "chain", "inet", "foreign", "c", "{ type filter hook forward priority 10; policy accept; }"]);
+    h.exec(&["nft", "add", "rule", "inet", "foreign", "c", "ip", "saddr", "192.0.2.1", "drop"]);
+    h.exec(&["nft", "add", "table", "bridge", "filter"]);
+    let foreign_before = h.exec(&["nft", "-a", "list", "ruleset"]);
+
+    // Baseline: the bridge carries traffic between the two guests.
+    assert!(udp_arrives(g1, None, g2, sa("10.9.0.2", 5001)), "bridge must carry traffic");
+
+    let changed = h.block_on(|| async {
+        let net = Network::new().unwrap();
+        let a = net.apply_security_group(rules_a()).await.unwrap();
+        let b = net.apply_security_group(rules_b(5000)).await.unwrap();
+        let again = net.apply_security_group(rules_b(5000)).await.unwrap();
+        (a, b, again)
+    });
+    assert_eq!(changed, (true, true, false), "unchanged group must not rerun nft");
+
+    assert!(udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)), "allowed udp");
+    assert!(!udp_arrives(g1, None, g2, sa("10.9.0.2", 5001)), "udp not allowed: default deny");
+    assert!(tcp_connects(g1, g2, sa("10.9.0.2", 22)), "allowed tcp");
+    assert!(!tcp_connects(g1, g2, sa("10.9.0.2", 23)), "tcp not allowed");
+    assert!(ping(g1, "10.9.0.2".parse().unwrap()), "allowed icmp echo");
+    assert!(!ping(g2, "10.9.0.1".parse().unwrap()), "A allows no icmp");
+    assert!(udp_arrives(g1, None, g2, sa("fd00::2", 6005)), "allowed udp over IPv6");
+    assert!(!udp_arrives(g1, None, g2, sa("fd00::2", 5000)), "IPv4-only rule must not open IPv6");
+    assert!(udp_reply_arrives(g2, 7001, g1, sa("10.9.0.1", 7000)), "replies pass (conntrack)");
+
+    // Anti-spoofing: a source the VM does not own is dropped.
+    g2.ip(&["addr", "add", "10.9.0.99/24", "dev", "eth0"]);
+    assert!(udp_arrives(g2, Some("10.9.0.2".parse().unwrap()), g1, sa("10.9.0.1", 7000)));
+    assert!(!udp_arrives(g2, Some("10.9.0.99".parse().unwrap()), g1, sa("10.9.0.1", 7000)), "forged source");
+
+    // Update in one transaction; then an agent restart.
+    h.block_on(|| async {
+        let net = Network::new().unwrap();
+        net.reapply_all(&[rules_a(), rules_b(5000)]).await.unwrap();
+        assert!(net.apply_security_group(rules_b(5001)).await.unwrap());
+    });
+    assert!(udp_arrives(g1, None, g2, sa("10.9.0.2", 5001)), "updated rule open");
+    assert!(!udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)), "old rule closed");
+    let before_restart = csagent_tables(h);
+    h.block_on(|| async {
+        let net = Network::new().unwrap(); // fresh state: the agent restarted
+        net.reapply_all(&[rules_a(), rules_b(5001)]).await.unwrap();
+        net.reapply_all(&[rules_a(), rules_b(5001)]).await.unwrap();
+    });
+    assert_eq!(csagent_tables(h), before_restart, "restart must rebuild the same rules, no duplicates");
+    assert!(!udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)), "still filtered after restart");
+
+    let report = h.block_on(|| async {
+        let net = Network::new().unwrap();
+        net.counters(&[name("tapa"), name("tapb")]).await.unwrap()
+    });
+    let tapb = report.taps.iter().find(|(t, _)| t == "tapb").unwrap().1;
+    assert!(tapb.packets_in > 0 && tapb.bytes_out > 0, "{report:?}");
+    assert!(report.networks.iter().any(|(b, _)| b == "brvx-77"), "{report:?}");
+
+    // Removal: B is open again, and with the last VM the tables are gone.
+    h.block_on(|| async {
+        let net = Network::new().unwrap();
+        net.reapply_all(&[rules_a(), rules_b(5001)]).await.unwrap();
+        net.remove_security_group(vm(0xb)).await.unwrap();
+    });
+    assert!(udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)));
+    h.block_on(|| async {
+        let net = Network::new().unwrap();
+        net.reapply_all(&[]).await.unwrap();
+    });
+    let tables = h.exec(&["nft", "list", "tables"]);
+    assert!(!tables.contains("csagent"), "{tables}");
+    assert_eq!(h.exec(&["nft", "-a", "list", "ruleset"]), foreign_before, "foreign tables touched");
 }
