@@ -4,5 +4,5 @@
 //! management plane) are thin CLIs over these modules; tests and benchmarks
 //! drive the same code.
 
-pub mod proto;
 pub mod network;
+pub mod proto;

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use csagent::network::{
-    Cidr, Direction, ErrorKind, IfName, IcmpMatch, MacAddr, Mtu, Network, NetworkSpec, PortRange,
+    Cidr, Direction, ErrorKind, IcmpMatch, IfName, MacAddr, Mtu, Network, NetworkSpec, PortRange,
     Protocol, Rule, VlanId, VmPort, VmRules, VmUuid, Vni, VxlanFlood,
 };
 
@@ -52,7 +52,9 @@ impl Ns {
     }
     /// Runs `f` on a thread that has entered this namespace.
     fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        spawn_in(&self.name, f).join().expect("namespace thread panicked")
+        spawn_in(&self.name, f)
+            .join()
+            .expect("namespace thread panicked")
     }
     /// Runs an async block (csagent's code) inside this namespace.
     fn block_on<T: Send + 'static, F: std::future::Future<Output = T>>(
@@ -71,7 +73,9 @@ impl Ns {
 
 impl Drop for Ns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -89,7 +93,10 @@ fn spawn_in<T: Send + 'static>(
 }
 
 fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
@@ -100,7 +107,9 @@ fn run(args: &[&str]) -> String {
 
 /// A veth pair with one end in each namespace.
 fn veth(a: &Ns, a_name: &str, b: &Ns, b_name: &str) {
-    a.ip(&["link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", &b.name]);
+    a.ip(&[
+        "link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", &b.name,
+    ]);
     a.ip(&["link", "set", a_name, "up"]);
     b.ip(&["link", "set", b_name, "up"]);
 }
@@ -160,7 +169,8 @@ fn udp_reply_arrives(src: &Ns, sport: u16, dst: &Ns, to: SocketAddr) -> bool {
     });
     rx.recv().expect("server ready");
     let got = src.run(move || {
-        let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), sport)).expect("bind");
+        let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), sport))
+            .expect("bind");
         s.set_read_timeout(Some(WAIT)).ok();
         let _ = s.send_to(b"hello", to);
         let mut buf = [0u8; 64];
@@ -190,7 +200,11 @@ fn tcp_connects(src: &Ns, dst: &Ns, to: SocketAddr) -> bool {
 /// ICMP echo from `src` to `to` (unprivileged ICMP datagram socket); true if
 /// a reply came back.
 fn ping(src: &Ns, to: Ipv4Addr) -> bool {
-    src.exec(&["sh", "-c", "echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range"]);
+    src.exec(&[
+        "sh",
+        "-c",
+        "echo '0 2147483647' > /proc/sys/net/ipv4/ping_group_range",
+    ]);
     src.run(move || {
         let s = socket2_icmp().expect("icmp socket");
         s.set_read_timeout(Some(WAIT)).ok();
@@ -241,10 +255,17 @@ fn vxlan_spec(vni: u32, underlay: &str, peers: &[&str]) -> NetworkSpec {
 }
 
 fn link_index(ns: &Ns, dev: &str) -> Option<String> {
-    let out = Command::new("ip").args(["-n", &ns.name, "-o", "link", "show", dev]).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).split(':').next().unwrap_or("").to_owned())
+    let out = Command::new("ip")
+        .args(["-n", &ns.name, "-o", "link", "show", dev])
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    })
 }
 
 /// Ensure is idempotent, reference counted, refuses foreign links before
@@ -258,7 +279,19 @@ fn network_ensure_is_idempotent_refcounted_and_safe() {
     // A foreign bridge holding the name csagent would give VNI 55, and a
     // foreign VXLAN device holding VNI 56 under another name.
     h.ip(&["link", "add", "brvx-55", "type", "bridge"]);
-    h.ip(&["link", "add", "foreignvx", "type", "vxlan", "id", "56", "dstport", "4789", "dev", "u0"]);
+    h.ip(&[
+        "link",
+        "add",
+        "foreignvx",
+        "type",
+        "vxlan",
+        "id",
+        "56",
+        "dstport",
+        "4789",
+        "dev",
+        "u0",
+    ]);
 
     h.block_on(|| async {
         let net = Network::new().unwrap();
@@ -270,11 +303,20 @@ fn network_ensure_is_idempotent_refcounted_and_safe() {
         assert_eq!(again, br);
         assert_eq!(net.bridge_users(&br).await, 2);
 
-        let foreign = net.ensure_network(vm(1), &vxlan_spec(55, "u0", &[])).await.unwrap_err();
+        let foreign = net
+            .ensure_network(vm(1), &vxlan_spec(55, "u0", &[]))
+            .await
+            .unwrap_err();
         assert_eq!(foreign.kind(), ErrorKind::Conflict, "{foreign}");
-        let dup_vni = net.ensure_network(vm(1), &vxlan_spec(56, "u0", &[])).await.unwrap_err();
+        let dup_vni = net
+            .ensure_network(vm(1), &vxlan_spec(56, "u0", &[]))
+            .await
+            .unwrap_err();
         assert_eq!(dup_vni.kind(), ErrorKind::Conflict, "{dup_vni}");
-        let bad_dev = net.ensure_network(vm(1), &vxlan_spec(57, "nosuchdev", &[])).await.unwrap_err();
+        let bad_dev = net
+            .ensure_network(vm(1), &vxlan_spec(57, "nosuchdev", &[]))
+            .await
+            .unwrap_err();
         assert_eq!(bad_dev.kind(), ErrorKind::InvalidArgument, "{bad_dev}");
         let mtu = NetworkSpec::Vxlan {
             vni: Vni::new(42).unwrap(),
@@ -293,7 +335,10 @@ fn network_ensure_is_idempotent_refcounted_and_safe() {
     assert!(link_index(&h, "foreignvx").is_some() && link_index(&h, "brvx-55").is_some());
     assert!(link_index(&h, "vxlan55").is_none());
     let detail = h.exec(&["ip", "-d", "link", "show", "vxlan42"]);
-    assert!(detail.contains("id 42") && detail.contains("dstport 4789"), "{detail}");
+    assert!(
+        detail.contains("id 42") && detail.contains("dstport 4789"),
+        "{detail}"
+    );
     assert!(detail.contains("master brvx-42"), "{detail}");
     let fdb = h.exec(&["bridge", "fdb", "show", "dev", "vxlan42"]);
     assert!(fdb.contains("dst 192.168.70.2"), "{fdb}");
@@ -302,14 +347,36 @@ fn network_ensure_is_idempotent_refcounted_and_safe() {
         let net = Network::new().unwrap();
         // Agent restart: users rebuilt from libvirt's view.
         let br = name("brvx-42");
-        net.rebuild_users(&[(vm(1), br.clone()), (vm(2), br.clone())]).await;
+        net.rebuild_users(&[(vm(1), br.clone()), (vm(2), br.clone())])
+            .await;
         // Peers change: the flood list follows.
-        net.ensure_network(vm(1), &vxlan_spec(42, "u0", &["192.168.70.3"])).await.unwrap();
-        assert!(!net.release_network(vm(1), &br).await.unwrap(), "still used by vm 2");
-        assert!(net.release_network(vm(2), &br).await.unwrap(), "last user gone");
+        net.ensure_network(vm(1), &vxlan_spec(42, "u0", &["192.168.70.3"]))
+            .await
+            .unwrap();
+        // This thread is inside the namespace, so `bridge` sees its fdb.
+        let fdb = Command::new("bridge")
+            .args(["fdb", "show", "dev", "vxlan42"])
+            .output()
+            .unwrap();
+        let fdb = String::from_utf8_lossy(&fdb.stdout);
+        assert!(
+            fdb.contains("dst 192.168.70.3") && !fdb.contains("dst 192.168.70.2"),
+            "{fdb}"
+        );
+        assert!(
+            !net.release_network(vm(1), &br).await.unwrap(),
+            "still used by vm 2"
+        );
+        assert!(
+            net.release_network(vm(2), &br).await.unwrap(),
+            "last user gone"
+        );
         // Releasing a foreign bridge is refused.
         net.rebuild_users(&[]).await;
-        let e = net.release_network(vm(9), &name("brvx-55")).await.unwrap_err();
+        let e = net
+            .release_network(vm(9), &name("brvx-55"))
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Conflict);
     });
     assert!(link_index(&h, "brvx-42").is_none() && link_index(&h, "vxlan42").is_none());
@@ -325,21 +392,40 @@ fn network_vxlan_carries_only_its_vni() {
     veth(&a, "ua", &b, "ub");
     a.ip(&["addr", "add", "192.168.71.1/24", "dev", "ua"]);
     b.ip(&["addr", "add", "192.168.71.2/24", "dev", "ub"]);
-    let plumb = |ns: &Ns, dev: &'static str, peer: &'static str, vnis: &'static [(u32, &'static str)]| {
-        ns.block_on(move || async move {
-            let net = Network::new().unwrap();
-            for (vni, _) in vnis {
-                net.ensure_network(vm(1), &vxlan_spec(*vni, dev, &[peer])).await.unwrap();
+    let plumb =
+        |ns: &Ns, dev: &'static str, peer: &'static str, vnis: &'static [(u32, &'static str)]| {
+            ns.block_on(move || async move {
+                let net = Network::new().unwrap();
+                for (vni, _) in vnis {
+                    net.ensure_network(vm(1), &vxlan_spec(*vni, dev, &[peer]))
+                        .await
+                        .unwrap();
+                }
+            });
+            for (vni, addr) in vnis {
+                ns.ip(&["addr", "add", addr, "dev", &format!("brvx-{vni}")]);
             }
-        });
-        for (vni, addr) in vnis {
-            ns.ip(&["addr", "add", addr, "dev", &format!("brvx-{vni}")]);
-        }
-    };
-    plumb(&a, "ua", "192.168.71.2", &[(100, "10.60.0.1/24"), (101, "10.61.0.1/24")]);
-    plumb(&b, "ub", "192.168.71.1", &[(100, "10.60.0.2/24"), (102, "10.61.0.2/24")]);
-    assert!(udp_arrives(&a, None, &b, sa("10.60.0.2", 4000)), "same VNI must carry traffic");
-    assert!(!udp_arrives(&a, None, &b, sa("10.61.0.2", 4000)), "VNI 101 must not reach VNI 102");
+        };
+    plumb(
+        &a,
+        "ua",
+        "192.168.71.2",
+        &[(100, "10.60.0.1/24"), (101, "10.61.0.1/24")],
+    );
+    plumb(
+        &b,
+        "ub",
+        "192.168.71.1",
+        &[(100, "10.60.0.2/24"), (102, "10.61.0.2/24")],
+    );
+    assert!(
+        udp_arrives(&a, None, &b, sa("10.60.0.2", 4000)),
+        "same VNI must carry traffic"
+    );
+    assert!(
+        !udp_arrives(&a, None, &b, sa("10.61.0.2", 4000)),
+        "VNI 101 must not reach VNI 102"
+    );
     assert!(ping(&b, "10.60.0.1".parse().unwrap()), "ICMP over VNI 100");
 }
 
@@ -383,11 +469,25 @@ fn sg_lab() -> SgLab {
     veth(&h, "u0", &underlay, "u1");
     h.block_on(|| async {
         let net = Network::new().unwrap();
-        net.ensure_network(vm(1), &vxlan_spec(77, "u0", &[])).await.unwrap();
+        net.ensure_network(vm(1), &vxlan_spec(77, "u0", &[]))
+            .await
+            .unwrap();
     });
     for (g, tap, mac, v4, v6) in [
-        (&g1, "tapa", "52:54:00:00:00:0a", "10.9.0.1/24", "fd00::1/64"),
-        (&g2, "tapb", "52:54:00:00:00:0b", "10.9.0.2/24", "fd00::2/64"),
+        (
+            &g1,
+            "tapa",
+            "52:54:00:00:00:0a",
+            "10.9.0.1/24",
+            "fd00::1/64",
+        ),
+        (
+            &g2,
+            "tapb",
+            "52:54:00:00:00:0b",
+            "10.9.0.2/24",
+            "fd00::2/64",
+        ),
     ] {
         veth(&h, tap, g, "eth0");
         h.ip(&["link", "set", tap, "master", "brvx-77"]);
@@ -407,7 +507,12 @@ fn rules_a() -> VmRules {
     VmRules {
         vm: vm(0xa),
         ports: vec![port("tapa", "52:54:00:00:00:0a", &["10.9.0.1", "fd00::1"])],
-        rules: vec![rule(Direction::Ingress, Protocol::Udp, Some((7000, 7000)), &[])],
+        rules: vec![rule(
+            Direction::Ingress,
+            Protocol::Udp,
+            Some((7000, 7000)),
+            &[],
+        )],
     }
 }
 
@@ -421,9 +526,24 @@ fn rules_b(udp_port: u32) -> VmRules {
         vm: vm(0xb),
         ports: vec![port("tapb", "52:54:00:00:00:0b", &["10.9.0.2", "fd00::2"])],
         rules: vec![
-            rule(Direction::Ingress, Protocol::Tcp, Some((22, 22)), &["10.9.0.0/24"]),
-            rule(Direction::Ingress, Protocol::Udp, Some((udp_port, udp_port)), &["10.9.0.1/32"]),
-            rule(Direction::Ingress, Protocol::Udp, Some((6000, 6010)), &["fd00::/64"]),
+            rule(
+                Direction::Ingress,
+                Protocol::Tcp,
+                Some((22, 22)),
+                &["10.9.0.0/24"],
+            ),
+            rule(
+                Direction::Ingress,
+                Protocol::Udp,
+                Some((udp_port, udp_port)),
+                &["10.9.0.1/32"],
+            ),
+            rule(
+                Direction::Ingress,
+                Protocol::Udp,
+                Some((6000, 6010)),
+                &["fd00::/64"],
+            ),
             echo,
         ],
     }
@@ -434,7 +554,9 @@ fn csagent_tables(h: &Ns) -> String {
     let mut out = String::new();
     for fam in ["bridge", "inet"] {
         let o = Command::new("ip")
-            .args(["netns", "exec", &h.name, "nft", "list", "table", fam, "csagent"])
+            .args([
+                "netns", "exec", &h.name, "nft", "list", "table", fam, "csagent",
+            ])
             .output()
             .unwrap();
         out.push_str(&String::from_utf8_lossy(&o.stdout));
@@ -450,13 +572,35 @@ fn network_security_groups_filter_real_traffic() {
     let lab = sg_lab();
     let (h, g1, g2) = (&lab.h, &lab.g1, &lab.g2);
     h.exec(&["nft", "add", "table", "inet", "foreign"]);
-    h.exec(&["nft", "add", "chain", "inet", "foreign", "c", "{ type filter hook forward priority 10; policy accept; }"]);
-    h.exec(&["nft", "add", "rule", "inet", "foreign", "c", "ip", "saddr", "192.0.2.1", "drop"]);
+    h.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "foreign",
+        "c",
+        "{ type filter hook forward priority 10; policy accept; }",
+    ]);
+    h.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "foreign",
+        "c",
+        "ip",
+        "saddr",
+        "192.0.2.1",
+        "drop",
+    ]);
     h.exec(&["nft", "add", "table", "bridge", "filter"]);
     let foreign_before = h.exec(&["nft", "-a", "list", "ruleset"]);
 
     // Baseline: the bridge carries traffic between the two guests.
-    assert!(udp_arrives(g1, None, g2, sa("10.9.0.2", 5001)), "bridge must carry traffic");
+    assert!(
+        udp_arrives(g1, None, g2, sa("10.9.0.2", 5001)),
+        "bridge must carry traffic"
+    );
 
     let changed = h.block_on(|| async {
         let net = Network::new().unwrap();
@@ -465,22 +609,54 @@ fn network_security_groups_filter_real_traffic() {
         let again = net.apply_security_group(rules_b(5000)).await.unwrap();
         (a, b, again)
     });
-    assert_eq!(changed, (true, true, false), "unchanged group must not rerun nft");
+    assert_eq!(
+        changed,
+        (true, true, false),
+        "unchanged group must not rerun nft"
+    );
 
-    assert!(udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)), "allowed udp");
-    assert!(!udp_arrives(g1, None, g2, sa("10.9.0.2", 5001)), "udp not allowed: default deny");
+    assert!(
+        udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)),
+        "allowed udp"
+    );
+    assert!(
+        !udp_arrives(g1, None, g2, sa("10.9.0.2", 5001)),
+        "udp not allowed: default deny"
+    );
     assert!(tcp_connects(g1, g2, sa("10.9.0.2", 22)), "allowed tcp");
     assert!(!tcp_connects(g1, g2, sa("10.9.0.2", 23)), "tcp not allowed");
     assert!(ping(g1, "10.9.0.2".parse().unwrap()), "allowed icmp echo");
     assert!(!ping(g2, "10.9.0.1".parse().unwrap()), "A allows no icmp");
-    assert!(udp_arrives(g1, None, g2, sa("fd00::2", 6005)), "allowed udp over IPv6");
-    assert!(!udp_arrives(g1, None, g2, sa("fd00::2", 5000)), "IPv4-only rule must not open IPv6");
-    assert!(udp_reply_arrives(g2, 7001, g1, sa("10.9.0.1", 7000)), "replies pass (conntrack)");
+    assert!(
+        udp_arrives(g1, None, g2, sa("fd00::2", 6005)),
+        "allowed udp over IPv6"
+    );
+    assert!(
+        !udp_arrives(g1, None, g2, sa("fd00::2", 5000)),
+        "IPv4-only rule must not open IPv6"
+    );
+    assert!(
+        udp_reply_arrives(g2, 7001, g1, sa("10.9.0.1", 7000)),
+        "replies pass (conntrack)"
+    );
 
     // Anti-spoofing: a source the VM does not own is dropped.
     g2.ip(&["addr", "add", "10.9.0.99/24", "dev", "eth0"]);
-    assert!(udp_arrives(g2, Some("10.9.0.2".parse().unwrap()), g1, sa("10.9.0.1", 7000)));
-    assert!(!udp_arrives(g2, Some("10.9.0.99".parse().unwrap()), g1, sa("10.9.0.1", 7000)), "forged source");
+    assert!(udp_arrives(
+        g2,
+        Some("10.9.0.2".parse().unwrap()),
+        g1,
+        sa("10.9.0.1", 7000)
+    ));
+    assert!(
+        !udp_arrives(
+            g2,
+            Some("10.9.0.99".parse().unwrap()),
+            g1,
+            sa("10.9.0.1", 7000)
+        ),
+        "forged source"
+    );
 
     // Update in one transaction; then an agent restart.
     h.block_on(|| async {
@@ -488,16 +664,29 @@ fn network_security_groups_filter_real_traffic() {
         net.reapply_all(&[rules_a(), rules_b(5000)]).await.unwrap();
         assert!(net.apply_security_group(rules_b(5001)).await.unwrap());
     });
-    assert!(udp_arrives(g1, None, g2, sa("10.9.0.2", 5001)), "updated rule open");
-    assert!(!udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)), "old rule closed");
+    assert!(
+        udp_arrives(g1, None, g2, sa("10.9.0.2", 5001)),
+        "updated rule open"
+    );
+    assert!(
+        !udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)),
+        "old rule closed"
+    );
     let before_restart = csagent_tables(h);
     h.block_on(|| async {
         let net = Network::new().unwrap(); // fresh state: the agent restarted
         net.reapply_all(&[rules_a(), rules_b(5001)]).await.unwrap();
         net.reapply_all(&[rules_a(), rules_b(5001)]).await.unwrap();
     });
-    assert_eq!(csagent_tables(h), before_restart, "restart must rebuild the same rules, no duplicates");
-    assert!(!udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)), "still filtered after restart");
+    assert_eq!(
+        csagent_tables(h),
+        before_restart,
+        "restart must rebuild the same rules, no duplicates"
+    );
+    assert!(
+        !udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)),
+        "still filtered after restart"
+    );
 
     let report = h.block_on(|| async {
         let net = Network::new().unwrap();
@@ -505,7 +694,10 @@ fn network_security_groups_filter_real_traffic() {
     });
     let tapb = report.taps.iter().find(|(t, _)| t == "tapb").unwrap().1;
     assert!(tapb.packets_in > 0 && tapb.bytes_out > 0, "{report:?}");
-    assert!(report.networks.iter().any(|(b, _)| b == "brvx-77"), "{report:?}");
+    assert!(
+        report.networks.iter().any(|(b, _)| b == "brvx-77"),
+        "{report:?}"
+    );
 
     // Removal: B is open again, and with the last VM the tables are gone.
     h.block_on(|| async {
@@ -520,7 +712,11 @@ fn network_security_groups_filter_real_traffic() {
     });
     let tables = h.exec(&["nft", "list", "tables"]);
     assert!(!tables.contains("csagent"), "{tables}");
-    assert_eq!(h.exec(&["nft", "-a", "list", "ruleset"]), foreign_before, "foreign tables touched");
+    assert_eq!(
+        h.exec(&["nft", "-a", "list", "ruleset"]),
+        foreign_before,
+        "foreign tables touched"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -552,27 +748,45 @@ fn network_vlan_bridges_carry_only_their_vlan() {
     if let Err(e) = &first {
         if e.kind() == ErrorKind::Unavailable {
             // Nothing half-made: the bridge created before the VLAN link is gone.
-            assert!(link_index(&a, "brtrunk0-100").is_none(), "rollback left the bridge");
+            assert!(
+                link_index(&a, "brtrunk0-100").is_none(),
+                "rollback left the bridge"
+            );
             println!("SKIPPED: kernel lacks 8021q ({e})");
             return;
         }
     }
     assert_eq!(first.unwrap().as_str(), "brtrunk0-100");
     let detail = a.exec(&["ip", "-d", "link", "show", "trunk0.100"]);
-    assert!(detail.contains("vlan protocol 802.1Q id 100") && detail.contains("master brtrunk0-100"), "{detail}");
+    assert!(
+        detail.contains("vlan protocol 802.1Q id 100") && detail.contains("master brtrunk0-100"),
+        "{detail}"
+    );
     b.block_on(|| async {
         let net = Network::new().unwrap();
-        net.ensure_network(vm(2), &vlan_spec("trunk1", 100)).await.unwrap();
-        net.ensure_network(vm(2), &vlan_spec("trunk1", 200)).await.unwrap();
+        net.ensure_network(vm(2), &vlan_spec("trunk1", 100))
+            .await
+            .unwrap();
+        net.ensure_network(vm(2), &vlan_spec("trunk1", 200))
+            .await
+            .unwrap();
     });
     a.block_on(|| async {
         let net = Network::new().unwrap();
-        net.ensure_network(vm(1), &vlan_spec("trunk0", 300)).await.unwrap();
+        net.ensure_network(vm(1), &vlan_spec("trunk0", 300))
+            .await
+            .unwrap();
     });
     a.ip(&["addr", "add", "10.70.0.1/24", "dev", "brtrunk0-100"]);
     b.ip(&["addr", "add", "10.70.0.2/24", "dev", "brtrunk1-100"]);
     a.ip(&["addr", "add", "10.71.0.1/24", "dev", "brtrunk0-300"]);
     b.ip(&["addr", "add", "10.71.0.2/24", "dev", "brtrunk1-200"]);
-    assert!(udp_arrives(&a, None, &b, sa("10.70.0.2", 4100)), "same VLAN must carry traffic");
-    assert!(!udp_arrives(&a, None, &b, sa("10.71.0.2", 4100)), "VLAN 300 must not reach VLAN 200");
+    assert!(
+        udp_arrives(&a, None, &b, sa("10.70.0.2", 4100)),
+        "same VLAN must carry traffic"
+    );
+    assert!(
+        !udp_arrives(&a, None, &b, sa("10.71.0.2", 4100)),
+        "VLAN 300 must not reach VLAN 200"
+    );
 }

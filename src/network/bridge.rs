@@ -8,7 +8,7 @@
 //! csagent alias for another network is a conflict. Links go through
 //! netlink.rs only; this file never runs a command.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::error::{NetworkError, Result};
@@ -143,7 +143,12 @@ enum Found {
 
 /// Classifies an existing link against the plan: missing, ours (same
 /// network), or a conflict error.
-fn inspect(existing: Option<&Link>, plan: &Plan, want_kind: &str, check: impl Fn(&Link) -> Option<String>) -> Result<Found> {
+fn inspect(
+    existing: Option<&Link>,
+    plan: &Plan,
+    want_kind: &str,
+    check: impl Fn(&Link) -> Option<String>,
+) -> Result<Found> {
     let Some(l) = existing else {
         return Ok(Found::Missing);
     };
@@ -151,7 +156,10 @@ fn inspect(existing: Option<&Link>, plan: &Plan, want_kind: &str, check: impl Fn
     if !have.starts_with(ALIAS_PREFIX) {
         return Err(NetworkError::Foreign {
             name: l.name.clone(),
-            detail: format!("kind {}, no csagent alias", l.kind.as_deref().unwrap_or("physical")),
+            detail: format!(
+                "kind {}, no csagent alias",
+                l.kind.as_deref().unwrap_or("physical")
+            ),
         });
     }
     if have != plan.alias || l.kind.as_deref() != Some(want_kind) {
@@ -182,6 +190,9 @@ fn mtu_check(l: &Link, want: Option<Mtu>) -> Option<String> {
 #[derive(Debug, Default)]
 pub struct Bridges {
     users: BTreeMap<IfName, BTreeSet<VmUuid>>,
+    /// Flood lists this process set, by VXLAN ifindex (a recreated device
+    /// gets a new index, so a stale entry never matches).
+    peers: BTreeMap<u32, BTreeSet<IpAddr>>,
 }
 
 impl Bridges {
@@ -230,27 +241,44 @@ impl Bridges {
 /// Makes sure the network's bridge and uplink exist, are csagent's, are
 /// configured as `spec` says and are up. Creates what is missing; on failure
 /// deletes what this call created. Returns the bridge name.
-pub async fn ensure(nl: &Netlink, spec: &NetworkSpec) -> Result<IfName> {
+pub async fn ensure(nl: &Netlink, spec: &NetworkSpec, known: &mut Bridges) -> Result<IfName> {
     spec.validate()?;
     let plan = spec.plan();
-    let links = nl.links().await?;
-    let by_name: HashMap<&str, &Link> = links.iter().map(|l| (l.name.as_str(), l)).collect();
-    let lower = *by_name.get(spec.lower().as_str()).ok_or_else(|| {
+    // Three targeted lookups on one socket, concurrently: a full dump costs
+    // milliseconds on a host with hundreds of taps.
+    let (lower, br_link, up_link) = futures::try_join!(
+        nl.link(spec.lower().as_str()),
+        nl.link(plan.bridge.as_str()),
+        nl.link(plan.uplink.as_str())
+    )?;
+    let lower = lower.ok_or_else(|| {
         NetworkError::invalid(format!(
             "device {} does not exist on this host; check the network's traffic label",
             spec.lower()
         ))
     })?;
-    let mtu = spec.mtu_for(lower)?;
+    let mtu = spec.mtu_for(&lower)?;
     let want_mtu = match spec {
         NetworkSpec::Vlan { mtu, .. } | NetworkSpec::Vxlan { mtu, .. } => *mtu,
     };
-    let br = inspect(by_name.get(plan.bridge.as_str()).copied(), &plan, "bridge", |l| mtu_check(l, want_mtu))?;
-    let up = inspect(by_name.get(plan.uplink.as_str()).copied(), &plan, uplink_kind(spec), |l| {
+    let br = inspect(br_link.as_ref(), &plan, "bridge", |l| {
+        mtu_check(l, want_mtu)
+    })?;
+    let up = inspect(up_link.as_ref(), &plan, uplink_kind(spec), |l| {
         uplink_diff(spec, l, lower.index).or_else(|| mtu_check(l, want_mtu))
     })?;
+    let existing = Existing {
+        bridge: br_link.as_ref(),
+        uplink: up_link.as_ref(),
+    };
     let mut created = Vec::new();
-    let res = build(nl, spec, &plan, mtu, lower.index, (&br, &up), &by_name, &mut created).await;
+    let target = Target {
+        spec,
+        plan: &plan,
+        mtu,
+        lower: lower.index,
+    };
+    let res = build(nl, &target, (&br, &up), &existing, known, &mut created).await;
     if let Err(e) = res {
         for idx in created.into_iter().rev() {
             if let Err(undo) = nl.delete(idx).await {
@@ -260,6 +288,20 @@ pub async fn ensure(nl: &Netlink, spec: &NetworkSpec) -> Result<IfName> {
         return Err(e);
     }
     Ok(plan.bridge)
+}
+
+/// What a network should look like on this host.
+struct Target<'a> {
+    spec: &'a NetworkSpec,
+    plan: &'a Plan,
+    mtu: Mtu,
+    lower: u32,
+}
+
+/// The planned links as found before this call changed anything.
+struct Existing<'a> {
+    bridge: Option<&'a Link>,
+    uplink: Option<&'a Link>,
 }
 
 fn uplink_kind(spec: &NetworkSpec) -> &'static str {
@@ -272,75 +314,92 @@ fn uplink_kind(spec: &NetworkSpec) -> &'static str {
 /// Difference between an existing csagent uplink and the spec, if any.
 fn uplink_diff(spec: &NetworkSpec, l: &Link, lower: u32) -> Option<String> {
     match spec {
-        NetworkSpec::Vlan { vlan, .. } => {
-            (l.vlan_id != Some(vlan.get()) || l.parent != Some(lower)).then(|| {
-                format!("vlan {:?} on ifindex {:?}", l.vlan_id, l.parent)
-            })
-        }
+        NetworkSpec::Vlan { vlan, .. } => (l.vlan_id != Some(vlan.get())
+            || l.parent != Some(lower))
+        .then(|| format!("vlan {:?} on ifindex {:?}", l.vlan_id, l.parent)),
         NetworkSpec::Vxlan { vni, flood, .. } => {
             let x = l.vxlan.clone().unwrap_or_default();
             let group = match flood {
                 VxlanFlood::Group(g) => Some(*g),
                 VxlanFlood::Peers(_) => None,
             };
-            (x.vni != vni.get() || x.port != VXLAN_PORT || x.group != group || x.underlay != Some(lower))
-                .then(|| format!("vni {} port {} group {:?} underlay {:?}", x.vni, x.port, x.group, x.underlay))
+            (x.vni != vni.get()
+                || x.port != VXLAN_PORT
+                || x.group != group
+                || x.underlay != Some(lower))
+            .then(|| {
+                format!(
+                    "vni {} port {} group {:?} underlay {:?}",
+                    x.vni, x.port, x.group, x.underlay
+                )
+            })
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn build(
     nl: &Netlink,
-    spec: &NetworkSpec,
-    plan: &Plan,
-    mtu: Mtu,
-    lower: u32,
+    t: &Target<'_>,
     found: (&Found, &Found),
-    by_name: &HashMap<&str, &Link>,
+    existing: &Existing<'_>,
+    known: &mut Bridges,
     created: &mut Vec<u32>,
 ) -> Result<()> {
     let br_idx = match found.0 {
         Found::Ours(i) => *i,
         Found::Missing => {
-            nl.add_bridge(&plan.bridge, mtu).await.map_err(|e| exists_is_foreign(e, &plan.bridge))?;
-            let i = index_of(nl, &plan.bridge).await?;
+            nl.add_bridge(&t.plan.bridge, t.mtu)
+                .await
+                .map_err(|e| exists_is_foreign(e, &t.plan.bridge))?;
+            let i = index_of(nl, &t.plan.bridge).await?;
             created.push(i);
-            nl.set_alias(i, &plan.alias).await?;
+            nl.set_alias(i, &t.plan.alias).await?;
             i
         }
     };
     let up_idx = match found.1 {
         Found::Ours(i) => *i,
         Found::Missing => {
-            create_uplink(nl, spec, plan, mtu, lower).await?;
-            let i = index_of(nl, &plan.uplink).await?;
+            create_uplink(nl, t.spec, t.plan, t.mtu, t.lower).await?;
+            let i = index_of(nl, &t.plan.uplink).await?;
             created.push(i);
-            nl.set_alias(i, &plan.alias).await?;
+            nl.set_alias(i, &t.plan.alias).await?;
             i
         }
     };
     if let NetworkSpec::Vxlan {
         flood: VxlanFlood::Peers(peers),
         ..
-    } = spec
+    } = t.spec
     {
-        reconcile_peers(nl, up_idx, peers).await?;
+        let want: BTreeSet<IpAddr> = peers.iter().copied().collect();
+        // The fdb dump lists every entry of the host: skip it when this
+        // process already made the flood list equal to `want`.
+        if known.peers.get(&up_idx) != Some(&want) {
+            known.peers.remove(&up_idx);
+            reconcile_peers(nl, up_idx, &want).await?;
+            known.peers.insert(up_idx, want);
+        }
     }
-    let uplink = by_name.get(plan.uplink.as_str());
-    if uplink.is_none_or(|l| l.master != Some(br_idx)) {
+    if existing.uplink.is_none_or(|l| l.master != Some(br_idx)) {
         nl.set_master(up_idx, br_idx).await?;
     }
-    if by_name.get(plan.bridge.as_str()).is_none_or(|l| !l.up) {
+    if existing.bridge.is_none_or(|l| !l.up) {
         nl.set_up(br_idx).await?;
     }
-    if uplink.is_none_or(|l| !l.up) {
+    if existing.uplink.is_none_or(|l| !l.up) {
         nl.set_up(up_idx).await?;
     }
     Ok(())
 }
 
-async fn create_uplink(nl: &Netlink, spec: &NetworkSpec, plan: &Plan, mtu: Mtu, lower: u32) -> Result<()> {
+async fn create_uplink(
+    nl: &Netlink,
+    spec: &NetworkSpec,
+    plan: &Plan,
+    mtu: Mtu,
+    lower: u32,
+) -> Result<()> {
     let r = match spec {
         NetworkSpec::Vlan { vlan, .. } => nl.add_vlan(&plan.uplink, lower, *vlan, mtu).await,
         NetworkSpec::Vxlan { vni, flood, .. } => {
@@ -366,7 +425,9 @@ fn exists_is_foreign(e: NetworkError, name: &IfName) -> NetworkError {
     if super::netlink::errno_of(&e) == Some(libc::EEXIST) {
         NetworkError::Foreign {
             name: name.to_string(),
-            detail: "the kernel refused it as a duplicate (another device may use the same VLAN or VNI)".into(),
+            detail:
+                "the kernel refused it as a duplicate (another device may use the same VLAN or VNI)"
+                    .into(),
         }
     } else {
         e
@@ -381,13 +442,12 @@ async fn index_of(nl: &Netlink, name: &IfName) -> Result<u32> {
 }
 
 /// Makes the flood entries of a unicast VXLAN device equal to `peers`.
-async fn reconcile_peers(nl: &Netlink, idx: u32, peers: &[IpAddr]) -> Result<()> {
+async fn reconcile_peers(nl: &Netlink, idx: u32, want: &BTreeSet<IpAddr>) -> Result<()> {
     let have: BTreeSet<IpAddr> = nl.fdb_remotes(idx).await?.into_iter().collect();
-    let want: BTreeSet<IpAddr> = peers.iter().copied().collect();
     for p in want.difference(&have) {
         nl.fdb_append(idx, *p).await?;
     }
-    for p in have.difference(&want) {
+    for p in have.difference(want) {
         nl.fdb_delete(idx, *p).await?;
     }
     Ok(())
@@ -407,9 +467,13 @@ pub async fn remove(nl: &Netlink, bridge: &IfName) -> Result<()> {
             detail: "refusing to delete a bridge csagent did not create".into(),
         });
     }
-    let ports: Vec<&Link> = links.iter().filter(|l| l.master == Some(br.index)).collect();
-    let (ours, others): (Vec<&Link>, Vec<&Link>) =
-        ports.into_iter().partition(|l| l.alias.as_deref() == Some(alias.as_str()));
+    let ports: Vec<&Link> = links
+        .iter()
+        .filter(|l| l.master == Some(br.index))
+        .collect();
+    let (ours, others): (Vec<&Link>, Vec<&Link>) = ports
+        .into_iter()
+        .partition(|l| l.alias.as_deref() == Some(alias.as_str()));
     if !others.is_empty() {
         let names: Vec<&str> = others.iter().map(|l| l.name.as_str()).collect();
         tracing::warn!(bridge = %bridge, ports = ?names, "bridge kept: ports csagent does not know are still attached");

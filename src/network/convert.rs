@@ -47,7 +47,10 @@ pub fn ensure_network(m: &pb::EnsureNetwork) -> Result<(VmUuid, NetworkSpec)> {
         Some(pb::ensure_network::Network::Vxlan(v)) => {
             let flood = match (v.multicast_group.trim(), v.peers.is_empty()) {
                 ("", _) => VxlanFlood::Peers(
-                    v.peers.iter().map(|p| ip(p, "VXLAN peer")).collect::<Result<_>>()?,
+                    v.peers
+                        .iter()
+                        .map(|p| ip(p, "VXLAN peer"))
+                        .collect::<Result<_>>()?,
                 ),
                 (g, true) => VxlanFlood::Group(ip(g, "VXLAN multicast group")?),
                 (_, false) => {
@@ -63,7 +66,11 @@ pub fn ensure_network(m: &pb::EnsureNetwork) -> Result<(VmUuid, NetworkSpec)> {
                 mtu: mtu(v.mtu)?,
             }
         }
-        None => return Err(NetworkError::invalid("EnsureNetwork needs a vlan or vxlan network")),
+        None => {
+            return Err(NetworkError::invalid(
+                "EnsureNetwork needs a vlan or vxlan network",
+            ))
+        }
     };
     spec.validate()?;
     Ok((vm, spec))
@@ -84,7 +91,9 @@ fn direction(v: i32) -> Result<Direction> {
     match pb::RuleDirection::try_from(v) {
         Ok(pb::RuleDirection::Ingress) => Ok(Direction::Ingress),
         Ok(pb::RuleDirection::Egress) => Ok(Direction::Egress),
-        _ => Err(NetworkError::invalid(format!("rule direction {v} is not ingress or egress"))),
+        _ => Err(NetworkError::invalid(format!(
+            "rule direction {v} is not ingress or egress"
+        ))),
     }
 }
 
@@ -95,29 +104,45 @@ fn protocol(v: i32) -> Result<Protocol> {
         Ok(pb::RuleProtocol::Icmp) => Ok(Protocol::Icmp),
         Ok(pb::RuleProtocol::Icmpv6) => Ok(Protocol::Icmpv6),
         Ok(pb::RuleProtocol::All) => Ok(Protocol::All),
-        _ => Err(NetworkError::invalid(format!("rule protocol {v} is not tcp, udp, icmp, icmpv6 or all"))),
+        _ => Err(NetworkError::invalid(format!(
+            "rule protocol {v} is not tcp, udp, icmp, icmpv6 or all"
+        ))),
     }
 }
 
 fn icmp_part(v: Option<u32>, what: &str) -> Result<Option<u8>> {
-    v.map(|x| u8::try_from(x).map_err(|_| NetworkError::invalid(format!("ICMP {what} {x} is out of range 0..255"))))
-        .transpose()
+    v.map(|x| {
+        u8::try_from(x)
+            .map_err(|_| NetworkError::invalid(format!("ICMP {what} {x} is out of range 0..255")))
+    })
+    .transpose()
 }
 
 fn rule(r: &pb::SecurityGroupRule) -> Result<Rule> {
     let icmp_type = icmp_part(r.icmp_type, "type")?;
     let code = icmp_part(r.icmp_code, "code")?;
     let icmp = match (icmp_type, code) {
-        (Some(t), c) => Some(IcmpMatch { icmp_type: t, code: c }),
+        (Some(t), c) => Some(IcmpMatch {
+            icmp_type: t,
+            code: c,
+        }),
         (None, None) => None,
         (None, Some(_)) => return Err(NetworkError::invalid("an ICMP code needs an ICMP type")),
     };
     Ok(Rule {
         direction: direction(r.direction)?,
         protocol: protocol(r.protocol)?,
-        ports: r.ports.as_ref().map(|p| PortRange::new(p.start, p.end)).transpose()?,
+        ports: r
+            .ports
+            .as_ref()
+            .map(|p| PortRange::new(p.start, p.end))
+            .transpose()?,
         icmp,
-        cidrs: r.cidrs.iter().map(|c| c.parse::<Cidr>()).collect::<Result<_>>()?,
+        cidrs: r
+            .cidrs
+            .iter()
+            .map(|c| c.parse::<Cidr>())
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -126,7 +151,11 @@ fn nic(n: &pb::VmNic) -> Result<VmPort> {
         tap: IfName::new(&n.tap)?,
         bridge: IfName::new(&n.bridge)?,
         mac: n.mac.parse()?,
-        ips: n.ips.iter().map(|i| ip(i, "NIC address")).collect::<Result<_>>()?,
+        ips: n
+            .ips
+            .iter()
+            .map(|i| ip(i, "NIC address"))
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -232,7 +261,10 @@ mod tests {
         assert!(apply_security_group(&bad).is_err(), "ports with icmp");
         let mut bad = m.clone();
         bad.nics[0].tap = "vnet*".into();
-        assert!(apply_security_group(&bad).is_err(), "nft wildcard in a tap name");
+        assert!(
+            apply_security_group(&bad).is_err(),
+            "nft wildcard in a tap name"
+        );
         let mut bad = m;
         bad.rules[0].direction = 0;
         assert!(apply_security_group(&bad).is_err());

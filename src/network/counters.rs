@@ -64,7 +64,11 @@ fn report(links: &[Link], taps: &[IfName]) -> TrafficReport {
         .filter_map(|t| links.iter().find(|l| l.name == t.as_str()))
         .map(|l| (l.name.clone(), Traffic::of_tap(l.stats)))
         .collect();
-    let ours = |l: &&Link| l.alias.as_deref().is_some_and(|a| a.starts_with(ALIAS_PREFIX));
+    let ours = |l: &&Link| {
+        l.alias
+            .as_deref()
+            .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+    };
     let networks = links
         .iter()
         .filter(ours)

@@ -24,7 +24,9 @@ pub use bridge::{NetworkSpec, VxlanFlood};
 pub use counters::{Traffic, TrafficReport};
 pub use error::{ErrorKind, NetworkError, Result};
 pub use names::{IfName, Mtu, VlanId, Vni};
-pub use secgroup::{Cidr, Direction, IcmpMatch, MacAddr, PortRange, Protocol, Rule, VmPort, VmRules};
+pub use secgroup::{
+    Cidr, Direction, IcmpMatch, MacAddr, PortRange, Protocol, Rule, VmPort, VmRules,
+};
 
 /// A VM's identity (its libvirt/CloudStack UUID).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,7 +71,7 @@ impl Network {
     /// to put in the domain XML.
     pub async fn ensure_network(&self, vm: VmUuid, spec: &NetworkSpec) -> Result<IfName> {
         let mut st = self.state.lock().await;
-        let br = bridge::ensure(&self.nl, spec).await?;
+        let br = bridge::ensure(&self.nl, spec, &mut st.bridges).await?;
         st.bridges.add_user(&br, vm);
         Ok(br)
     }
@@ -118,6 +120,7 @@ impl Network {
         let mut next = st.applied.vms.clone();
         let (vm, fp) = (rules.vm, rules.fingerprint());
         next.insert(vm, rules);
+        secgroup::check_unique(&next)?;
         self.nft.apply(&ruleset::render(&next)).await?;
         st.applied.vms = next;
         st.applied.fingerprints.insert(vm, fp);
@@ -147,6 +150,7 @@ impl Network {
         let mut st = self.state.lock().await;
         let next: std::collections::BTreeMap<VmUuid, VmRules> =
             all.iter().map(|r| (r.vm, r.clone())).collect();
+        secgroup::check_unique(&next)?;
         if !next.is_empty() {
             check_br_netfilter()?;
         }

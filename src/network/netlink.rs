@@ -133,7 +133,12 @@ impl Netlink {
 
     /// The link named `name`, or None.
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
-        let mut s = self.handle.link().get().match_name(name.to_owned()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
         match s.try_next().await {
             Ok(m) => Ok(m.as_ref().map(parse_link)),
             Err(e) => {
@@ -189,17 +194,19 @@ impl Netlink {
             Some(IpAddr::V6(g)) => b.group6(g),
             None => b,
         };
-        self.add(b.build(), "create vxlan", name).await.map_err(|e| {
-            if matches!(errno_of(&e), Some(libc::EOPNOTSUPP)) {
-                NetworkError::Unavailable {
-                    what: format!("create VXLAN device {name}"),
-                    module: "vxlan",
-                    detail: "VXLAN links are not supported".into(),
+        self.add(b.build(), "create vxlan", name)
+            .await
+            .map_err(|e| {
+                if matches!(errno_of(&e), Some(libc::EOPNOTSUPP)) {
+                    NetworkError::Unavailable {
+                        what: format!("create VXLAN device {name}"),
+                        module: "vxlan",
+                        detail: "VXLAN links are not supported".into(),
+                    }
+                } else {
+                    e
                 }
-            } else {
-                e
-            }
-        })
+            })
     }
 
     async fn add(&self, msg: LinkMessage, op: &'static str, name: &IfName) -> Result<()> {
@@ -320,10 +327,11 @@ fn flood_entry(index: u32, remote: IpAddr) -> NeighbourMessage {
     m.header.kind = RouteType::Unspec;
     m.attributes
         .push(NeighbourAttribute::LinkLocalAddress(vec![0; 6]));
-    m.attributes.push(NeighbourAttribute::Destination(match remote {
-        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
-        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
-    }));
+    m.attributes
+        .push(NeighbourAttribute::Destination(match remote {
+            IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+            IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+        }));
     m
 }
 

@@ -44,7 +44,10 @@ impl Nft {
     fn spawn_err(&self, op: &'static str, e: std::io::Error) -> NetworkError {
         NetworkError::Nft {
             op,
-            detail: format!("cannot run {}: {e} (install the nftables package)", self.binary.display()),
+            detail: format!(
+                "cannot run {}: {e} (install the nftables package)",
+                self.binary.display()
+            ),
         }
     }
 
@@ -60,7 +63,10 @@ impl Nft {
             .spawn()
             .map_err(|e| self.spawn_err("apply ruleset", e))?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(&input).await.map_err(|e| self.spawn_err("apply ruleset", e))?;
+            stdin
+                .write_all(&input)
+                .await
+                .map_err(|e| self.spawn_err("apply ruleset", e))?;
         }
         let out = child
             .wait_with_output()
@@ -94,9 +100,11 @@ impl Nft {
                 detail: err.trim().to_owned(),
             });
         }
-        serde_json::from_slice(&out.stdout).map(Some).map_err(|e| NetworkError::Nft {
-            op: "parse listing",
-            detail: e.to_string(),
-        })
+        serde_json::from_slice(&out.stdout)
+            .map(Some)
+            .map_err(|e| NetworkError::Nft {
+                op: "parse listing",
+                detail: e.to_string(),
+            })
     }
 }

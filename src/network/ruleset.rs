@@ -45,10 +45,10 @@ fn jump(target: &str) -> Value {
 }
 fn cidr(c: &Cidr) -> Value {
     let full = if c.is_ipv4() { 32 } else { 128 };
-    if c.len() == full {
+    if c.prefix_len() == full {
         json!(c.addr().to_string())
     } else {
-        json!({"prefix": {"addr": c.addr().to_string(), "len": c.len()}})
+        json!({"prefix": {"addr": c.addr().to_string(), "len": c.prefix_len()}})
     }
 }
 fn addrs<T: ToString>(a: &[T]) -> Vec<Value> {
@@ -75,7 +75,8 @@ impl Doc {
             "type": "filter", "hook": hook, "prio": prio, "policy": "accept"}}}));
     }
     fn chain(&mut self, family: &str, name: &str) {
-        self.cmds.push(json!({"add": {"chain": {"family": family, "table": TABLE, "name": name}}}));
+        self.cmds
+            .push(json!({"add": {"chain": {"family": family, "table": TABLE, "name": name}}}));
     }
     fn rule(&mut self, family: &str, chain: &str, expr: Vec<Value>) {
         self.cmds.push(json!({"add": {"rule": {
@@ -142,10 +143,23 @@ fn anti_spoof(p: &VmPort) -> Vec<Vec<Value>> {
     // ARP probes (RFC 5227) come from 0.0.0.0.
     let mut arp_ok = v4.clone();
     arp_ok.push(json!("0.0.0.0"));
-    r.push(vec![m("!=", payload("arp", "saddr ip"), set(arp_ok)), drop()]);
+    r.push(vec![
+        m("!=", payload("arp", "saddr ip"), set(arp_ok)),
+        drop(),
+    ]);
     // A guest must not answer DHCP or advertise itself as a router.
-    r.push(vec![m("==", payload("udp", "sport"), set(vec![json!(67), json!(547)])), drop()]);
-    r.push(vec![m("==", payload("icmpv6", "type"), json!("nd-router-advert")), drop()]);
+    r.push(vec![
+        m(
+            "==",
+            payload("udp", "sport"),
+            set(vec![json!(67), json!(547)]),
+        ),
+        drop(),
+    ]);
+    r.push(vec![
+        m("==", payload("icmpv6", "type"), json!("nd-router-advert")),
+        drop(),
+    ]);
     // DHCP discovery before the guest has an address.
     r.push(vec![
         m("==", payload("ip", "saddr"), json!("0.0.0.0")),
@@ -155,7 +169,10 @@ fn anti_spoof(p: &VmPort) -> Vec<Vec<Value>> {
     if v4.is_empty() {
         r.push(vec![m("==", payload("ether", "type"), json!("ip")), drop()]);
     } else {
-        r.push(vec![m("!=", payload("ip", "saddr"), set(std::mem::take(&mut v4))), drop()]);
+        r.push(vec![
+            m("!=", payload("ip", "saddr"), set(std::mem::take(&mut v4))),
+            drop(),
+        ]);
     }
     // Duplicate address detection and MLD come from the unspecified address.
     r.push(vec![
@@ -165,7 +182,11 @@ fn anti_spoof(p: &VmPort) -> Vec<Vec<Value>> {
     ]);
     r.push(vec![m("!=", payload("ip6", "saddr"), set(v6)), drop()]);
     r.push(vec![
-        m("!=", payload("ether", "type"), set(vec![json!("arp"), json!("ip"), json!("ip6")])),
+        m(
+            "!=",
+            payload("ether", "type"),
+            set(vec![json!("arp"), json!("ip"), json!("ip6")]),
+        ),
         drop(),
     ]);
     r
@@ -198,7 +219,10 @@ fn render_inet(d: &mut Doc, vms: &BTreeMap<VmUuid, VmRules>) {
     let mut egress = (Vec::new(), Vec::new());
     let mut ingress = (Vec::new(), Vec::new());
     for v in vms.values() {
-        let (out, inn) = (chain_name(v.vm, Direction::Egress), chain_name(v.vm, Direction::Ingress));
+        let (out, inn) = (
+            chain_name(v.vm, Direction::Egress),
+            chain_name(v.vm, Direction::Ingress),
+        );
         d.chain("inet", &out);
         d.chain("inet", &inn);
         for e in vm_chain(v, Direction::Egress) {
@@ -210,12 +234,20 @@ fn render_inet(d: &mut Doc, vms: &BTreeMap<VmUuid, VmRules>) {
         for p in &v.ports {
             let br = p.bridge.as_str();
             for a in p.ipv4() {
-                egress.0.push(json!([{"concat": [br, a.to_string()]}, jump(&out)]));
-                ingress.0.push(json!([{"concat": [br, a.to_string()]}, jump(&inn)]));
+                egress
+                    .0
+                    .push(json!([{"concat": [br, a.to_string()]}, jump(&out)]));
+                ingress
+                    .0
+                    .push(json!([{"concat": [br, a.to_string()]}, jump(&inn)]));
             }
             for a in p.ipv6() {
-                egress.1.push(json!([{"concat": [br, a.to_string()]}, jump(&out)]));
-                ingress.1.push(json!([{"concat": [br, a.to_string()]}, jump(&inn)]));
+                egress
+                    .1
+                    .push(json!([{"concat": [br, a.to_string()]}, jump(&out)]));
+                ingress
+                    .1
+                    .push(json!([{"concat": [br, a.to_string()]}, jump(&inn)]));
             }
         }
     }
@@ -230,7 +262,11 @@ fn render_inet(d: &mut Doc, vms: &BTreeMap<VmUuid, VmRules>) {
             continue;
         }
         let key = json!({"concat": [meta(dev), payload(field.0, field.1)]});
-        d.rule("inet", "forward", vec![json!({"vmap": {"key": key, "data": set(items)}})]);
+        d.rule(
+            "inet",
+            "forward",
+            vec![json!({"vmap": {"key": key, "data": set(items)}})],
+        );
     }
 }
 
@@ -242,7 +278,10 @@ fn vm_chain(v: &VmRules, dir: Direction) -> Vec<Vec<Value>> {
     };
     let ct = |states: Vec<Value>| m("in", json!({"ct": {"key": "state"}}), json!(states));
     let mut r = vec![
-        vec![ct(vec![json!("established"), json!("related")]), verdict(pass)],
+        vec![
+            ct(vec![json!("established"), json!("related")]),
+            verdict(pass),
+        ],
         vec![ct(vec![json!("invalid")]), verdict("drop")],
     ];
     r.extend(always_allowed(dir).into_iter().map(|mut e| {
@@ -273,7 +312,11 @@ fn always_allowed(dir: Direction) -> Vec<Vec<Value>> {
         Direction::Egress => ((68, 67), (546, 547)),
     };
     vec![
-        vec![m("==", payload("icmpv6", "type"), set(nd.into_iter().map(|t| json!(t)).collect()))],
+        vec![m(
+            "==",
+            payload("icmpv6", "type"),
+            set(nd.into_iter().map(|t| json!(t)).collect()),
+        )],
         vec![
             m("==", meta("nfproto"), json!("ipv4")),
             m("==", payload("udp", "sport"), json!(v4.0)),
@@ -293,8 +336,18 @@ fn rule_exprs(rule: &Rule) -> Vec<Vec<Value>> {
         Direction::Ingress => "saddr",
         Direction::Egress => "daddr",
     };
-    let v4: Vec<Value> = rule.cidrs.iter().filter(|c| c.is_ipv4()).map(cidr).collect();
-    let v6: Vec<Value> = rule.cidrs.iter().filter(|c| !c.is_ipv4()).map(cidr).collect();
+    let v4: Vec<Value> = rule
+        .cidrs
+        .iter()
+        .filter(|c| c.is_ipv4())
+        .map(cidr)
+        .collect();
+    let v6: Vec<Value> = rule
+        .cidrs
+        .iter()
+        .filter(|c| !c.is_ipv4())
+        .map(cidr)
+        .collect();
     let mut families: Vec<Option<(&str, Vec<Value>)>> = Vec::new();
     if rule.cidrs.is_empty() {
         families.push(None);
@@ -320,7 +373,10 @@ fn rule_exprs(rule: &Rule) -> Vec<Vec<Value>> {
 }
 
 fn family_fits(p: Protocol, fam: Option<&str>) -> bool {
-    !matches!((p, fam), (Protocol::Icmp, Some("ip6")) | (Protocol::Icmpv6, Some("ip")))
+    !matches!(
+        (p, fam),
+        (Protocol::Icmp, Some("ip6")) | (Protocol::Icmpv6, Some("ip"))
+    )
 }
 
 fn proto_exprs(rule: &Rule) -> Vec<Value> {

@@ -95,7 +95,7 @@ impl Cidr {
     pub fn addr(&self) -> IpAddr {
         self.addr
     }
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
     pub fn is_ipv4(&self) -> bool {
@@ -106,7 +106,8 @@ impl Cidr {
 impl FromStr for Cidr {
     type Err = NetworkError;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || NetworkError::invalid(format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8, fd00::/8)"));
+        let bad =
+            || NetworkError::invalid(format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8, fd00::/8)"));
         let (a, l) = match s.split_once('/') {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
@@ -134,7 +135,8 @@ pub struct MacAddr(pub [u8; 6]);
 impl FromStr for MacAddr {
     type Err = NetworkError;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || NetworkError::invalid(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+        let bad =
+            || NetworkError::invalid(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
         let mut out = [0u8; 6];
         let mut parts = s.split(':');
         for b in &mut out {
@@ -154,7 +156,11 @@ impl FromStr for MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -241,15 +247,27 @@ impl VmRules {
     /// Rejects what nft would reject or misread, before anything changes.
     pub fn validate(&self) -> Result<()> {
         if self.ports.is_empty() {
-            return Err(NetworkError::invalid(format!("VM {}: a security group needs at least one NIC", self.vm)));
+            return Err(NetworkError::invalid(format!(
+                "VM {}: a security group needs at least one NIC",
+                self.vm
+            )));
         }
         for p in &self.ports {
-            if let Some(ip) = p.ips.iter().find(|a| a.is_unspecified() || a.is_multicast()) {
-                return Err(NetworkError::invalid(format!("VM {}: {ip} on {} is not a unicast address", self.vm, p.tap)));
+            if let Some(ip) = p
+                .ips
+                .iter()
+                .find(|a| a.is_unspecified() || a.is_multicast())
+            {
+                return Err(NetworkError::invalid(format!(
+                    "VM {}: {ip} on {} is not a unicast address",
+                    self.vm, p.tap
+                )));
             }
         }
         for (i, r) in self.rules.iter().enumerate() {
-            validate_rule(r).map_err(|e| NetworkError::invalid(format!("VM {} rule {}: {e}", self.vm, i + 1)))?;
+            validate_rule(r).map_err(|e| {
+                NetworkError::invalid(format!("VM {} rule {}: {e}", self.vm, i + 1))
+            })?;
         }
         Ok(())
     }
@@ -277,10 +295,46 @@ fn validate_rule(r: &Rule) -> std::result::Result<(), String> {
     let has4 = r.cidrs.iter().any(Cidr::is_ipv4);
     let has6 = r.cidrs.iter().any(|c| !c.is_ipv4());
     match r.protocol {
-        Protocol::Icmp if has6 && !has4 => Err("icmp (IPv4) with only IPv6 CIDRs matches nothing; use icmpv6".into()),
-        Protocol::Icmpv6 if has4 && !has6 => Err("icmpv6 with only IPv4 CIDRs matches nothing; use icmp".into()),
+        Protocol::Icmp if has6 && !has4 => {
+            Err("icmp (IPv4) with only IPv6 CIDRs matches nothing; use icmpv6".into())
+        }
+        Protocol::Icmpv6 if has4 && !has6 => {
+            Err("icmpv6 with only IPv4 CIDRs matches nothing; use icmp".into())
+        }
         _ => Ok(()),
     }
+}
+
+/// Rejects groups that claim the same tap, or the same address on the same
+/// bridge, as another VM: the dispatch maps need one owner per key, and a
+/// guest must not be able to pose as another.
+pub fn check_unique(vms: &BTreeMap<VmUuid, VmRules>) -> Result<()> {
+    let mut taps: BTreeMap<&str, VmUuid> = BTreeMap::new();
+    let mut addrs: BTreeMap<(&str, IpAddr), VmUuid> = BTreeMap::new();
+    for v in vms.values() {
+        for p in &v.ports {
+            if let Some(other) = taps.insert(p.tap.as_str(), v.vm) {
+                return Err(NetworkError::invalid(format!(
+                    "VM {}: tap {} is already used by VM {other}",
+                    v.vm, p.tap
+                )));
+            }
+            let all = p
+                .ipv4()
+                .into_iter()
+                .map(IpAddr::V4)
+                .chain(p.ipv6().into_iter().map(IpAddr::V6));
+            for a in all {
+                if let Some(other) = addrs.insert((p.bridge.as_str(), a), v.vm) {
+                    return Err(NetworkError::invalid(format!(
+                        "VM {}: address {a} on bridge {} is already claimed by VM {other}",
+                        v.vm, p.bridge
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What was last applied per VM (fingerprints), to skip unchanged updates.
@@ -309,7 +363,7 @@ mod tests {
         assert_eq!(c.to_string(), "fd00::/8");
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nonsense".parse::<Cidr>().is_err());
-        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().len(), 0);
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().prefix_len(), 0);
     }
 
     #[test]
@@ -318,6 +372,33 @@ mod tests {
         assert_eq!(m.link_local().to_string(), "fe80::5054:ff:fe12:3456");
         assert!("01:00:00:00:00:00".parse::<MacAddr>().is_err());
         assert!("52:54:00:12:34".parse::<MacAddr>().is_err());
+    }
+
+    #[test]
+    fn addresses_have_one_owner() {
+        let port = |tap: &str, mac: &str| VmPort {
+            tap: IfName::new(tap).unwrap(),
+            bridge: IfName::new("br0").unwrap(),
+            mac: mac.parse().unwrap(),
+            ips: vec!["10.0.0.5".parse().unwrap()],
+        };
+        let vm = |n: u8, p: VmPort| VmRules {
+            vm: VmUuid(uuid::Uuid::from_bytes([n; 16])),
+            ports: vec![p],
+            rules: vec![],
+        };
+        let mut all = BTreeMap::new();
+        all.insert(
+            VmUuid(uuid::Uuid::from_bytes([1; 16])),
+            vm(1, port("vnet1", "52:54:00:00:00:01")),
+        );
+        assert!(check_unique(&all).is_ok());
+        all.insert(
+            VmUuid(uuid::Uuid::from_bytes([2; 16])),
+            vm(2, port("vnet2", "52:54:00:00:00:02")),
+        );
+        let e = check_unique(&all).unwrap_err().to_string();
+        assert!(e.contains("10.0.0.5"), "{e}");
     }
 
     #[test]
