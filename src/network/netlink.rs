@@ -307,14 +307,25 @@ impl Netlink {
                     .iter()
                     .any(|a| matches!(a, NeighbourAttribute::LinkLocalAddress(l) if l.iter().all(|b| *b == 0)))
             })
-            .filter_map(|m| {
-                m.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
-                    _ => None,
-                })
-            })
+            .filter_map(|m| m.attributes.iter().find_map(destination))
             .collect())
+    }
+}
+
+/// NDA_DST of an fdb entry. In the bridge family the parser cannot tell v4
+/// from v6 and hands back raw bytes; their length decides.
+fn destination(a: &NeighbourAttribute) -> Option<IpAddr> {
+    match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+            if let Ok(v4) = <[u8; 4]>::try_from(b.as_slice()) {
+                Some(IpAddr::from(v4))
+            } else {
+                <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from)
+            }
+        }
+        _ => None,
     }
 }
 
