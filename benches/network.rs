@@ -77,6 +77,80 @@ fn group(variant: u32) -> VmRules {
     }
 }
 
+/// User+system CPU seconds of this thread and of reaped children: the
+/// cost of an operation independent of how loaded the machine is.
+fn cpu() -> (f64, f64) {
+    let usage = |who| {
+        // SAFETY: getrusage only writes into the zeroed struct we pass.
+        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut r) };
+        let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+        t(r.ru_utime) + t(r.ru_stime)
+    };
+    (usage(libc::RUSAGE_THREAD), usage(libc::RUSAGE_CHILDREN))
+}
+
+/// Prints CPU time per operation (criterion reports wall time, which on a
+/// shared CI machine is mostly waiting for a core).
+fn cpu_figures(rt: &tokio::runtime::Runtime, net: &Network, vm: VmUuid) {
+    const N: u32 = 200;
+    let (s0, _) = cpu();
+    for _ in 0..N {
+        black_box(
+            rt.block_on(net.ensure_network(vm, &spec(100)))
+                .expect("ensure"),
+        );
+    }
+    let (s1, _) = cpu();
+    println!(
+        "cpu ensure_network_exists: {:.1} us/op",
+        (s1 - s0) / f64::from(N) * 1e6
+    );
+    let nl = rt
+        .block_on(async { csagent::network::netlink::Netlink::connect() })
+        .expect("netlink");
+    let (s0, _) = cpu();
+    for _ in 0..N {
+        black_box(rt.block_on(nl.link("brvx-100")).expect("get"));
+    }
+    let (s1, _) = cpu();
+    println!(
+        "cpu one netlink get: {:.1} us/op",
+        (s1 - s0) / f64::from(N) * 1e6
+    );
+    let mut all = std::collections::BTreeMap::new();
+    all.insert(vm, group(0));
+    let doc = csagent::network::ruleset::render(&all);
+    let t = Instant::now();
+    for _ in 0..N {
+        black_box(csagent::network::ruleset::render(&all));
+    }
+    println!(
+        "wall render 100 rules: {:.1} us/op",
+        t.elapsed().as_secs_f64() / f64::from(N) * 1e6
+    );
+    let t = Instant::now();
+    for _ in 0..N {
+        black_box(serde_json::to_vec(&doc).expect("json"));
+    }
+    println!(
+        "wall serialise 100 rules: {:.1} us/op",
+        t.elapsed().as_secs_f64() / f64::from(N) * 1e6
+    );
+    const M: u32 = 20;
+    let (s0, c0) = cpu();
+    for i in 0..M {
+        rt.block_on(net.apply_security_group(group(i % 2 + 2)))
+            .expect("apply");
+    }
+    let (s1, c1) = cpu();
+    println!(
+        "cpu security_group_100_rules_apply: agent {:.2} ms/op + nft {:.2} ms/op",
+        (s1 - s0) / f64::from(M) * 1e3,
+        (c1 - c0) / f64::from(M) * 1e3
+    );
+}
+
 fn main() {
     let ns = NsGuard(format!("csat-net-bench-{}", std::process::id()));
     ip(&["netns", "add", &ns.0]);
@@ -140,6 +214,7 @@ fn main() {
         })
     });
     c.final_summary();
+    cpu_figures(&rt, &net, vm);
     drop(net);
     drop(rt);
 }
