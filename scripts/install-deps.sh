@@ -13,6 +13,7 @@ packages=(
   qemu-utils             # qemu-img; installing qemu-system-x86 may remove it
   nftables
   iproute2
+  kmod                   # modprobe: tests load 8021q where the kernel has it as a module
 )
 
 missing=()

@@ -15,6 +15,7 @@ pub mod link;
 pub mod logging;
 pub mod mgmt;
 pub mod monitor;
+pub mod network;
 pub mod pki;
 pub mod proto;
 pub mod storage;

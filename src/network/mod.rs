@@ -1,0 +1,190 @@
+//! Guest networks on this host: bridges, VLAN and VXLAN plumbing (netlink),
+//! per-VM security groups (nftables) and traffic counters.
+//!
+//! [`Network`] is the one entry point the rest of the agent uses. It
+//! serialises every change behind one lock (networks and rulesets are host
+//! wide), keeps the reference counts of bridges by VM and the last applied
+//! security groups. Wire types never enter here; convert.rs translates.
+
+pub mod bridge;
+pub mod convert;
+pub mod counters;
+pub mod error;
+pub mod names;
+pub mod netlink;
+pub mod nft;
+pub mod ruleset;
+pub mod secgroup;
+
+use std::path::Path;
+
+use tokio::sync::Mutex;
+
+pub use bridge::{NetworkSpec, VxlanFlood};
+pub use counters::{Traffic, TrafficReport};
+pub use error::{ErrorKind, NetworkError, Result};
+pub use names::{IfName, Mtu, VlanId, Vni};
+pub use secgroup::{
+    Cidr, Direction, IcmpMatch, MacAddr, PortRange, Protocol, Rule, VmPort, VmRules,
+};
+
+/// A VM's identity (its libvirt/CloudStack UUID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VmUuid(pub uuid::Uuid);
+
+impl std::fmt::Display for VmUuid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Default)]
+struct State {
+    bridges: bridge::Bridges,
+    applied: secgroup::Applied,
+}
+
+/// Guest networking of this host (one per agent).
+pub struct Network {
+    nl: netlink::Netlink,
+    nft: nft::Nft,
+    state: Mutex<State>,
+}
+
+impl Network {
+    /// Opens netlink in the calling thread's network namespace; must run
+    /// inside a tokio runtime. nft runs as `nft` from PATH.
+    pub fn new() -> Result<Self> {
+        Self::with_nft(nft::Nft::default())
+    }
+
+    pub fn with_nft(nft: nft::Nft) -> Result<Self> {
+        Ok(Self {
+            nl: netlink::Netlink::connect()?,
+            nft,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Makes sure `spec`'s bridge exists (creating bridge and uplink if
+    /// needed) and records `vm` as one of its users. Returns the bridge name
+    /// to put in the domain XML.
+    pub async fn ensure_network(&self, vm: VmUuid, spec: &NetworkSpec) -> Result<IfName> {
+        let mut st = self.state.lock().await;
+        let br = bridge::ensure(&self.nl, spec, &mut st.bridges).await?;
+        st.bridges.add_user(&br, vm);
+        Ok(br)
+    }
+
+    /// `vm` no longer uses `bridge`; deletes it (and its uplink) when no
+    /// csagent VM uses it and no other port is attached. True if deleted.
+    pub async fn release_network(&self, vm: VmUuid, bridge: &IfName) -> Result<bool> {
+        let mut st = self.state.lock().await;
+        if !st.bridges.remove_user(bridge, vm) {
+            return Ok(false);
+        }
+        let before = self.nl.link(bridge.as_str()).await?.is_some();
+        bridge::remove(&self.nl, bridge).await?;
+        Ok(before && self.nl.link(bridge.as_str()).await?.is_none())
+    }
+
+    /// Releases every bridge `vm` uses (VM stopped or destroyed).
+    pub async fn release_vm(&self, vm: VmUuid) -> Result<()> {
+        let bridges = self.state.lock().await.bridges.of_vm(vm);
+        for br in bridges {
+            self.release_network(vm, &br).await?;
+        }
+        Ok(())
+    }
+
+    /// Agent start: the (VM, bridge) pairs in use, read from libvirt domains.
+    pub async fn rebuild_users(&self, in_use: &[(VmUuid, IfName)]) {
+        self.state.lock().await.bridges.rebuild(in_use);
+    }
+
+    /// Number of csagent VMs using `bridge`.
+    pub async fn bridge_users(&self, bridge: &IfName) -> usize {
+        self.state.lock().await.bridges.users(bridge)
+    }
+
+    /// Puts `rules` in force for its VM, replacing its previous group in the
+    /// same transaction (no open window). Returns false when nothing changed
+    /// (no nft run).
+    pub async fn apply_security_group(&self, rules: VmRules) -> Result<bool> {
+        rules.validate()?;
+        let mut st = self.state.lock().await;
+        if st.applied.unchanged(&rules) {
+            return Ok(false);
+        }
+        check_br_netfilter()?;
+        let mut next = st.applied.vms.clone();
+        let (vm, fp) = (rules.vm, rules.fingerprint());
+        next.insert(vm, rules);
+        secgroup::check_unique(&next)?;
+        self.nft.apply(&ruleset::render(&next)).await?;
+        st.applied.vms = next;
+        st.applied.fingerprints.insert(vm, fp);
+        Ok(true)
+    }
+
+    /// Removes `vm`'s rules (a no-op if it has none).
+    pub async fn remove_security_group(&self, vm: VmUuid) -> Result<()> {
+        let mut st = self.state.lock().await;
+        if !st.applied.vms.contains_key(&vm) {
+            return Ok(());
+        }
+        let mut next = st.applied.vms.clone();
+        next.remove(&vm);
+        self.install(&next).await?;
+        st.applied.vms = next;
+        st.applied.fingerprints.remove(&vm);
+        Ok(())
+    }
+
+    /// Agent restart: replaces csagent's tables with the groups of every
+    /// running VM in one transaction (stale VMs' rules disappear).
+    pub async fn reapply_all(&self, all: &[VmRules]) -> Result<()> {
+        for r in all {
+            r.validate()?;
+        }
+        let mut st = self.state.lock().await;
+        let next: std::collections::BTreeMap<VmUuid, VmRules> =
+            all.iter().map(|r| (r.vm, r.clone())).collect();
+        secgroup::check_unique(&next)?;
+        if !next.is_empty() {
+            check_br_netfilter()?;
+        }
+        self.install(&next).await?;
+        st.applied.fingerprints = next.iter().map(|(k, v)| (*k, v.fingerprint())).collect();
+        st.applied.vms = next;
+        Ok(())
+    }
+
+    async fn install(&self, vms: &std::collections::BTreeMap<VmUuid, VmRules>) -> Result<()> {
+        let doc = if vms.is_empty() {
+            ruleset::render_delete()
+        } else {
+            ruleset::render(vms)
+        };
+        self.nft.apply(&doc).await
+    }
+
+    /// Counters of `taps` and of every csagent network.
+    pub async fn counters(&self, taps: &[IfName]) -> Result<TrafficReport> {
+        counters::read(&self.nl, taps).await
+    }
+}
+
+/// Stateful filtering of bridged traffic needs br_netfilter (it hands
+/// bridged IP packets to conntrack and the inet hooks).
+fn check_br_netfilter() -> Result<()> {
+    if Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        Ok(())
+    } else {
+        Err(NetworkError::Unavailable {
+            what: "filter bridged traffic statefully".into(),
+            module: "br_netfilter",
+            detail: "/proc/sys/net/bridge is missing".into(),
+        })
+    }
+}
