@@ -22,6 +22,8 @@ use crate::link::endpoints::{Endpoint, Endpoints};
 use crate::link::outbox::Outbox;
 use crate::link::{self, Identity, LinkCtx, Policy, VmSnapshot};
 use crate::monitor::HostMonitor;
+use crate::network::Network;
+use crate::storage::{Storage, StorageConfig};
 use crate::tls::{self, TlsFiles};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +76,24 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         .await,
     );
     let outbox = Arc::new(Outbox::new(cfg.agent.outbox_capacity));
+    let storage = Arc::new(Storage::new(StorageConfig {
+        libvirt_uri: cfg.hypervisor.uri.clone(),
+        default_timeout: Duration::from_secs(cfg.storage.op_timeout_secs),
+        template_roots: cfg.storage.template_roots.clone(),
+        ..StorageConfig::default()
+    }));
+    let network = match Network::new() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "guest networking unavailable; network commands will fail");
+            None
+        }
+    };
     let handlers = Arc::new(Handlers {
         hypervisor: hv.clone(),
         facts: monitor.facts(),
+        storage,
+        network,
     });
     let dispatcher = Dispatcher::new(
         DispatchConfig {

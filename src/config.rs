@@ -196,6 +196,9 @@ pub struct StorageSection {
     pub local_uuid: String,
     /// Time limit of one storage operation (the seed's 120 s fault line).
     pub op_timeout_secs: u64,
+    /// Directories templates may be copied from by path (secondary storage
+    /// mounts); any other path is refused.
+    pub template_roots: Vec<PathBuf>,
 }
 
 impl Default for StorageSection {
@@ -204,6 +207,7 @@ impl Default for StorageSection {
             local_path: PathBuf::from("/var/lib/libvirt/images"),
             local_uuid: String::new(),
             op_timeout_secs: 120,
+            template_roots: vec![PathBuf::from("/mnt")],
         }
     }
 }

@@ -10,6 +10,9 @@
 //! This is the edge where wire types become the crate's own `Request`/`Reply`
 //! and back; handlers never see generated code.
 
+mod network_wire;
+mod storage_wire;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -160,6 +163,7 @@ impl Dispatcher {
         let ctx = Ctx {
             command_id: cmd.id.clone(),
             cancel: token.clone(),
+            deadline,
             outbox: Arc::clone(&self.outbox),
         };
         let work = async {
@@ -235,6 +239,14 @@ fn decode(body: Option<pb::command::Body>) -> Result<(Request, Option<String>), 
             "unknown command: this agent does not implement it (upgrade csagent?)",
         )
     })?;
+    if let Some(r) = storage_wire::decode(&body) {
+        let (op, key) = r?;
+        return Ok((Request::Storage(op), key));
+    }
+    if let Some(r) = network_wire::decode(&body) {
+        let (op, key) = r?;
+        return Ok((Request::Network(op), key));
+    }
     Ok(match body {
         Body::Noop(_) => (Request::Noop, None),
         Body::Echo(e) => {
@@ -251,6 +263,14 @@ fn decode(body: Option<pb::command::Body>) -> Result<(Request, Option<String>), 
         }
         Body::ListVms(_) => (Request::ListVms, None),
         Body::GetHostFacts(_) => (Request::GetHostFacts, None),
+        // Storage and network bodies were taken above; this arm is only
+        // reached if a body was added to the proto without a decoder.
+        _ => {
+            return Err(CommandError::new(
+                ErrorKind::Unimplemented,
+                "this agent has no handler for the command",
+            ))
+        }
     })
 }
 
@@ -270,6 +290,10 @@ fn optional_vm(s: &str) -> Result<Option<String>, CommandError> {
 /// The crate's reply -> wire result.
 fn encode(reply: Reply) -> pb::command_result::Result {
     use pb::command_result::Result as R;
+    let reply = match storage_wire::encode(reply).or_else(network_wire::encode) {
+        Ok(r) => return r,
+        Err(reply) => reply,
+    };
     match reply {
         Reply::Noop => R::Noop(pb::NoopResult {}),
         Reply::Echo(payload) => R::Echo(pb::EchoResult { payload }),
@@ -278,7 +302,16 @@ fn encode(reply: Reply) -> pb::command_result::Result {
             vms: vms.iter().map(crate::link::convert::vm_status).collect(),
         }),
         Reply::HostFacts(f) => R::HostFacts(*f),
+        // Taken by the storage and network encoders above.
+        other => unreachable_reply(other),
     }
+}
+
+/// A reply no encoder took is a programming error; answering with an empty
+/// result keeps the agent up and the plane sees a result without a body.
+fn unreachable_reply(r: Reply) -> pb::command_result::Result {
+    tracing::error!(reply = ?r, "reply without an encoder");
+    pb::command_result::Result::Noop(pb::NoopResult {})
 }
 
 /// The one place error kinds become wire codes.

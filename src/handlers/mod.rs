@@ -6,8 +6,11 @@
 //! stop promptly when `ctx.cancel` fires. Adding a command: a `Request`
 //! variant, a `Reply` variant, one arm in `handle`.
 
+pub mod network;
+pub mod storage;
+
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +26,8 @@ pub enum Request {
     GetVmState(uuid::Uuid),
     ListVms,
     GetHostFacts,
+    Storage(storage::StorageOp),
+    Network(network::NetworkOp),
 }
 
 impl Request {
@@ -33,6 +38,8 @@ impl Request {
             Request::GetVmState(_) => "get_vm_state",
             Request::ListVms => "list_vms",
             Request::GetHostFacts => "get_host_facts",
+            Request::Storage(_) => "storage",
+            Request::Network(_) => "network",
         }
     }
 }
@@ -44,12 +51,25 @@ pub enum Reply {
     VmStatus(VmInfo),
     VmList(Vec<VmInfo>),
     HostFacts(Box<pb::HostFacts>),
+    Volume(crate::storage::VolumeInfo),
+    Snapshot(crate::storage::SnapshotInfo),
+    Snapshots(Vec<crate::storage::SnapshotInfo>),
+    Pool(crate::storage::PoolStatus),
+    Pools(Vec<crate::storage::PoolStatus>),
+    StorageDone,
+    Bridge(crate::network::IfName),
+    NetworkReleased(bool),
+    SecurityGroupApplied(bool),
+    SecurityGroupRemoved,
+    Counters(crate::network::TrafficReport),
 }
 
 /// What a running command may use besides its request.
 pub struct Ctx {
     pub command_id: String,
     pub cancel: CancellationToken,
+    /// When dispatch gives up on the command.
+    pub deadline: Instant,
     /// For CommandProgress and Events caused by this command.
     pub outbox: Arc<Outbox>,
 }
@@ -57,6 +77,9 @@ pub struct Ctx {
 pub struct Handlers {
     pub hypervisor: Hypervisor,
     pub facts: pb::HostFacts,
+    pub storage: Arc<crate::storage::Storage>,
+    /// None when netlink could not be opened (the agent still runs VMs).
+    pub network: Option<crate::network::Network>,
 }
 
 impl Handlers {
@@ -77,6 +100,8 @@ impl Handlers {
                 .map(Reply::VmList)
                 .map_err(hv_error),
             Request::GetHostFacts => Ok(Reply::HostFacts(Box::new(self.facts.clone()))),
+            Request::Storage(op) => storage::handle(&self.storage, op, ctx).await,
+            Request::Network(op) => network::handle(self.network.as_ref(), op).await,
         }
     }
 }

@@ -1,0 +1,104 @@
+//! Storage commands at the edge: wire body -> validated `StorageOp` and the
+//! lock key it serialises on; replies -> wire results.
+
+use crate::error::CommandError;
+use crate::handlers::storage::{storage_error, StorageOp};
+use crate::handlers::Reply;
+use crate::proto::v1 as pb;
+use crate::storage::convert::{remove_ceph_secret, snapshot_request, snapshot_target, volume_ref};
+use crate::storage::{SnapshotTarget, StorageError};
+
+type Decoded = Result<(StorageOp, Option<String>), CommandError>;
+
+fn volume_key(pool: &str, name: &str) -> Option<String> {
+    Some(format!("volume:{pool}/{name}"))
+}
+
+fn target_key(t: &SnapshotTarget) -> Option<String> {
+    match t {
+        SnapshotTarget::Volume { pool, volume } => volume_key(pool.as_str(), volume.as_str()),
+        // A UUID shares the VM's lock with lifecycle commands on it.
+        SnapshotTarget::Domain { domain } => Some(match uuid::Uuid::parse_str(domain) {
+            Ok(u) => u.to_string(),
+            Err(_) => format!("vm:{domain}"),
+        }),
+    }
+}
+
+fn conv<T>(r: Result<T, StorageError>) -> Result<T, CommandError> {
+    r.map_err(storage_error)
+}
+
+/// Decodes a storage body; `None` if the body is not a storage command.
+pub fn decode(body: &pb::command::Body) -> Option<Decoded> {
+    use pb::command::Body as B;
+    let d = |f: &dyn Fn() -> Decoded| Some(f());
+    match body {
+        B::CreateVolume(m) => d(&|| Ok((StorageOp::CreateVolume(conv(m.try_into())?), volume_key(&m.pool, &m.name)))),
+        B::CreateVolumeFromTemplate(m) => {
+            d(&|| Ok((StorageOp::CreateFromTemplate(conv(m.try_into())?), volume_key(&m.pool, &m.name))))
+        }
+        B::ResizeVolume(m) => d(&|| Ok((StorageOp::Resize(conv(m.try_into())?), volume_key(&m.pool, &m.name)))),
+        B::DeleteVolume(m) => d(&|| {
+            let (p, v) = conv(volume_ref(&m.pool, &m.name))?;
+            Ok((StorageOp::Delete(p, v), volume_key(&m.pool, &m.name)))
+        }),
+        B::GetVolumeInfo(m) => d(&|| {
+            let (p, v) = conv(volume_ref(&m.pool, &m.name))?;
+            Ok((StorageOp::Info(p, v), None))
+        }),
+        B::CopyTemplate(m) => d(&|| Ok((StorageOp::CopyTemplate(conv(m.try_into())?), volume_key(&m.pool, &m.name)))),
+        B::CreateSnapshot(m) => d(&|| snapshot(m.target.as_ref(), &m.name, StorageOp::CreateSnapshot)),
+        B::RevertSnapshot(m) => d(&|| snapshot(m.target.as_ref(), &m.name, StorageOp::RevertSnapshot)),
+        B::DeleteSnapshot(m) => d(&|| snapshot(m.target.as_ref(), &m.name, StorageOp::DeleteSnapshot)),
+        B::ListSnapshots(m) => d(&|| {
+            let t = conv(snapshot_target(m.target.as_ref()))?;
+            Ok((StorageOp::ListSnapshots(t), None))
+        }),
+        B::AddPool(m) => d(&|| {
+            let def = m.pool.as_ref().ok_or_else(|| CommandError::invalid("add_pool.pool is missing"))?;
+            let key = Some(format!("pool:{}", def.name));
+            Ok((StorageOp::AddPool(conv(def.try_into())?), key))
+        }),
+        B::RemovePool(m) => d(&|| {
+            let name = conv(crate::storage::PoolName::new(&m.name))?;
+            Ok((StorageOp::RemovePool(name), Some(format!("pool:{}", m.name))))
+        }),
+        B::RefreshPool(m) => d(&|| {
+            let name = conv(crate::storage::PoolName::new(&m.name))?;
+            Ok((StorageOp::RefreshPool(name), Some(format!("pool:{}", m.name))))
+        }),
+        B::ListPools(_) => Some(Ok((StorageOp::ListPools, None))),
+        B::PutCephSecret(m) => d(&|| Ok((StorageOp::PutCephSecret(conv(m.try_into())?), None))),
+        B::RemoveCephSecret(m) => d(&|| Ok((StorageOp::RemoveCephSecret(conv(remove_ceph_secret(m))?), None))),
+        _ => None,
+    }
+}
+
+fn snapshot(
+    target: Option<&pb::SnapshotTarget>,
+    name: &str,
+    op: fn(SnapshotTarget, crate::storage::SnapshotName) -> StorageOp,
+) -> Decoded {
+    let (t, n) = conv(snapshot_request(target, name))?;
+    let key = target_key(&t);
+    Ok((op(t, n), key))
+}
+
+/// Encodes a storage reply; gives the reply back if it is not one.
+pub fn encode(reply: Reply) -> Result<pb::command_result::Result, Reply> {
+    use pb::command_result::Result as R;
+    Ok(match reply {
+        Reply::Volume(v) => R::Volume((&v).into()),
+        Reply::Snapshot(s) => R::Snapshot((&s).into()),
+        Reply::Snapshots(l) => R::SnapshotList(pb::SnapshotList {
+            snapshots: l.iter().map(Into::into).collect(),
+        }),
+        Reply::Pool(p) => R::Pool((&p).into()),
+        Reply::Pools(l) => R::PoolList(pb::PoolList {
+            pools: l.iter().map(Into::into).collect(),
+        }),
+        Reply::StorageDone => R::StorageDone(pb::StorageDone {}),
+        other => return Err(other),
+    })
+}
