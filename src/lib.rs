@@ -4,4 +4,5 @@
 //! management plane) are thin CLIs over these modules; tests and benchmarks
 //! drive the same code.
 
+pub mod domain;
 pub mod proto;
