@@ -14,15 +14,25 @@ use csagent::domain::{self, Firmware, VmSpec};
 use virt::connect::Connect;
 use virt::domain::Domain;
 
-const GOLDEN: &[&str] = &["minimal", "linux", "windows", "rbd-iotune", "gpu", "kernel-boot"];
+const GOLDEN: &[&str] = &[
+    "minimal",
+    "linux",
+    "windows",
+    "rbd-iotune",
+    "gpu",
+    "kernel-boot",
+    "typical",
+];
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/domain")
 }
 
 fn spec_of(name: &str) -> (VmSpec, String) {
-    let json = std::fs::read_to_string(golden_dir().join(format!("{name}.json"))).expect("read golden json");
-    let proto: csagent::proto::v1::VmSpec = serde_json::from_str(&json).expect("golden json is a VmSpec");
+    let json = std::fs::read_to_string(golden_dir().join(format!("{name}.json")))
+        .expect("read golden json");
+    let proto: csagent::proto::v1::VmSpec =
+        serde_json::from_str(&json).expect("golden json is a VmSpec");
     let spec = domain::convert::spec_from_proto(&proto).unwrap_or_else(|e| panic!("{name}: {e}"));
     let xml = domain::render_spec_json(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
     (spec, xml)
@@ -35,7 +45,11 @@ fn diff(expected: &str, actual: &str) -> String {
     let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     let (mut i, mut j, mut out) = (0, 0, String::new());
@@ -60,8 +74,12 @@ fn check_golden(name: &str, xml: &str) {
         std::fs::write(&path, xml).expect("write golden");
         return;
     }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("{} missing; run with UPDATE_GOLDEN=1 to create it", path.display()));
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "{} missing; run with UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
     if expected != xml {
         panic!(
             "{name}: rendered XML differs from {} (- golden, + rendered; UPDATE_GOLDEN=1 to accept):\n{}",
@@ -113,7 +131,9 @@ fn strip_added(orig: &VmSpec, back: &mut VmSpec) {
     }
     match (&orig.os.machine, &back.os.machine) {
         // qemu expands q35/pc into versioned machine types.
-        (Some(o), Some(b)) if b.contains(o.as_str()) || (o == "pc" && b.starts_with("pc-i440fx")) => {
+        (Some(o), Some(b))
+            if b.contains(o.as_str()) || (o == "pc" && b.starts_with("pc-i440fx")) =>
+        {
             back.os.machine = orig.os.machine.clone();
         }
         (None, _) => back.os.machine = None,
@@ -133,13 +153,23 @@ fn strip_added(orig: &VmSpec, back: &mut VmSpec) {
         }
         _ => {}
     }
-    for (o, b) in orig.devices.graphics.iter().zip(back.devices.graphics.iter_mut()) {
+    for (o, b) in orig
+        .devices
+        .graphics
+        .iter()
+        .zip(back.devices.graphics.iter_mut())
+    {
         if o.listen.is_none() {
             b.listen = None;
         }
     }
     // The test driver names taps itself (testnet0); qemu does so on start.
-    for (o, b) in orig.devices.interfaces.iter().zip(back.devices.interfaces.iter_mut()) {
+    for (o, b) in orig
+        .devices
+        .interfaces
+        .iter()
+        .zip(back.devices.interfaces.iter_mut())
+    {
         if o.target_dev.is_none() {
             b.target_dev = None;
         }
@@ -152,12 +182,21 @@ fn strip_added(orig: &VmSpec, back: &mut VmSpec) {
 }
 
 /// Defines `xml` on `uri`, reads it back with secrets, and compares models.
-fn define_and_compare(uri: &str, name: &str, spec: &VmSpec, xml: &str) -> Result<(), virt::error::Error> {
+fn define_and_compare(
+    uri: &str,
+    name: &str,
+    spec: &VmSpec,
+    xml: &str,
+) -> Result<(), virt::error::Error> {
     let conn = Connect::open(Some(uri))?;
     let dom = conn.define_domain_xml(xml)?;
-    let guard = Defined { dom, with_state: uri.starts_with("qemu") };
+    let guard = Defined {
+        dom,
+        with_state: uri.starts_with("qemu"),
+    };
     let back_xml = guard.dom.xml_desc(virt::sys::VIR_DOMAIN_XML_SECURE)?;
-    let parsed = domain::parse(&back_xml).unwrap_or_else(|e| panic!("{name} on {uri}: dumpxml does not parse: {e}\n{back_xml}"));
+    let parsed = domain::parse(&back_xml)
+        .unwrap_or_else(|e| panic!("{name} on {uri}: dumpxml does not parse: {e}\n{back_xml}"));
     assert!(
         parsed.not_understood.is_empty(),
         "{name} on {uri}: parser left out {:?}\n{back_xml}",
@@ -165,8 +204,15 @@ fn define_and_compare(uri: &str, name: &str, spec: &VmSpec, xml: &str) -> Result
     );
     let mut back = parsed.spec;
     strip_added(spec, &mut back);
-    assert_eq!(&back, spec, "{name} on {uri}: dumpxml parsed into a different model\n{back_xml}");
-    assert_eq!(domain::is_managed(&back_xml), spec.meta.is_some(), "{name}: is_managed after define");
+    assert_eq!(
+        &back, spec,
+        "{name} on {uri}: dumpxml parsed into a different model\n{back_xml}"
+    );
+    assert_eq!(
+        domain::is_managed(&back_xml),
+        spec.meta.is_some(),
+        "{name}: is_managed after define"
+    );
     drop(guard);
     Ok(())
 }
@@ -178,9 +224,17 @@ fn golden_files_match_validate_and_round_trip() {
         check_golden(name, &xml);
         xml_validate(name, &xml);
         let parsed = domain::parse(&xml).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(parsed.not_understood.is_empty(), "{name}: {:?}", parsed.not_understood);
+        assert!(
+            parsed.not_understood.is_empty(),
+            "{name}: {:?}",
+            parsed.not_understood
+        );
         assert_eq!(parsed.spec, spec, "{name}: parse(render(spec)) != spec");
-        assert_eq!(domain::render(&parsed.spec).expect("re-render"), xml, "{name}: render is not stable");
+        assert_eq!(
+            domain::render(&parsed.spec).expect("re-render"),
+            xml,
+            "{name}: render is not stable"
+        );
     }
 }
 
@@ -188,7 +242,8 @@ fn golden_files_match_validate_and_round_trip() {
 fn golden_domains_define_on_test_driver() {
     for name in GOLDEN {
         let (spec, xml) = spec_of(name);
-        define_and_compare("test:///default", name, &spec, &xml).unwrap_or_else(|e| panic!("{name}: test:///default: {e}"));
+        define_and_compare("test:///default", name, &spec, &xml)
+            .unwrap_or_else(|e| panic!("{name}: test:///default: {e}"));
     }
 }
 
@@ -237,9 +292,14 @@ fn injection_cannot_change_structure() {
     meta.instance_id = format!("i-{evil}");
     meta.account_id = "'\"&<>".into();
     spec.devices.graphics[0].passwd = Some("<&'\">]]>".into());
-    spec.devices.disks[0].source = domain::DiskSource::File { path: format!("/var/lib/x/{evil}") };
+    spec.devices.disks[0].source = domain::DiskSource::File {
+        path: format!("/var/lib/x/{evil}"),
+    };
     let xml = domain::render(&spec).expect("render");
-    assert!(!xml.contains("<disk/>") && !xml.contains("<![CDATA["), "raw markup leaked:\n{xml}");
+    assert!(
+        !xml.contains("<disk/>") && !xml.contains("<![CDATA["),
+        "raw markup leaked:\n{xml}"
+    );
     xml_validate("injection", &xml);
     let parsed = domain::parse(&xml).expect("parse");
     assert_eq!(parsed.spec, spec);

@@ -16,13 +16,23 @@ pub fn spec_from_proto(p: &pb::VmSpec) -> Result<VmSpec, DomainError> {
     let uuid = match uuid::Uuid::parse_str(&p.uuid) {
         Ok(u) => VmUuid(u),
         Err(_) => {
-            e.push("uuid", format!("{:?} is not a UUID (8-4-4-4-12 hex digits)", p.uuid));
+            e.push(
+                "uuid",
+                format!("{:?} is not a UUID (8-4-4-4-12 hex digits)", p.uuid),
+            );
             VmUuid::default()
         }
     };
     let mut spec = VmSpec::new(&p.name, uuid);
-    spec.domain_type = choice(&mut e, "domain_type", &p.domain_type, "kvm", DomainType::from_str, DomainType::ALL)
-        .unwrap_or(DomainType::Kvm);
+    spec.domain_type = choice(
+        &mut e,
+        "domain_type",
+        &p.domain_type,
+        "kvm",
+        DomainType::from_str,
+        DomainType::ALL,
+    )
+    .unwrap_or(DomainType::Kvm);
     spec.title = non_empty(&p.title);
     spec.description = non_empty(&p.description);
     spec.meta = p.ids.as_ref().map(|i| CsagentMeta {
@@ -37,7 +47,8 @@ pub fn spec_from_proto(p: &pb::VmSpec) -> Result<VmSpec, DomainError> {
     spec.features = features_from(p.features.as_ref());
     spec.clock = clock_from(&mut e, p.clock.as_ref());
     let action = |e: &mut Errors, f: &str, v: &str, d: &str| {
-        choice(e, f, v, d, LifecycleAction::from_str, LifecycleAction::ALL).unwrap_or(LifecycleAction::Destroy)
+        choice(e, f, v, d, LifecycleAction::from_str, LifecycleAction::ALL)
+            .unwrap_or(LifecycleAction::Destroy)
     };
     spec.on_poweroff = action(&mut e, "on_poweroff", &p.on_poweroff, "destroy");
     spec.on_reboot = action(&mut e, "on_reboot", &p.on_reboot, "restart");
@@ -67,12 +78,21 @@ fn choice<T>(
     let v = if value.is_empty() { default } else { value };
     let parsed = parse(v);
     if parsed.is_none() {
-        e.push(field, format!("unknown value {v:?}; expected one of {}", all.join(", ")));
+        e.push(
+            field,
+            format!("unknown value {v:?}; expected one of {}", all.join(", ")),
+        );
     }
     parsed
 }
 
-fn opt_choice<T>(e: &mut Errors, field: &str, value: &str, parse: fn(&str) -> Option<T>, all: &[&str]) -> Option<T> {
+fn opt_choice<T>(
+    e: &mut Errors,
+    field: &str,
+    value: &str,
+    parse: fn(&str) -> Option<T>,
+    all: &[&str],
+) -> Option<T> {
     if value.is_empty() {
         return None;
     }
@@ -84,34 +104,81 @@ fn memory_from(m: Option<&pb::VmMemory>) -> Memory {
     Memory {
         size: KiB(m.size_kib),
         current: m.current_kib.map(KiB),
-        max: (m.max_kib > 0).then_some(MaxMemory { size: KiB(m.max_kib), slots: m.slots }),
-        hugepages: m.hugepages.then_some(non_zero(m.hugepage_size_kib).map(KiB)),
+        max: (m.max_kib > 0).then_some(MaxMemory {
+            size: KiB(m.max_kib),
+            slots: m.slots,
+        }),
+        hugepages: m
+            .hugepages
+            .then_some(non_zero(m.hugepage_size_kib).map(KiB)),
     }
 }
 
 fn cpu_from(e: &mut Errors, c: Option<&pb::VmCpu>, spec: &mut VmSpec) {
     let Some(c) = c else {
-        spec.vcpu = Vcpus { max: 0, current: None };
+        spec.vcpu = Vcpus {
+            max: 0,
+            current: None,
+        };
         return;
     };
-    spec.vcpu = Vcpus { max: c.vcpus, current: c.current_vcpus };
+    spec.vcpu = Vcpus {
+        max: c.vcpus,
+        current: c.current_vcpus,
+    };
     if c.shares.is_some() || c.period_us.is_some() || c.quota_us.is_some() {
-        spec.cputune = Some(CpuTune { shares: c.shares, period_us: c.period_us, quota_us: c.quota_us });
+        spec.cputune = Some(CpuTune {
+            shares: c.shares,
+            period_us: c.period_us,
+            quota_us: c.quota_us,
+        });
     }
     let mode = opt_choice(e, "cpu.mode", &c.mode, CpuMode::from_str, CpuMode::ALL);
     let mut features = Vec::with_capacity(c.features.len());
     for (i, f) in c.features.iter().enumerate() {
         let field = format!("cpu.features[{i}].policy");
-        if let Some(policy) = choice(e, &field, &f.policy, "require", FeaturePolicy::from_str, FeaturePolicy::ALL) {
-            features.push(CpuFeature { name: f.name.clone(), policy });
+        if let Some(policy) = choice(
+            e,
+            &field,
+            &f.policy,
+            "require",
+            FeaturePolicy::from_str,
+            FeaturePolicy::ALL,
+        ) {
+            features.push(CpuFeature {
+                name: f.name.clone(),
+                policy,
+            });
         }
     }
-    let topology = c.topology.as_ref().map(|t| Topology { sockets: t.sockets, cores: t.cores, threads: t.threads });
-    let numa: Vec<NumaCell> =
-        c.numa.iter().map(|n| NumaCell { id: n.id, cpus: n.cpus.clone(), memory: KiB(n.memory_kib) }).collect();
+    let topology = c.topology.as_ref().map(|t| Topology {
+        sockets: t.sockets,
+        cores: t.cores,
+        threads: t.threads,
+    });
+    let numa: Vec<NumaCell> = c
+        .numa
+        .iter()
+        .map(|n| NumaCell {
+            id: n.id,
+            cpus: n.cpus.clone(),
+            memory: KiB(n.memory_kib),
+        })
+        .collect();
     let model = non_empty(&c.model);
-    if mode.is_some() || model.is_some() || !features.is_empty() || topology.is_some() || !numa.is_empty() {
-        spec.cpu = Some(Cpu { mode, model, features, topology, numa });
+    if mode.is_some()
+        || model.is_some()
+        || !features.is_empty()
+        || topology.is_some()
+        || !numa.is_empty()
+    {
+        spec.cpu = Some(Cpu {
+            mode,
+            model,
+            features,
+            topology,
+            numa,
+        });
     }
 }
 
@@ -127,12 +194,22 @@ fn os_from(e: &mut Errors, b: Option<&pb::VmBoot>) -> Os {
             nvram_template: non_empty(&b.nvram_template),
         }),
         other => {
-            e.push("boot.firmware", format!("unknown value {other:?}; expected bios or uefi"));
+            e.push(
+                "boot.firmware",
+                format!("unknown value {other:?}; expected bios or uefi"),
+            );
             Firmware::Bios
         }
     };
-    if !matches!(firmware, Firmware::Uefi(_)) && !(b.loader.is_empty() && !b.secure_boot && b.nvram.is_empty()) {
-        e.push("boot.loader", "loader, nvram and secure_boot need firmware \"uefi\"");
+    let uefi_fields = !b.loader.is_empty()
+        || b.secure_boot
+        || !b.nvram.is_empty()
+        || !b.nvram_template.is_empty();
+    if uefi_fields && !matches!(firmware, Firmware::Uefi(_)) {
+        e.push(
+            "boot.loader",
+            "loader, nvram and secure_boot need firmware \"uefi\"",
+        );
     }
     let kernel = if b.kernel.is_empty() {
         if !b.initrd.is_empty() || !b.cmdline.is_empty() {
@@ -140,10 +217,18 @@ fn os_from(e: &mut Errors, b: Option<&pb::VmBoot>) -> Os {
         }
         None
     } else {
-        Some(DirectKernel { kernel: b.kernel.clone(), initrd: non_empty(&b.initrd), cmdline: non_empty(&b.cmdline) })
+        Some(DirectKernel {
+            kernel: b.kernel.clone(),
+            initrd: non_empty(&b.initrd),
+            cmdline: non_empty(&b.cmdline),
+        })
     };
     Os {
-        arch: if b.arch.is_empty() { "x86_64".to_string() } else { b.arch.clone() },
+        arch: if b.arch.is_empty() {
+            "x86_64".to_string()
+        } else {
+            b.arch.clone()
+        },
         machine: non_empty(&b.machine),
         firmware,
         kernel,
@@ -151,7 +236,9 @@ fn os_from(e: &mut Errors, b: Option<&pb::VmBoot>) -> Os {
 }
 
 fn features_from(f: Option<&pb::VmFeatures>) -> Features {
-    let Some(f) = f else { return Features::default() };
+    let Some(f) = f else {
+        return Features::default();
+    };
     Features {
         acpi: f.acpi,
         apic: f.apic,
@@ -174,67 +261,183 @@ fn features_from(f: Option<&pb::VmFeatures>) -> Features {
 }
 
 fn clock_from(e: &mut Errors, c: Option<&pb::VmClock>) -> Clock {
-    let Some(c) = c else { return Clock { offset: ClockOffset::Utc, timers: Vec::new() } };
-    let offset = choice(e, "clock.offset", &c.offset, "utc", ClockOffset::from_str, ClockOffset::ALL);
+    let Some(c) = c else {
+        return Clock {
+            offset: ClockOffset::Utc,
+            timers: Vec::new(),
+        };
+    };
+    let offset = choice(
+        e,
+        "clock.offset",
+        &c.offset,
+        "utc",
+        ClockOffset::from_str,
+        ClockOffset::ALL,
+    );
     let mut timers = Vec::with_capacity(c.timers.len());
     for (i, t) in c.timers.iter().enumerate() {
-        let name = choice(e, &format!("clock.timers[{i}].name"), &t.name, "", TimerName::from_str, TimerName::ALL);
+        let name = choice(
+            e,
+            &format!("clock.timers[{i}].name"),
+            &t.name,
+            "",
+            TimerName::from_str,
+            TimerName::ALL,
+        );
         let f = format!("clock.timers[{i}].tickpolicy");
         let tickpolicy = opt_choice(e, &f, &t.tickpolicy, TickPolicy::from_str, TickPolicy::ALL);
         if let Some(name) = name {
-            timers.push(Timer { name, present: t.present, tickpolicy });
+            timers.push(Timer {
+                name,
+                present: t.present,
+                tickpolicy,
+            });
         }
     }
-    Clock { offset: offset.unwrap_or(ClockOffset::Utc), timers }
+    Clock {
+        offset: offset.unwrap_or(ClockOffset::Utc),
+        timers,
+    }
 }
 
 fn devices_from(e: &mut Errors, p: &pb::VmSpec) -> Devices {
-    let disks = p.disks.iter().enumerate().filter_map(|(i, d)| disk_from(e, i, d)).collect();
-    let interfaces = p.interfaces.iter().enumerate().filter_map(|(i, n)| nic_from(e, i, n)).collect();
-    let graphics = p.graphics.iter().enumerate().filter_map(|(i, g)| graphics_from(e, i, g)).collect();
-    let hostdevs = p.hostdevs.iter().enumerate().filter_map(|(i, h)| hostdev_from(e, i, h)).collect();
+    let disks = p
+        .disks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| disk_from(e, i, d))
+        .collect();
+    let interfaces = p
+        .interfaces
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| nic_from(e, i, n))
+        .collect();
+    let graphics = p
+        .graphics
+        .iter()
+        .enumerate()
+        .filter_map(|(i, g)| graphics_from(e, i, g))
+        .collect();
+    let hostdevs = p
+        .hostdevs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| hostdev_from(e, i, h))
+        .collect();
     let video = p.video.as_ref().and_then(|v| {
-        let model = choice(e, "video.model", &v.model, "", VideoModel::from_str, VideoModel::ALL)?;
-        Some(Video { model, vram: non_zero(v.vram_kib), heads: non_zero(v.heads) })
+        let model = choice(
+            e,
+            "video.model",
+            &v.model,
+            "",
+            VideoModel::from_str,
+            VideoModel::ALL,
+        )?;
+        Some(Video {
+            model,
+            vram: non_zero(v.vram_kib),
+            heads: non_zero(v.heads),
+        })
     });
     let watchdog = p.watchdog.as_ref().and_then(|w| {
-        let model = choice(e, "watchdog.model", &w.model, "i6300esb", WatchdogModel::from_str, WatchdogModel::ALL);
-        let action = choice(e, "watchdog.action", &w.action, "reset", WatchdogAction::from_str, WatchdogAction::ALL);
-        Some(Watchdog { model: model?, action: action? })
+        let model = choice(
+            e,
+            "watchdog.model",
+            &w.model,
+            "i6300esb",
+            WatchdogModel::from_str,
+            WatchdogModel::ALL,
+        );
+        let action = choice(
+            e,
+            "watchdog.action",
+            &w.action,
+            "reset",
+            WatchdogAction::from_str,
+            WatchdogAction::ALL,
+        );
+        Some(Watchdog {
+            model: model?,
+            action: action?,
+        })
     });
     let tpm = p.tpm.as_ref().and_then(|t| {
-        let model = choice(e, "tpm.model", &t.model, "tpm-crb", TpmModel::from_str, TpmModel::ALL)?;
+        let model = choice(
+            e,
+            "tpm.model",
+            &t.model,
+            "tpm-crb",
+            TpmModel::from_str,
+            TpmModel::ALL,
+        )?;
         Some(Tpm { model })
     });
     Devices {
         emulator: non_empty(&p.emulator),
         disks,
-        scsi_controller: p.scsi_controller.as_ref().map(|c| ScsiController { queues: non_zero(c.queues) }),
+        scsi_controller: p.scsi_controller.as_ref().map(|c| ScsiController {
+            queues: non_zero(c.queues),
+        }),
         interfaces,
         graphics,
         video,
         serial_console: p.serial_console,
         guest_agent: p.guest_agent,
         rng: p.rng.as_ref().map(|r| Rng {
-            backend: if r.backend.is_empty() { "/dev/urandom".into() } else { r.backend.clone() },
-            rate: (r.rate_bytes > 0 || r.rate_period_ms > 0).then_some((r.rate_bytes, r.rate_period_ms)),
+            backend: if r.backend.is_empty() {
+                "/dev/urandom".into()
+            } else {
+                r.backend.clone()
+            },
+            rate: (r.rate_bytes > 0 || r.rate_period_ms > 0)
+                .then_some((r.rate_bytes, r.rate_period_ms)),
         }),
         watchdog,
         tpm,
         hostdevs,
         usb_tablet: p.usb_tablet,
-        balloon: p.balloon.as_ref().map(|b| Balloon { stats_period: non_zero(b.stats_period_s) }),
+        balloon: p.balloon.as_ref().map(|b| Balloon {
+            stats_period: non_zero(b.stats_period_s),
+        }),
     }
 }
 
 fn disk_from(e: &mut Errors, i: usize, d: &pb::VmDisk) -> Option<Disk> {
     let f = |n: &str| format!("disks[{i}].{n}");
-    let device = choice(e, &f("device"), &d.device, "disk", DiskDevice::from_str, DiskDevice::ALL);
-    let format = choice(e, &f("format"), &d.format, "raw", DiskFormat::from_str, DiskFormat::ALL);
+    let device = choice(
+        e,
+        &f("device"),
+        &d.device,
+        "disk",
+        DiskDevice::from_str,
+        DiskDevice::ALL,
+    );
+    let format = choice(
+        e,
+        &f("format"),
+        &d.format,
+        "raw",
+        DiskFormat::from_str,
+        DiskFormat::ALL,
+    );
     let bus = choice(e, &f("bus"), &d.bus, "", DiskBus::from_str, DiskBus::ALL);
-    let cache = opt_choice(e, &f("cache"), &d.cache, DiskCache::from_str, DiskCache::ALL);
+    let cache = opt_choice(
+        e,
+        &f("cache"),
+        &d.cache,
+        DiskCache::from_str,
+        DiskCache::ALL,
+    );
     let io = opt_choice(e, &f("io"), &d.io, DiskIo::from_str, DiskIo::ALL);
-    let discard = opt_choice(e, &f("discard"), &d.discard, DiskDiscard::from_str, DiskDiscard::ALL);
+    let discard = opt_choice(
+        e,
+        &f("discard"),
+        &d.discard,
+        DiskDiscard::from_str,
+        DiskDiscard::ALL,
+    );
     let source = disk_source_from(e, i, d);
     let iotune = d.iotune.as_ref().map(iotune_from);
     Some(Disk {
@@ -258,15 +461,24 @@ fn disk_source_from(e: &mut Errors, i: usize, d: &pb::VmDisk) -> Option<DiskSour
     let hosts = || {
         d.hosts
             .iter()
-            .map(|h| NetHost { name: h.name.clone(), port: u16::try_from(h.port).ok().and_then(non_zero) })
+            .map(|h| NetHost {
+                name: h.name.clone(),
+                port: u16::try_from(h.port).ok().and_then(non_zero),
+            })
             .collect::<Vec<_>>()
     };
     let mut auth = || {
         let a = d.auth.as_ref()?;
         match uuid::Uuid::parse_str(&a.secret_uuid) {
-            Ok(secret_uuid) => Some(DiskAuth { username: a.username.clone(), secret_uuid }),
+            Ok(secret_uuid) => Some(DiskAuth {
+                username: a.username.clone(),
+                secret_uuid,
+            }),
             Err(_) => {
-                e.push(format!("disks[{i}].auth.secret_uuid"), format!("{:?} is not a UUID", a.secret_uuid));
+                e.push(
+                    format!("disks[{i}].auth.secret_uuid"),
+                    format!("{:?} is not a UUID", a.secret_uuid),
+                );
                 None
             }
         }
@@ -276,11 +488,23 @@ fn disk_source_from(e: &mut Errors, i: usize, d: &pb::VmDisk) -> Option<DiskSour
         "" if d.source.is_empty() => DiskSource::Empty,
         "file" => DiskSource::File { path: name },
         "block" => DiskSource::Block { dev: name },
-        "rbd" => DiskSource::Rbd { name, hosts: hosts(), auth: auth() },
-        "iscsi" => DiskSource::Iscsi { name, hosts: hosts(), auth: auth() },
-        "nfs" => DiskSource::Nfs { name, hosts: hosts() },
+        "rbd" => DiskSource::Rbd {
+            name,
+            hosts: hosts(),
+            auth: auth(),
+        },
+        "iscsi" => DiskSource::Iscsi {
+            name,
+            hosts: hosts(),
+            auth: auth(),
+        },
+        "nfs" => DiskSource::Nfs {
+            name,
+            hosts: hosts(),
+        },
         other => {
-            let why = format!("unknown source type {other:?}; expected file, block, rbd, iscsi or nfs");
+            let why =
+                format!("unknown source type {other:?}; expected file, block, rbd, iscsi or nfs");
             e.push(format!("disks[{i}].source_type"), why);
             return None;
         }
@@ -315,15 +539,28 @@ fn nic_from(e: &mut Errors, i: usize, n: &pb::VmInterface) -> Option<Interface> 
     let f = |x: &str| format!("interfaces[{i}].{x}");
     let mac = MacAddr::parse(&n.mac);
     if mac.is_none() {
-        e.push(f("mac"), format!("{:?} is not a MAC address like 52:54:00:12:34:56", n.mac));
+        e.push(
+            f("mac"),
+            format!("{:?} is not a MAC address like 52:54:00:12:34:56", n.mac),
+        );
     }
-    let model = choice(e, &f("model"), &n.model, "virtio", NicModel::from_str, NicModel::ALL);
+    let model = choice(
+        e,
+        &f("model"),
+        &n.model,
+        "virtio",
+        NicModel::from_str,
+        NicModel::ALL,
+    );
     let ovs_id = if n.ovs_interface_id.is_empty() {
         None
     } else {
         let parsed = uuid::Uuid::parse_str(&n.ovs_interface_id);
         if parsed.is_err() {
-            e.push(f("ovs_interface_id"), format!("{:?} is not a UUID", n.ovs_interface_id));
+            e.push(
+                f("ovs_interface_id"),
+                format!("{:?} is not a UUID", n.ovs_interface_id),
+            );
         }
         parsed.ok()
     };
@@ -337,7 +574,11 @@ fn nic_from(e: &mut Errors, i: usize, n: &pb::VmInterface) -> Option<Interface> 
             None
         }
     };
-    let rate = |r: &pb::VmRate| Rate { average: r.average_kib_s, peak: non_zero(r.peak_kib_s), burst: non_zero(r.burst_kib) };
+    let rate = |r: &pb::VmRate| Rate {
+        average: r.average_kib_s,
+        peak: non_zero(r.peak_kib_s),
+        burst: non_zero(r.burst_kib),
+    };
     Some(Interface {
         mac: mac?,
         bridge: n.bridge.clone(),
@@ -357,14 +598,20 @@ fn graphics_from(e: &mut Errors, i: usize, g: &pb::VmGraphics) -> Option<Graphic
         "vnc" => GraphicsKind::Vnc,
         "spice" => GraphicsKind::Spice,
         other => {
-            e.push(format!("graphics[{i}].type"), format!("unknown value {other:?}; expected vnc or spice"));
+            e.push(
+                format!("graphics[{i}].type"),
+                format!("unknown value {other:?}; expected vnc or spice"),
+            );
             return None;
         }
     };
     let port = match u16::try_from(g.port) {
         Ok(p) => non_zero(p),
         Err(_) => {
-            e.push(format!("graphics[{i}].port"), format!("{} is not a TCP port", g.port));
+            e.push(
+                format!("graphics[{i}].port"),
+                format!("{} is not a TCP port", g.port),
+            );
             None
         }
     };
@@ -380,10 +627,17 @@ fn graphics_from(e: &mut Errors, i: usize, g: &pb::VmGraphics) -> Option<Graphic
 
 fn hostdev_from(e: &mut Errors, i: usize, h: &pb::VmHostdev) -> Option<PciHostdev> {
     let Some(address) = PciAddress::parse(&h.address) else {
-        e.push(format!("hostdevs[{i}].address"), format!("{:?} is not a PCI address like 0000:01:00.0", h.address));
+        e.push(
+            format!("hostdevs[{i}].address"),
+            format!("{:?} is not a PCI address like 0000:01:00.0", h.address),
+        );
         return None;
     };
-    Some(PciHostdev { address, managed: h.managed, boot_order: non_zero(h.boot_order) })
+    Some(PciHostdev {
+        address,
+        managed: h.managed,
+        boot_order: non_zero(h.boot_order),
+    })
 }
 
 /// The proto form of a model spec (what `csagent domain parse` prints).
@@ -414,7 +668,10 @@ pub fn spec_to_proto(s: &VmSpec) -> pb::VmSpec {
                 .map(|t| pb::VmTimer {
                     name: t.name.as_str().into(),
                     present: t.present,
-                    tickpolicy: t.tickpolicy.map(|p| p.as_str().to_string()).unwrap_or_default(),
+                    tickpolicy: t
+                        .tickpolicy
+                        .map(|p| p.as_str().to_string())
+                        .unwrap_or_default(),
                 })
                 .collect(),
         }),
@@ -422,7 +679,9 @@ pub fn spec_to_proto(s: &VmSpec) -> pb::VmSpec {
         on_reboot: s.on_reboot.as_str().into(),
         on_crash: s.on_crash.as_str().into(),
         disks: d.disks.iter().map(disk_to).collect(),
-        scsi_controller: d.scsi_controller.map(|c| pb::VmScsiController { queues: c.queues.unwrap_or(0) }),
+        scsi_controller: d.scsi_controller.map(|c| pb::VmScsiController {
+            queues: c.queues.unwrap_or(0),
+        }),
         interfaces: d.interfaces.iter().map(nic_to).collect(),
         graphics: d.graphics.iter().map(graphics_to).collect(),
         video: d.video.map(|v| pb::VmVideo {
@@ -437,8 +696,13 @@ pub fn spec_to_proto(s: &VmSpec) -> pb::VmSpec {
             rate_bytes: r.rate.map_or(0, |r| r.0),
             rate_period_ms: r.rate.map_or(0, |r| r.1),
         }),
-        watchdog: d.watchdog.map(|w| pb::VmWatchdog { model: w.model.as_str().into(), action: w.action.as_str().into() }),
-        tpm: d.tpm.map(|t| pb::VmTpm { model: t.model.as_str().into() }),
+        watchdog: d.watchdog.map(|w| pb::VmWatchdog {
+            model: w.model.as_str().into(),
+            action: w.action.as_str().into(),
+        }),
+        tpm: d.tpm.map(|t| pb::VmTpm {
+            model: t.model.as_str().into(),
+        }),
         hostdevs: d
             .hostdevs
             .iter()
@@ -449,7 +713,9 @@ pub fn spec_to_proto(s: &VmSpec) -> pb::VmSpec {
             })
             .collect(),
         usb_tablet: d.usb_tablet,
-        balloon: d.balloon.map(|b| pb::VmBalloon { stats_period_s: b.stats_period.unwrap_or(0) }),
+        balloon: d.balloon.map(|b| pb::VmBalloon {
+            stats_period_s: b.stats_period.unwrap_or(0),
+        }),
         emulator: d.emulator.clone().unwrap_or_default(),
     }
 }
@@ -477,13 +743,24 @@ fn cpu_to(s: &VmSpec) -> pb::VmCpu {
         features: c
             .features
             .iter()
-            .map(|f| pb::VmCpuFeature { name: f.name.clone(), policy: f.policy.as_str().into() })
+            .map(|f| pb::VmCpuFeature {
+                name: f.name.clone(),
+                policy: f.policy.as_str().into(),
+            })
             .collect(),
-        topology: c.topology.map(|t| pb::VmCpuTopology { sockets: t.sockets, cores: t.cores, threads: t.threads }),
+        topology: c.topology.map(|t| pb::VmCpuTopology {
+            sockets: t.sockets,
+            cores: t.cores,
+            threads: t.threads,
+        }),
         numa: c
             .numa
             .iter()
-            .map(|n| pb::VmNumaCell { id: n.id, cpus: n.cpus.clone(), memory_kib: n.memory.0 })
+            .map(|n| pb::VmNumaCell {
+                id: n.id,
+                cpus: n.cpus.clone(),
+                memory_kib: n.memory.0,
+            })
             .collect(),
         shares: t.shares,
         period_us: t.period_us,
@@ -537,18 +814,35 @@ fn features_to(f: &Features) -> pb::VmFeatures {
 
 fn disk_to(d: &Disk) -> pb::VmDisk {
     let net = |name: &str, hosts: &[NetHost]| {
-        let hosts = hosts.iter().map(|h| pb::VmNetHost { name: h.name.clone(), port: h.port.map_or(0, u32::from) }).collect();
+        let hosts = hosts
+            .iter()
+            .map(|h| pb::VmNetHost {
+                name: h.name.clone(),
+                port: h.port.map_or(0, u32::from),
+            })
+            .collect();
         (name.to_string(), hosts)
     };
     let auth = |a: &Option<DiskAuth>| {
-        a.as_ref().map(|a| pb::VmDiskAuth { username: a.username.clone(), secret_uuid: a.secret_uuid.to_string() })
+        a.as_ref().map(|a| pb::VmDiskAuth {
+            username: a.username.clone(),
+            secret_uuid: a.secret_uuid.to_string(),
+        })
     };
     let (kind, (source, hosts), auth) = match &d.source {
         DiskSource::Empty => ("", (String::new(), Vec::new()), None),
         DiskSource::File { path } => ("file", (path.clone(), Vec::new()), None),
         DiskSource::Block { dev } => ("block", (dev.clone(), Vec::new()), None),
-        DiskSource::Rbd { name, hosts, auth: a } => ("rbd", net(name, hosts), auth(a)),
-        DiskSource::Iscsi { name, hosts, auth: a } => ("iscsi", net(name, hosts), auth(a)),
+        DiskSource::Rbd {
+            name,
+            hosts,
+            auth: a,
+        } => ("rbd", net(name, hosts), auth(a)),
+        DiskSource::Iscsi {
+            name,
+            hosts,
+            auth: a,
+        } => ("iscsi", net(name, hosts), auth(a)),
         DiskSource::Nfs { name, hosts } => ("nfs", net(name, hosts), None),
     };
     pb::VmDisk {
@@ -562,7 +856,10 @@ fn disk_to(d: &Disk) -> pb::VmDisk {
         bus: d.bus.as_str().into(),
         cache: d.cache.map(|c| c.as_str().to_string()).unwrap_or_default(),
         io: d.io.map(|c| c.as_str().to_string()).unwrap_or_default(),
-        discard: d.discard.map(|c| c.as_str().to_string()).unwrap_or_default(),
+        discard: d
+            .discard
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default(),
         iotune: d.iotune.as_ref().map(iotune_to),
         serial: d.serial.clone().unwrap_or_default(),
         readonly: d.readonly,
@@ -595,12 +892,20 @@ fn iotune_to(t: &IoTune) -> pb::VmIoTune {
 }
 
 fn nic_to(n: &Interface) -> pb::VmInterface {
-    let rate = |r: Rate| pb::VmRate { average_kib_s: r.average, peak_kib_s: r.peak.unwrap_or(0), burst_kib: r.burst.unwrap_or(0) };
+    let rate = |r: Rate| pb::VmRate {
+        average_kib_s: r.average,
+        peak_kib_s: r.peak.unwrap_or(0),
+        burst_kib: r.burst.unwrap_or(0),
+    };
     pb::VmInterface {
         mac: n.mac.to_string(),
         bridge: n.bridge.clone(),
         openvswitch: n.openvswitch.is_some(),
-        ovs_interface_id: n.openvswitch.flatten().map(|u| u.to_string()).unwrap_or_default(),
+        ovs_interface_id: n
+            .openvswitch
+            .flatten()
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
         vlan: n.vlan.map_or(0, u32::from),
         model: n.model.as_str().into(),
         inbound: n.inbound.map(rate),

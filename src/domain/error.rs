@@ -67,7 +67,10 @@ pub(crate) struct Errors(pub Vec<FieldError>);
 
 impl Errors {
     pub fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(FieldError { field: field.into(), reason: reason.into() });
+        self.0.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
     }
 
     pub fn finish(self) -> Result<(), DomainError> {

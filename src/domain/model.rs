@@ -463,13 +463,28 @@ pub struct Disk {
 pub enum DiskSource {
     /// An empty CD-ROM drive.
     Empty,
-    File { path: String },
-    Block { dev: String },
-    Rbd { name: String, hosts: Vec<NetHost>, auth: Option<DiskAuth> },
+    File {
+        path: String,
+    },
+    Block {
+        dev: String,
+    },
+    Rbd {
+        name: String,
+        hosts: Vec<NetHost>,
+        auth: Option<DiskAuth>,
+    },
     /// `name` is `IQN/LUN`.
-    Iscsi { name: String, hosts: Vec<NetHost>, auth: Option<DiskAuth> },
+    Iscsi {
+        name: String,
+        hosts: Vec<NetHost>,
+        auth: Option<DiskAuth>,
+    },
     /// `name` is the file's path on the export.
-    Nfs { name: String, hosts: Vec<NetHost> },
+    Nfs {
+        name: String,
+        hosts: Vec<NetHost>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -524,9 +539,15 @@ impl IoTune {
             ("total_iops_sec_max", self.total_iops_sec_max),
             ("read_iops_sec_max", self.read_iops_sec_max),
             ("write_iops_sec_max", self.write_iops_sec_max),
-            ("total_bytes_sec_max_length", self.total_bytes_sec_max_length),
+            (
+                "total_bytes_sec_max_length",
+                self.total_bytes_sec_max_length,
+            ),
             ("read_bytes_sec_max_length", self.read_bytes_sec_max_length),
-            ("write_bytes_sec_max_length", self.write_bytes_sec_max_length),
+            (
+                "write_bytes_sec_max_length",
+                self.write_bytes_sec_max_length,
+            ),
             ("total_iops_sec_max_length", self.total_iops_sec_max_length),
             ("read_iops_sec_max_length", self.read_iops_sec_max_length),
             ("write_iops_sec_max_length", self.write_iops_sec_max_length),
@@ -716,7 +737,10 @@ impl VmSpec {
             description: None,
             meta: None,
             memory: Memory::default(),
-            vcpu: Vcpus { max: 1, current: None },
+            vcpu: Vcpus {
+                max: 1,
+                current: None,
+            },
             cpu: None,
             cputune: None,
             os: Os {
@@ -726,7 +750,10 @@ impl VmSpec {
                 kernel: None,
             },
             features: Features::default(),
-            clock: Clock { offset: ClockOffset::Utc, timers: Vec::new() },
+            clock: Clock {
+                offset: ClockOffset::Utc,
+                timers: Vec::new(),
+            },
             on_poweroff: LifecycleAction::Destroy,
             on_reboot: LifecycleAction::Restart,
             on_crash: LifecycleAction::Destroy,

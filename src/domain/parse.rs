@@ -31,11 +31,17 @@ impl<'a> P<'a> {
     fn new(xml: &'a str) -> Self {
         let mut r = Reader::from_str(xml);
         r.config_mut().check_end_names = true;
-        P { r, notes: Vec::new() }
+        P {
+            r,
+            notes: Vec::new(),
+        }
     }
 
     pub(super) fn err(&self, reason: impl Into<String>) -> DomainError {
-        DomainError::Xml { position: self.r.buffer_position(), reason: reason.into() }
+        DomainError::Xml {
+            position: self.r.buffer_position(),
+            reason: reason.into(),
+        }
     }
 
     pub(super) fn xml_err(&self, e: impl std::fmt::Display) -> DomainError {
@@ -58,7 +64,9 @@ impl<'a> P<'a> {
     /// Consumes an element the model does not use.
     pub(super) fn skip(&mut self, (e, open): &Child<'a>) -> Res<()> {
         if *open {
-            self.r.read_to_end(e.name()).map_err(|er| self.xml_err(er))?;
+            self.r
+                .read_to_end(e.name())
+                .map_err(|er| self.xml_err(er))?;
         }
         Ok(())
     }
@@ -97,10 +105,16 @@ impl<'a> P<'a> {
 
     /// The unescaped value of attribute `key`, if present.
     pub(super) fn attr<'e>(&self, e: &'e BytesStart<'a>, key: &str) -> Res<Option<Cow<'e, str>>> {
-        for a in e.attributes() {
+        let mut attrs = e.attributes();
+        // The duplicate check allocates on every call; a duplicate is harmless
+        // here (the first one wins).
+        attrs.with_checks(false);
+        for a in attrs {
             let a = a.map_err(|er| self.xml_err(er))?;
             if a.key.as_ref() == key.as_bytes() {
-                let v = a.decode_and_unescape_value(self.r.decoder()).map_err(|er| self.xml_err(er))?;
+                let v = a
+                    .decode_and_unescape_value(self.r.decoder())
+                    .map_err(|er| self.xml_err(er))?;
                 return Ok(Some(v));
             }
         }
@@ -124,16 +138,26 @@ impl<'a> P<'a> {
         self.err(format!("<{el}> {what}: cannot read {value:?}"))
     }
 
+    /// A numeric element value, read without allocating in the common case
+    /// (one plain text node).
     pub(super) fn text_num<T: FromStr>(&mut self, c: &Child<'a>) -> Res<T> {
-        let t = self.text(c.1)?;
-        num(&t).ok_or_else(|| self.bad(&c.0, "value", &t))
+        if c.1 {
+            if let Event::Text(t) = self.r.read_event().map_err(|e| self.xml_err(e))? {
+                let t = t.xml_content().map_err(|e| self.xml_err(e))?;
+                if let Event::End(_) = self.r.read_event().map_err(|e| self.xml_err(e))? {
+                    return num(&t).ok_or_else(|| self.bad(&c.0, "value", &t));
+                }
+            }
+        }
+        Err(self.bad(&c.0, "value", "(not a plain number)"))
     }
 
     /// A memory amount in KiB from a text value and a `unit` attribute.
     fn memory(&mut self, c: &Child<'a>, unit_key: &str) -> Res<KiB> {
         let unit = self.attr_string(&c.0, unit_key)?;
         let value: u64 = self.text_num(c)?;
-        to_kib(value, unit.as_deref()).ok_or_else(|| self.bad(&c.0, "unit", unit.as_deref().unwrap_or("")))
+        to_kib(value, unit.as_deref())
+            .ok_or_else(|| self.bad(&c.0, "unit", unit.as_deref().unwrap_or("")))
     }
 
     pub(super) fn note(&mut self, what: String) {
@@ -182,13 +206,18 @@ pub(crate) fn parse(xml: &str) -> Res<Parsed> {
         match p.r.read_event().map_err(|e| p.xml_err(e))? {
             Event::Start(e) if e.name().as_ref() == b"domain" => break (e, true),
             Event::Empty(e) if e.name().as_ref() == b"domain" => break (e, false),
-            Event::Start(_) | Event::Empty(_) => return Err(p.err("the root element is not <domain>")),
+            Event::Start(_) | Event::Empty(_) => {
+                return Err(p.err("the root element is not <domain>"))
+            }
             Event::Eof => return Err(p.err("no <domain> element")),
             _ => {}
         }
     };
     let spec = domain(&mut p, &root)?;
-    Ok(Parsed { spec, not_understood: p.notes })
+    Ok(Parsed {
+        spec,
+        not_understood: p.notes,
+    })
 }
 
 /// What the top level of `<domain>` must provide.
@@ -201,8 +230,11 @@ struct Seen {
 
 fn domain<'a>(p: &mut P<'a>, root: &Child<'a>) -> Res<VmSpec> {
     let kind = p.attr_string(&root.0, "type")?.unwrap_or_default();
-    let domain_type = DomainType::from_str(&kind)
-        .ok_or_else(|| p.err(format!("domain type {kind:?} is not kvm or qemu; csagent only manages KVM/QEMU domains")))?;
+    let domain_type = DomainType::from_str(&kind).ok_or_else(|| {
+        p.err(format!(
+            "domain type {kind:?} is not kvm or qemu; csagent only manages KVM/QEMU domains"
+        ))
+    })?;
     let mut spec = VmSpec::new("", VmUuid::default());
     spec.domain_type = domain_type;
     let mut seen = Seen::default();
@@ -211,7 +243,11 @@ fn domain<'a>(p: &mut P<'a>, root: &Child<'a>) -> Res<VmSpec> {
             top_level(p, &c, &mut spec, &mut seen)?;
         }
     }
-    let missing = [(seen.name, "<name>"), (seen.uuid, "<uuid>"), (seen.memory, "<memory>")];
+    let missing = [
+        (seen.name, "<name>"),
+        (seen.uuid, "<uuid>"),
+        (seen.memory, "<memory>"),
+    ];
     if let Some((_, what)) = missing.iter().find(|(ok, _)| !ok) {
         return Err(p.err(format!("the domain has no {what}")));
     }
@@ -226,7 +262,8 @@ fn top_level<'a>(p: &mut P<'a>, c: &Child<'a>, spec: &mut VmSpec, seen: &mut See
         }
         b"uuid" => {
             let t = p.text(c.1)?;
-            let u = uuid::Uuid::parse_str(t.trim()).map_err(|_| p.err(format!("<uuid> {t:?} is not a UUID")))?;
+            let u = uuid::Uuid::parse_str(t.trim())
+                .map_err(|_| p.err(format!("<uuid> {t:?} is not a UUID")))?;
             spec.uuid = VmUuid(u);
             seen.uuid = true;
         }
@@ -265,7 +302,10 @@ fn top_level<'a>(p: &mut P<'a>, c: &Child<'a>, spec: &mut VmSpec, seen: &mut See
 fn lifecycle<'a>(p: &mut P<'a>, c: &Child<'a>, default: LifecycleAction) -> Res<LifecycleAction> {
     let t = p.text(c.1)?;
     Ok(LifecycleAction::from_str(t.trim()).unwrap_or_else(|| {
-        p.note(format!("{}: action {t:?}", String::from_utf8_lossy(c.0.name().as_ref())));
+        p.note(format!(
+            "{}: action {t:?}",
+            String::from_utf8_lossy(c.0.name().as_ref())
+        ));
         default
     }))
 }
@@ -282,7 +322,9 @@ fn metadata<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<CsagentMeta>> {
                 instance_id: p.attr_string(&ch.0, "instance")?.unwrap_or_default(),
                 account_id: p.attr_string(&ch.0, "account")?.unwrap_or_default(),
                 zone_id: p.attr_string(&ch.0, "zone")?.unwrap_or_default(),
-                service_offering_id: p.attr_string(&ch.0, "service-offering")?.unwrap_or_default(),
+                service_offering_id: p
+                    .attr_string(&ch.0, "service-offering")?
+                    .unwrap_or_default(),
             });
         }
         p.skip(&ch)?;
@@ -359,7 +401,9 @@ fn cputune<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<CpuTune> {
 
 fn os<'a>(p: &mut P<'a>, c: &Child<'a>, os: &mut Os) -> Res<()> {
     if let Some(fw) = p.attr(&c.0, "firmware")? {
-        p.notes.push(format!("os: firmware auto-selection {fw:?} (only an explicit <loader> is modelled)"));
+        p.notes.push(format!(
+            "os: firmware auto-selection {fw:?} (only an explicit <loader> is modelled)"
+        ));
     }
     if !c.1 {
         return Ok(());
@@ -406,7 +450,12 @@ fn loader<'a>(p: &mut P<'a>, c: &Child<'a>, os: &mut Os) -> Res<()> {
         Firmware::Uefi(u) => (u.nvram, u.nvram_template),
         Firmware::Bios => (None, None),
     };
-    os.firmware = Firmware::Uefi(Uefi { loader: path, secure_boot, nvram, nvram_template });
+    os.firmware = Firmware::Uefi(Uefi {
+        loader: path,
+        secure_boot,
+        nvram,
+        nvram_template,
+    });
     Ok(())
 }
 
@@ -443,7 +492,11 @@ fn hyperv<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<HyperV> {
         let on = p.attr(&ch.0, "state")?.as_deref() == Some("on");
         let name = String::from_utf8_lossy(ch.0.name().as_ref()).into_owned();
         if name == "spinlocks" {
-            h.spinlocks = if on { p.attr_num(&ch.0, "retries")? } else { None };
+            h.spinlocks = if on {
+                p.attr_num(&ch.0, "retries")?
+            } else {
+                None
+            };
         } else if !h.set_switch(&name, on) && on {
             p.note(format!("features/hyperv/{name}"));
         }
@@ -491,7 +544,9 @@ fn cpu_feature<'a>(p: &mut P<'a>, c: &Child<'a>, out: &mut Vec<CpuFeature>) -> R
     // libvirt's default policy is require.
     match FeaturePolicy::from_str(policy_text.as_deref().unwrap_or("require")) {
         Some(policy) => out.push(CpuFeature { name, policy }),
-        None => p.notes.push(format!("cpu/feature {name:?}: policy {policy_text:?}")),
+        None => p
+            .notes
+            .push(format!("cpu/feature {name:?}: policy {policy_text:?}")),
     }
     Ok(())
 }
@@ -504,7 +559,8 @@ fn numa<'a>(p: &mut P<'a>, c: &Child<'a>, out: &mut Vec<NumaCell>) -> Res<()> {
         if ch.0.name().as_ref() == b"cell" {
             let v: u64 = p.attr_num(&ch.0, "memory")?.unwrap_or(0);
             let unit = p.attr_string(&ch.0, "unit")?;
-            let memory = to_kib(v, unit.as_deref()).ok_or_else(|| p.bad(&ch.0, "unit", unit.as_deref().unwrap_or("")))?;
+            let memory = to_kib(v, unit.as_deref())
+                .ok_or_else(|| p.bad(&ch.0, "unit", unit.as_deref().unwrap_or("")))?;
             out.push(NumaCell {
                 id: p.attr_num(&ch.0, "id")?.unwrap_or(out.len() as u32),
                 cpus: p.attr_string(&ch.0, "cpus")?.unwrap_or_default(),
@@ -517,7 +573,10 @@ fn numa<'a>(p: &mut P<'a>, c: &Child<'a>, out: &mut Vec<NumaCell>) -> Res<()> {
 }
 
 fn clock<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Clock> {
-    let mut clock = Clock { offset: ClockOffset::Utc, timers: Vec::new() };
+    let mut clock = Clock {
+        offset: ClockOffset::Utc,
+        timers: Vec::new(),
+    };
     if let Some(o) = p.attr(&c.0, "offset")? {
         match ClockOffset::from_str(&o) {
             Some(offset) => clock.offset = offset,
@@ -542,9 +601,15 @@ fn timer<'a>(p: &mut P<'a>, c: &Child<'a>, out: &mut Vec<Timer>) -> Res<()> {
         p.note(format!("clock/timer {name:?}"));
         return Ok(());
     };
-    let tickpolicy = p.attr(&c.0, "tickpolicy")?.and_then(|t| TickPolicy::from_str(&t));
+    let tickpolicy = p
+        .attr(&c.0, "tickpolicy")?
+        .and_then(|t| TickPolicy::from_str(&t));
     let present = p.attr(&c.0, "present")?.map(|v| v == "yes");
-    out.push(Timer { name: timer, present, tickpolicy });
+    out.push(Timer {
+        name: timer,
+        present,
+        tickpolicy,
+    });
     Ok(())
 }
 
@@ -638,7 +703,8 @@ fn channel<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
     while let Some(ch) = p.child()? {
         if ch.0.name().as_ref() == b"target" {
             let virtio = p.attr(&ch.0, "type")?.as_deref() == Some("virtio");
-            d.guest_agent |= virtio && p.attr(&ch.0, "name")?.as_deref() == Some(GUEST_AGENT_CHANNEL);
+            d.guest_agent |=
+                virtio && p.attr(&ch.0, "name")?.as_deref() == Some(GUEST_AGENT_CHANNEL);
         }
         p.skip(&ch)?;
     }
@@ -646,7 +712,9 @@ fn channel<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
 }
 
 fn tpm<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Tpm>> {
-    let model_text = p.attr_string(&c.0, "model")?.unwrap_or_else(|| "tpm-tis".into());
+    let model_text = p
+        .attr_string(&c.0, "model")?
+        .unwrap_or_else(|| "tpm-tis".into());
     let mut emulator = false;
     if c.1 {
         while let Some(ch) = p.child()? {
@@ -659,7 +727,9 @@ fn tpm<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Tpm>> {
     match TpmModel::from_str(&model_text) {
         Some(model) if emulator => Ok(Some(Tpm { model })),
         _ => {
-            p.note(format!("devices/tpm model {model_text:?} (only an emulated TPM is modelled)"));
+            p.note(format!(
+                "devices/tpm model {model_text:?} (only an emulated TPM is modelled)"
+            ));
             Ok(None)
         }
     }
@@ -740,7 +810,11 @@ fn hostdev<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<PciHostdev>> {
         }
     }
     match address {
-        Some(address) => Ok(Some(PciHostdev { address, managed, boot_order })),
+        Some(address) => Ok(Some(PciHostdev {
+            address,
+            managed,
+            boot_order,
+        })),
         None => {
             p.note("devices/hostdev without a readable PCI source address".to_string());
             Ok(None)
@@ -760,7 +834,12 @@ fn hostdev_source<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<PciAddress>> {
             out = match parts {
                 (d, Some(b), Some(s), Some(f)) => (|| {
                     let domain = d.as_deref().map_or(Some(0), parse_hex)?;
-                    let a = PciAddress { domain, bus: parse_hex(&b)?, slot: parse_hex(&s)?, function: parse_hex(&f)? };
+                    let a = PciAddress {
+                        domain,
+                        bus: parse_hex(&b)?,
+                        slot: parse_hex(&s)?,
+                        function: parse_hex(&f)?,
+                    };
                     Some(a)
                 })(),
                 _ => None,
@@ -773,12 +852,21 @@ fn hostdev_source<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<PciAddress>> {
 
 fn watchdog<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
     let model = p.attr_string(&c.0, "model")?.unwrap_or_default();
-    let action = p.attr_string(&c.0, "action")?.unwrap_or_else(|| "reset".into());
+    let action = p
+        .attr_string(&c.0, "action")?
+        .unwrap_or_else(|| "reset".into());
     p.skip(c)?;
-    match (WatchdogModel::from_str(&model), WatchdogAction::from_str(&action)) {
-        (Some(model), Some(action)) if d.watchdog.is_none() => d.watchdog = Some(Watchdog { model, action }),
+    match (
+        WatchdogModel::from_str(&model),
+        WatchdogAction::from_str(&action),
+    ) {
+        (Some(model), Some(action)) if d.watchdog.is_none() => {
+            d.watchdog = Some(Watchdog { model, action })
+        }
         (Some(_), Some(_)) => p.note(format!("devices/watchdog: second watchdog {model:?}")),
-        _ => p.note(format!("devices/watchdog model {model:?} action {action:?}")),
+        _ => p.note(format!(
+            "devices/watchdog model {model:?} action {action:?}"
+        )),
     }
     Ok(())
 }

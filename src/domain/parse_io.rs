@@ -31,15 +31,22 @@ struct RawDisk {
 
 /// Parses one `<disk>`; None (with a note) when the model cannot represent it.
 pub(super) fn disk<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Disk>> {
-    let kind = p.attr_string(&c.0, "type")?.unwrap_or_else(|| "file".into());
-    let device = p.attr_string(&c.0, "device")?.unwrap_or_else(|| "disk".into());
+    let kind = p
+        .attr_string(&c.0, "type")?
+        .unwrap_or_else(|| "file".into());
+    let device = p
+        .attr_string(&c.0, "device")?
+        .unwrap_or_else(|| "disk".into());
     let mut raw = RawDisk::default();
     if c.1 {
         while let Some(ch) = p.child()? {
             disk_child(p, &ch, &mut raw)?;
         }
     }
-    let what = format!("devices/disk[target={:?}]", raw.target.as_deref().unwrap_or(""));
+    let what = format!(
+        "devices/disk[target={:?}]",
+        raw.target.as_deref().unwrap_or("")
+    );
     match build_disk(&kind, &device, raw) {
         Ok(d) => Ok(Some(d)),
         Err(why) => {
@@ -88,7 +95,10 @@ fn disk_source<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
         match ch.0.name().as_ref() {
             b"host" => {
                 let name = p.attr_string(&ch.0, "name")?.unwrap_or_default();
-                d.hosts.push(NetHost { name, port: p.attr_num(&ch.0, "port")? });
+                d.hosts.push(NetHost {
+                    name,
+                    port: p.attr_num(&ch.0, "port")?,
+                });
                 p.skip(&ch)?;
             }
             // libvirt accepts auth inside <source> too (and prints it back there).
@@ -105,12 +115,17 @@ fn auth<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<DiskAuth>> {
     if c.1 {
         while let Some(ch) = p.child()? {
             if ch.0.name().as_ref() == b"secret" {
-                secret = p.attr(&ch.0, "uuid")?.and_then(|u| uuid::Uuid::parse_str(&u).ok());
+                secret = p
+                    .attr(&ch.0, "uuid")?
+                    .and_then(|u| uuid::Uuid::parse_str(&u).ok());
             }
             p.skip(&ch)?;
         }
     }
-    Ok(secret.map(|secret_uuid| DiskAuth { username, secret_uuid }))
+    Ok(secret.map(|secret_uuid| DiskAuth {
+        username,
+        secret_uuid,
+    }))
 }
 
 fn iotune<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
@@ -133,12 +148,15 @@ fn iotune<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
 fn build_disk(kind: &str, device: &str, d: RawDisk) -> Result<Disk, String> {
     let device = DiskDevice::from_str(device).ok_or_else(|| format!("device {device:?}"))?;
     let format_text = d.format.as_deref().unwrap_or("raw");
-    let format = DiskFormat::from_str(format_text).ok_or_else(|| format!("format {format_text:?}"))?;
+    let format =
+        DiskFormat::from_str(format_text).ok_or_else(|| format!("format {format_text:?}"))?;
     let bus_text = d.bus.as_deref().unwrap_or("");
     let bus = DiskBus::from_str(bus_text).ok_or_else(|| format!("bus {bus_text:?}"))?;
     let target = d.target.ok_or("no target")?;
     let source = match (kind, d.protocol.as_deref()) {
-        ("file", _) => d.file.map_or(DiskSource::Empty, |path| DiskSource::File { path }),
+        ("file", _) => d
+            .file
+            .map_or(DiskSource::Empty, |path| DiskSource::File { path }),
         ("block", _) => match d.dev {
             Some(dev) => DiskSource::Block { dev },
             None => DiskSource::Empty,
@@ -147,8 +165,16 @@ fn build_disk(kind: &str, device: &str, d: RawDisk) -> Result<Disk, String> {
             let name = d.name.ok_or("network source without a name")?;
             let hosts = d.hosts;
             match proto {
-                "rbd" => DiskSource::Rbd { name, hosts, auth: d.auth },
-                "iscsi" => DiskSource::Iscsi { name, hosts, auth: d.auth },
+                "rbd" => DiskSource::Rbd {
+                    name,
+                    hosts,
+                    auth: d.auth,
+                },
+                "iscsi" => DiskSource::Iscsi {
+                    name,
+                    hosts,
+                    auth: d.auth,
+                },
                 _ => DiskSource::Nfs { name, hosts },
             }
         }
@@ -214,7 +240,10 @@ pub(super) fn interface<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Interfac
     match why {
         None => Ok(Some(n)),
         Some(why) => {
-            p.note(format!("devices/interface[mac={:?}]: {why}", mac.as_deref().unwrap_or("")));
+            p.note(format!(
+                "devices/interface[mac={:?}]: {why}",
+                mac.as_deref().unwrap_or("")
+            ));
             Ok(None)
         }
     }
@@ -240,7 +269,9 @@ fn virtualport<'a>(p: &mut P<'a>, c: &Child<'a>, n: &mut Interface) -> Res<()> {
     if c.1 {
         while let Some(ch) = p.child()? {
             if ch.0.name().as_ref() == b"parameters" {
-                id = p.attr(&ch.0, "interfaceid")?.and_then(|u| uuid::Uuid::parse_str(&u).ok());
+                id = p
+                    .attr(&ch.0, "interfaceid")?
+                    .and_then(|u| uuid::Uuid::parse_str(&u).ok());
             }
             p.skip(&ch)?;
         }

@@ -27,7 +27,11 @@ struct Out<'b> {
 
 impl<'b> Out<'b> {
     fn new(buf: &'b mut Vec<u8>) -> Self {
-        Out { w: Writer::new_with_indent(buf, b' ', 2), tag: String::with_capacity(256), name_len: 0 }
+        Out {
+            w: Writer::new_with_indent(buf, b' ', 2),
+            tag: String::with_capacity(256),
+            name_len: 0,
+        }
     }
 
     /// Starts building a tag; finish it with `empty`, `open` or `text`.
@@ -93,7 +97,8 @@ impl<'b> Out<'b> {
         let e = BytesStart::from_content(self.tag.as_str(), self.name_len);
         self.w.write_event(Event::Start(e))?;
         self.w.write_event(Event::Text(BytesText::new(text)))?;
-        self.w.write_event(Event::End(BytesEnd::new(&self.tag[..name_end])))
+        self.w
+            .write_event(Event::End(BytesEnd::new(&self.tag[..name_end])))
     }
 
     fn num_text(&mut self, value: impl std::fmt::Display) -> Res {
@@ -102,8 +107,10 @@ impl<'b> Out<'b> {
         let name_end = self.name_len;
         let e = BytesStart::from_content(&self.tag[..at], name_end);
         self.w.write_event(Event::Start(e))?;
-        self.w.write_event(Event::Text(BytesText::from_escaped(&self.tag[at..])))?;
-        self.w.write_event(Event::End(BytesEnd::new(&self.tag[..name_end])))
+        self.w
+            .write_event(Event::Text(BytesText::from_escaped(&self.tag[at..])))?;
+        self.w
+            .write_event(Event::End(BytesEnd::new(&self.tag[..name_end])))
     }
 
     fn close(&mut self, name: &str) -> Res {
@@ -114,7 +121,9 @@ impl<'b> Out<'b> {
 /// Appends the domain XML of `spec` to `buf`. The spec must be validated.
 pub(crate) fn render_into(spec: &VmSpec, buf: &mut Vec<u8>) -> Res {
     let mut o = Out::new(buf);
-    o.tag("domain").a("type", spec.domain_type.as_str()).open()?;
+    o.tag("domain")
+        .a("type", spec.domain_type.as_str())
+        .open()?;
     identity(&mut o, spec)?;
     memory(&mut o, &spec.memory)?;
     vcpu(&mut o, spec)?;
@@ -136,7 +145,8 @@ pub(crate) fn render_into(spec: &VmSpec, buf: &mut Vec<u8>) -> Res {
 fn identity(o: &mut Out, spec: &VmSpec) -> Res {
     o.tag("name").text(&spec.name)?;
     let mut uuid = uuid::Uuid::encode_buffer();
-    o.tag("uuid").text(spec.uuid.0.hyphenated().encode_lower(&mut uuid))?;
+    o.tag("uuid")
+        .text(spec.uuid.0.hyphenated().encode_lower(&mut uuid))?;
     if let Some(t) = &spec.title {
         o.tag("title").text(t)?;
     }
@@ -147,7 +157,8 @@ fn identity(o: &mut Out, spec: &VmSpec) -> Res {
         o.tag("metadata").open()?;
         o.tag("csagent:instance").a("xmlns:csagent", NAMESPACE);
         o.a("instance", &m.instance_id).a("account", &m.account_id);
-        o.a("zone", &m.zone_id).a("service-offering", &m.service_offering_id);
+        o.a("zone", &m.zone_id)
+            .a("service-offering", &m.service_offering_id);
         o.empty()?;
         o.close("metadata")?;
     }
@@ -156,7 +167,10 @@ fn identity(o: &mut Out, spec: &VmSpec) -> Res {
 
 fn memory(o: &mut Out, m: &Memory) -> Res {
     if let Some(max) = m.max {
-        o.tag("maxMemory").n("slots", max.slots).a("unit", "KiB").num_text(max.size.0)?;
+        o.tag("maxMemory")
+            .n("slots", max.slots)
+            .a("unit", "KiB")
+            .num_text(max.size.0)?;
     }
     o.tag("memory").a("unit", "KiB").num_text(m.size.0)?;
     if let Some(cur) = m.current {
@@ -178,7 +192,9 @@ fn memory(o: &mut Out, m: &Memory) -> Res {
 }
 
 fn vcpu(o: &mut Out, spec: &VmSpec) -> Res {
-    o.tag("vcpu").a("placement", "static").n_opt("current", spec.vcpu.current);
+    o.tag("vcpu")
+        .a("placement", "static")
+        .n_opt("current", spec.vcpu.current);
     o.num_text(spec.vcpu.max)?;
     if let Some(t) = &spec.cputune {
         o.tag("cputune").open()?;
@@ -198,7 +214,10 @@ fn vcpu(o: &mut Out, spec: &VmSpec) -> Res {
 
 fn os(o: &mut Out, os: &Os) -> Res {
     o.tag("os").open()?;
-    o.tag("type").a("arch", &os.arch).a_opt("machine", os.machine.as_deref()).text("hvm")?;
+    o.tag("type")
+        .a("arch", &os.arch)
+        .a_opt("machine", os.machine.as_deref())
+        .text("hvm")?;
     if let Firmware::Uefi(u) = &os.firmware {
         o.tag("loader").a("readonly", "yes");
         if u.secure_boot {
@@ -206,7 +225,8 @@ fn os(o: &mut Out, os: &Os) -> Res {
         }
         o.a("type", "pflash").text(&u.loader)?;
         if u.nvram.is_some() || u.nvram_template.is_some() {
-            o.tag("nvram").a_opt("template", u.nvram_template.as_deref());
+            o.tag("nvram")
+                .a_opt("template", u.nvram_template.as_deref());
             match &u.nvram {
                 Some(path) => o.text(path)?,
                 None => o.empty()?,
@@ -241,7 +261,10 @@ fn features(o: &mut Out, f: &Features) -> Res {
         for (i, (name, on)) in h.switches().into_iter().enumerate() {
             if i == 2 {
                 if let Some(retries) = h.spinlocks {
-                    o.tag("spinlocks").a("state", "on").n("retries", retries).empty()?;
+                    o.tag("spinlocks")
+                        .a("state", "on")
+                        .n("retries", retries)
+                        .empty()?;
                 }
             }
             if on {
@@ -269,11 +292,17 @@ fn cpu_el(o: &mut Out, c: &Cpu) -> Res {
         o.tag("model").a("fallback", "forbid").text(m)?;
     }
     if let Some(t) = c.topology {
-        o.tag("topology").n("sockets", t.sockets).n("cores", t.cores).n("threads", t.threads);
+        o.tag("topology")
+            .n("sockets", t.sockets)
+            .n("cores", t.cores)
+            .n("threads", t.threads);
         o.empty()?;
     }
     for f in &c.features {
-        o.tag("feature").a("policy", f.policy.as_str()).a("name", &f.name).empty()?;
+        o.tag("feature")
+            .a("policy", f.policy.as_str())
+            .a("name", &f.name)
+            .empty()?;
     }
     if !c.numa.is_empty() {
         o.tag("numa").open()?;
@@ -312,7 +341,10 @@ fn devices(o: &mut Out, d: &Devices) -> Res {
         disk_el(o, disk)?;
     }
     if let Some(c) = d.scsi_controller {
-        o.tag("controller").a("type", "scsi").n("index", 0).a("model", "virtio-scsi");
+        o.tag("controller")
+            .a("type", "scsi")
+            .n("index", 0)
+            .a("model", "virtio-scsi");
         match c.queues {
             Some(q) => {
                 o.open()?;
@@ -335,7 +367,10 @@ fn devices(o: &mut Out, d: &Devices) -> Res {
     }
     if d.guest_agent {
         o.tag("channel").a("type", "unix").open()?;
-        o.tag("target").a("type", "virtio").a("name", super::GUEST_AGENT_CHANNEL).empty()?;
+        o.tag("target")
+            .a("type", "virtio")
+            .a("name", super::GUEST_AGENT_CHANNEL)
+            .empty()?;
         o.close("channel")?;
     }
     if d.usb_tablet {
@@ -343,7 +378,10 @@ fn devices(o: &mut Out, d: &Devices) -> Res {
     }
     if let Some(t) = d.tpm {
         o.tag("tpm").a("model", t.model.as_str()).open()?;
-        o.tag("backend").a("type", "emulator").a("version", "2.0").empty()?;
+        o.tag("backend")
+            .a("type", "emulator")
+            .a("version", "2.0")
+            .empty()?;
         o.close("tpm")?;
     }
     for g in &d.graphics {
@@ -351,7 +389,10 @@ fn devices(o: &mut Out, d: &Devices) -> Res {
     }
     if let Some(v) = d.video {
         o.tag("video").open()?;
-        o.tag("model").a("type", v.model.as_str()).n_opt("vram", v.vram).n_opt("heads", v.heads);
+        o.tag("model")
+            .a("type", v.model.as_str())
+            .n_opt("vram", v.vram)
+            .n_opt("heads", v.heads);
         o.empty()?;
         o.close("video")?;
     }
@@ -359,13 +400,19 @@ fn devices(o: &mut Out, d: &Devices) -> Res {
         hostdev(o, h)?;
     }
     if let Some(w) = d.watchdog {
-        o.tag("watchdog").a("model", w.model.as_str()).a("action", w.action.as_str()).empty()?;
+        o.tag("watchdog")
+            .a("model", w.model.as_str())
+            .a("action", w.action.as_str())
+            .empty()?;
     }
     balloon(o, d.balloon)?;
     if let Some(r) = &d.rng {
         o.tag("rng").a("model", "virtio").open()?;
         if let Some((bytes, period)) = r.rate {
-            o.tag("rate").n("bytes", bytes).n("period", period).empty()?;
+            o.tag("rate")
+                .n("bytes", bytes)
+                .n("period", period)
+                .empty()?;
         }
         o.tag("backend").a("model", "random").text(&r.backend)?;
         o.close("rng")?;
@@ -379,13 +426,22 @@ fn disk_el(o: &mut Out, d: &Disk) -> Res {
         DiskSource::Block { .. } => "block",
         _ => "network",
     };
-    o.tag("disk").a("type", kind).a("device", d.device.as_str()).open()?;
-    o.tag("driver").a("name", "qemu").a("type", d.format.as_str());
+    o.tag("disk")
+        .a("type", kind)
+        .a("device", d.device.as_str())
+        .open()?;
+    o.tag("driver")
+        .a("name", "qemu")
+        .a("type", d.format.as_str());
     o.a_opt("cache", d.cache.map(DiskCache::as_str));
     o.a_opt("io", d.io.map(DiskIo::as_str));
-    o.a_opt("discard", d.discard.map(DiskDiscard::as_str)).empty()?;
+    o.a_opt("discard", d.discard.map(DiskDiscard::as_str))
+        .empty()?;
     disk_source(o, &d.source)?;
-    o.tag("target").a("dev", &d.target).a("bus", d.bus.as_str()).empty()?;
+    o.tag("target")
+        .a("dev", &d.target)
+        .a("bus", d.bus.as_str())
+        .empty()?;
     if let Some(t) = &d.iotune {
         o.tag("iotune").open()?;
         for (name, value) in t.fields() {
@@ -419,9 +475,15 @@ fn disk_source(o: &mut Out, s: &DiskSource) -> Res {
         DiskSource::Iscsi { name, hosts, auth } => ("iscsi", name, hosts, auth.as_ref()),
         DiskSource::Nfs { name, hosts } => ("nfs", name, hosts, None),
     };
-    o.tag("source").a("protocol", protocol).a("name", name).open()?;
+    o.tag("source")
+        .a("protocol", protocol)
+        .a("name", name)
+        .open()?;
     for h in hosts {
-        o.tag("host").a("name", &h.name).n_opt("port", h.port).empty()?;
+        o.tag("host")
+            .a("name", &h.name)
+            .n_opt("port", h.port)
+            .empty()?;
     }
     if protocol == "nfs" {
         // libvirt 9's schema requires <identity> on NFS sources (user/group optional).
@@ -442,7 +504,9 @@ fn disk_source(o: &mut Out, s: &DiskSource) -> Res {
 fn interface(o: &mut Out, n: &Interface) -> Res {
     o.tag("interface").a("type", "bridge").open()?;
     let mut mac = [0u8; 17];
-    o.tag("mac").a("address", mac_str(&n.mac, &mut mac)).empty()?;
+    o.tag("mac")
+        .a("address", mac_str(&n.mac, &mut mac))
+        .empty()?;
     o.tag("source").a("bridge", &n.bridge).empty()?;
     if let Some(id) = n.openvswitch {
         o.tag("virtualport").a("type", "openvswitch");
@@ -450,7 +514,8 @@ fn interface(o: &mut Out, n: &Interface) -> Res {
             Some(id) => {
                 o.open()?;
                 let mut buf = uuid::Uuid::encode_buffer();
-                o.tag("parameters").a("interfaceid", id.hyphenated().encode_lower(&mut buf));
+                o.tag("parameters")
+                    .a("interfaceid", id.hyphenated().encode_lower(&mut buf));
                 o.empty()?;
                 o.close("virtualport")?;
             }
@@ -466,7 +531,10 @@ fn interface(o: &mut Out, n: &Interface) -> Res {
         o.tag("bandwidth").open()?;
         for (name, rate) in [("inbound", n.inbound), ("outbound", n.outbound)] {
             if let Some(r) = rate {
-                o.tag(name).n("average", r.average).n_opt("peak", r.peak).n_opt("burst", r.burst);
+                o.tag(name)
+                    .n("average", r.average)
+                    .n_opt("peak", r.peak)
+                    .n_opt("burst", r.burst);
                 o.empty()?;
             }
         }
@@ -506,12 +574,16 @@ fn graphics(o: &mut Out, g: &Graphics) -> Res {
         None => o.n("port", -1),
     };
     o.yes_no("autoport", g.autoport);
-    o.a_opt("listen", g.listen.as_deref()).a_opt("passwd", g.passwd.as_deref());
+    o.a_opt("listen", g.listen.as_deref())
+        .a_opt("passwd", g.passwd.as_deref());
     o.a_opt("keymap", g.keymap.as_deref());
     match &g.listen {
         Some(addr) => {
             o.open()?;
-            o.tag("listen").a("type", "address").a("address", addr).empty()?;
+            o.tag("listen")
+                .a("type", "address")
+                .a("address", addr)
+                .empty()?;
             o.close("graphics")
         }
         None => o.empty(),
@@ -519,7 +591,10 @@ fn graphics(o: &mut Out, g: &Graphics) -> Res {
 }
 
 fn hostdev(o: &mut Out, h: &PciHostdev) -> Res {
-    o.tag("hostdev").a("mode", "subsystem").a("type", "pci").yes_no("managed", h.managed);
+    o.tag("hostdev")
+        .a("mode", "subsystem")
+        .a("type", "pci")
+        .yes_no("managed", h.managed);
     o.open()?;
     o.tag("source").open()?;
     let a = h.address;
@@ -541,7 +616,9 @@ fn balloon(o: &mut Out, b: Option<Balloon>) -> Res {
     match b {
         None => o.tag("memballoon").a("model", "none").empty(),
         Some(Balloon { stats_period: None }) => o.tag("memballoon").a("model", "virtio").empty(),
-        Some(Balloon { stats_period: Some(p) }) => {
+        Some(Balloon {
+            stats_period: Some(p),
+        }) => {
             o.tag("memballoon").a("model", "virtio").open()?;
             o.tag("stats").n("period", p).empty()?;
             o.close("memballoon")

@@ -26,12 +26,22 @@ pub fn validate(spec: &VmSpec) -> Result<(), DomainError> {
 
 /// Characters XML 1.0 cannot carry (or that libvirt rewrites) in our strings.
 fn bad_char(c: char, newlines_ok: bool) -> bool {
-    c.is_control() && !(newlines_ok && (c == '\n' || c == '\t'))
+    let not_xml = matches!(c, '\u{FFFE}' | '\u{FFFF}');
+    not_xml || (c.is_control() && !(newlines_ok && (c == '\n' || c == '\t')))
 }
 
 fn text(e: &mut Errors, field: &str, s: &str, newlines_ok: bool) {
     if let Some(c) = s.chars().find(|&c| bad_char(c, newlines_ok)) {
-        e.push(field, format!("contains the control character {c:?}; remove it"));
+        e.push(
+            field,
+            format!("contains the control character {c:?}; remove it"),
+        );
+    }
+}
+
+fn non_empty(e: &mut Errors, field: &str, s: &str) {
+    if s.is_empty() {
+        e.push(field, "is empty; leave it out instead");
     }
 }
 
@@ -47,7 +57,10 @@ fn identity(spec: &VmSpec, e: &mut Errors) {
     if n.is_empty() {
         e.push("name", "is empty; a domain needs a name");
     } else if n.contains('/') {
-        e.push("name", format!("{n:?} contains '/', which libvirt forbids in domain names"));
+        e.push(
+            "name",
+            format!("{n:?} contains '/', which libvirt forbids in domain names"),
+        );
     } else if n.len() > 255 {
         e.push("name", "is longer than 255 bytes");
     }
@@ -55,10 +68,13 @@ fn identity(spec: &VmSpec, e: &mut Errors) {
     if spec.uuid.0.is_nil() {
         e.push("uuid", "is the nil UUID; give the VM its own UUID");
     }
+    // Empty means "unset" in the proto spec, so an empty value would not survive a round trip.
     if let Some(t) = &spec.title {
+        non_empty(e, "title", t);
         text(e, "title", t, false);
     }
     if let Some(d) = &spec.description {
+        non_empty(e, "description", d);
         text(e, "description", d, true);
     }
     if let Some(m) = &spec.meta {
@@ -71,7 +87,10 @@ fn identity(spec: &VmSpec, e: &mut Errors) {
             text(e, f, v, false);
         }
         if m.instance_id.is_empty() {
-            e.push("ids.instance_id", "is empty; csagent identifies its VMs by it");
+            e.push(
+                "ids.instance_id",
+                "is empty; csagent identifies its VMs by it",
+            );
         }
     }
 }
@@ -82,20 +101,32 @@ fn memory(m: &Memory, e: &mut Errors) {
     }
     if let Some(c) = m.current {
         if c.0 == 0 || c > m.size {
-            e.push("memory.current_kib", format!("{} KiB must be between 1 and size_kib ({})", c.0, m.size.0));
+            e.push(
+                "memory.current_kib",
+                format!("{} KiB must be between 1 and size_kib ({})", c.0, m.size.0),
+            );
         }
     }
     if let Some(max) = m.max {
         if max.size < m.size {
-            e.push("memory.max_kib", format!("{} KiB is below size_kib ({})", max.size.0, m.size.0));
+            e.push(
+                "memory.max_kib",
+                format!("{} KiB is below size_kib ({})", max.size.0, m.size.0),
+            );
         }
         if max.slots == 0 || max.slots > 255 {
-            e.push("memory.slots", format!("{} must be 1..255 when max_kib is set", max.slots));
+            e.push(
+                "memory.slots",
+                format!("{} must be 1..255 when max_kib is set", max.slots),
+            );
         }
     }
     if let Some(Some(page)) = m.hugepages {
         if !page.0.is_power_of_two() || page.0 < 4 {
-            e.push("memory.hugepage_size_kib", format!("{} is not a page size", page.0));
+            e.push(
+                "memory.hugepage_size_kib",
+                format!("{} is not a page size", page.0),
+            );
         }
     }
 }
@@ -107,7 +138,10 @@ fn cpu(spec: &VmSpec, e: &mut Errors) {
     }
     if let Some(c) = v.current {
         if c == 0 || c > v.max {
-            e.push("cpu.current_vcpus", format!("{c} must be between 1 and vcpus ({})", v.max));
+            e.push(
+                "cpu.current_vcpus",
+                format!("{c} must be between 1 and vcpus ({})", v.max),
+            );
         }
     }
     if let Some(t) = spec.cputune {
@@ -122,10 +156,21 @@ fn cpu(spec: &VmSpec, e: &mut Errors) {
     }
     let mut names = HashSet::new();
     for (i, f) in cpu.features.iter().enumerate() {
-        if f.name.is_empty() || !f.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            e.push(format!("cpu.features[{i}].name"), format!("{:?} is not a CPU feature name", f.name));
+        if f.name.is_empty()
+            || !f
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            e.push(
+                format!("cpu.features[{i}].name"),
+                format!("{:?} is not a CPU feature name", f.name),
+            );
         } else if !names.insert(f.name.as_str()) {
-            e.push(format!("cpu.features[{i}].name"), format!("duplicate feature {:?}", f.name));
+            e.push(
+                format!("cpu.features[{i}].name"),
+                format!("duplicate feature {:?}", f.name),
+            );
         }
     }
     if let Some(t) = cpu.topology {
@@ -133,7 +178,10 @@ fn cpu(spec: &VmSpec, e: &mut Errors) {
         if product != u64::from(v.max) {
             e.push(
                 "cpu.topology",
-                format!("sockets*cores*threads = {product} but vcpus = {}; they must match", v.max),
+                format!(
+                    "sockets*cores*threads = {product} but vcpus = {}; they must match",
+                    v.max
+                ),
             );
         }
     }
@@ -153,7 +201,10 @@ fn cputune(t: CpuTune, e: &mut Errors) {
     }
     if let Some(q) = t.quota_us {
         if q != -1 && !(1000..=17_592_186_044_415).contains(&q) {
-            e.push("cpu.quota_us", format!("{q} must be -1 (no cap) or at least 1000"));
+            e.push(
+                "cpu.quota_us",
+                format!("{q} must be -1 (no cap) or at least 1000"),
+            );
         }
     }
 }
@@ -166,33 +217,56 @@ fn numa(spec: &VmSpec, cpu: &Cpu, e: &mut Errors) {
     let mut total = 0u64;
     for (i, cell) in cpu.numa.iter().enumerate() {
         if !ids.insert(cell.id) {
-            e.push(format!("cpu.numa[{i}].id"), format!("duplicate cell id {}", cell.id));
+            e.push(
+                format!("cpu.numa[{i}].id"),
+                format!("duplicate cell id {}", cell.id),
+            );
         }
-        let ok = !cell.cpus.is_empty() && cell.cpus.chars().all(|c| c.is_ascii_digit() || ",-^".contains(c));
+        let ok = !cell.cpus.is_empty()
+            && cell
+                .cpus
+                .chars()
+                .all(|c| c.is_ascii_digit() || ",-^".contains(c));
         if !ok {
-            e.push(format!("cpu.numa[{i}].cpus"), format!("{:?} is not a cpuset like \"0-3,6\"", cell.cpus));
+            e.push(
+                format!("cpu.numa[{i}].cpus"),
+                format!("{:?} is not a cpuset like \"0-3,6\"", cell.cpus),
+            );
         }
         total = total.saturating_add(cell.memory.0);
     }
     if total != spec.memory.size.0 {
         e.push(
             "cpu.numa",
-            format!("cells add up to {total} KiB but memory.size_kib is {}; they must match", spec.memory.size.0),
+            format!(
+                "cells add up to {total} KiB but memory.size_kib is {}; they must match",
+                spec.memory.size.0
+            ),
         );
     }
 }
 
 fn is_q35(spec: &VmSpec) -> bool {
-    spec.os.machine.as_deref().is_some_and(|m| m.contains("q35"))
+    spec.os
+        .machine
+        .as_deref()
+        .is_some_and(|m| m.contains("q35"))
 }
 
 fn boot(spec: &VmSpec, e: &mut Errors) {
     let os = &spec.os;
-    if !matches!(os.arch.as_str(), "x86_64" | "i686" | "aarch64" | "ppc64le" | "s390x") {
+    if !matches!(
+        os.arch.as_str(),
+        "x86_64" | "i686" | "aarch64" | "ppc64le" | "s390x"
+    ) {
         e.push("boot.arch", format!("unknown architecture {:?}", os.arch));
     }
     if let Some(m) = &os.machine {
-        if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if m.is_empty()
+            || !m
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             e.push("boot.machine", format!("{m:?} is not a machine type"));
         }
     }
@@ -205,7 +279,10 @@ fn boot(spec: &VmSpec, e: &mut Errors) {
             abs_path(e, "boot.nvram_template", t);
         }
         if u.secure_boot && !spec.features.smm {
-            e.push("features.smm", "must be true with boot.secure_boot (OVMF secure boot needs SMM)");
+            e.push(
+                "features.smm",
+                "must be true with boot.secure_boot (OVMF secure boot needs SMM)",
+            );
         }
         if u.secure_boot && os.machine.is_some() && !is_q35(spec) {
             e.push("boot.machine", "secure boot needs a q35 machine type");
@@ -240,7 +317,10 @@ fn clock(c: &Clock, e: &mut Errors) {
     let mut seen = HashSet::new();
     for (i, t) in c.timers.iter().enumerate() {
         if !seen.insert(t.name) {
-            e.push(format!("clock.timers[{i}].name"), format!("duplicate timer {:?}", t.name.as_str()));
+            e.push(
+                format!("clock.timers[{i}].name"),
+                format!("duplicate timer {:?}", t.name.as_str()),
+            );
         }
     }
 }
@@ -261,7 +341,14 @@ fn disks(spec: &VmSpec, e: &mut Errors) {
         let prefix = target_prefix(d.bus);
         let suffix_ok = d.target.len() > 2 && d.target[2..].chars().all(|c| c.is_ascii_lowercase());
         if !d.target.starts_with(prefix) || !suffix_ok {
-            e.push(f("target"), format!("{:?} is not a {} device name like \"{prefix}a\"", d.target, d.bus.as_str()));
+            e.push(
+                f("target"),
+                format!(
+                    "{:?} is not a {} device name like \"{prefix}a\"",
+                    d.target,
+                    d.bus.as_str()
+                ),
+            );
         } else if targets.contains(&d.target.as_str()) {
             e.push(f("target"), format!("duplicate target {:?}", d.target));
         }
@@ -269,12 +356,19 @@ fn disks(spec: &VmSpec, e: &mut Errors) {
         disk_bus(spec, d, &f, e);
         disk_source(d, &f, e);
         if let Some(s) = &d.serial {
-            let ok = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.+- ".contains(c));
+            let ok = !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.+- ".contains(c));
             if !ok {
-                e.push(f("serial"), format!("{s:?} may only hold letters, digits and _ . + - space"));
+                e.push(
+                    f("serial"),
+                    format!("{s:?} may only hold letters, digits and _ . + - space"),
+                );
             }
         }
-        if d.io == Some(DiskIo::Native) && !matches!(d.cache, Some(DiskCache::None | DiskCache::Directsync)) {
+        if d.io == Some(DiskIo::Native)
+            && !matches!(d.cache, Some(DiskCache::None | DiskCache::Directsync))
+        {
             e.push(f("io"), "\"native\" needs cache \"none\" or \"directsync\"");
         }
         if let Some(t) = &d.iotune {
@@ -291,7 +385,10 @@ fn disk_bus(spec: &VmSpec, d: &Disk, f: &dyn Fn(&str) -> String, e: &mut Errors)
         e.push(f("bus"), "scsi disks need scsi_controller (virtio-scsi)");
     }
     if d.device == DiskDevice::Cdrom && d.bus == DiskBus::Virtio {
-        e.push(f("bus"), "a cdrom cannot be on virtio; use \"sata\", \"scsi\" or \"ide\"");
+        e.push(
+            f("bus"),
+            "a cdrom cannot be on virtio; use \"sata\", \"scsi\" or \"ide\"",
+        );
     }
 }
 
@@ -327,11 +424,20 @@ fn disk_source(d: &Disk, f: &dyn Fn(&str) -> String, e: &mut Errors) {
     }
 }
 
-fn net_source(name: &str, hosts: &[NetHost], auth: Option<&DiskAuth>, f: &dyn Fn(&str) -> String, e: &mut Errors) {
+fn net_source(
+    name: &str,
+    hosts: &[NetHost],
+    auth: Option<&DiskAuth>,
+    f: &dyn Fn(&str) -> String,
+    e: &mut Errors,
+) {
     text(e, &f("source"), name, false);
     for (j, h) in hosts.iter().enumerate() {
         if h.name.is_empty() || h.name.chars().any(|c| c.is_whitespace() || c == '/') {
-            e.push(f(&format!("hosts[{j}].name")), format!("{:?} is not a host name or address", h.name));
+            e.push(
+                f(&format!("hosts[{j}].name")),
+                format!("{:?} is not a host name or address", h.name),
+            );
         }
         text(e, &f(&format!("hosts[{j}].name")), &h.name, false);
     }
@@ -350,21 +456,37 @@ fn iotune(t: &IoTune, f: &dyn Fn(&str) -> String, e: &mut Errors) {
     for kind in [0, 3] {
         let (total, read, write) = (v[kind].1, v[kind + 1].1, v[kind + 2].1);
         if total.is_some() && (read.is_some() || write.is_some()) {
-            e.push(f(&format!("iotune.{}", v[kind].0)), format!("cannot be combined with {} or {}", v[kind + 1].0, v[kind + 2].0));
+            e.push(
+                f(&format!("iotune.{}", v[kind].0)),
+                format!(
+                    "cannot be combined with {} or {}",
+                    v[kind + 1].0,
+                    v[kind + 2].0
+                ),
+            );
         }
     }
     for i in 0..6 {
         let (base, max, len) = (v[i], v[i + 6], v[i + 12]);
         if max.1.is_some() && base.1.is_none() {
-            e.push(f(&format!("iotune.{}", max.0)), format!("needs {} as well", base.0));
+            e.push(
+                f(&format!("iotune.{}", max.0)),
+                format!("needs {} as well", base.0),
+            );
         }
         if let (Some(m), Some(b)) = (max.1, base.1) {
             if m < b {
-                e.push(f(&format!("iotune.{}", max.0)), format!("{m} is below {} ({b})", base.0));
+                e.push(
+                    f(&format!("iotune.{}", max.0)),
+                    format!("{m} is below {} ({b})", base.0),
+                );
             }
         }
         if len.1.is_some() && max.1.is_none() {
-            e.push(f(&format!("iotune.{}", len.0)), format!("needs {} as well", max.0));
+            e.push(
+                f(&format!("iotune.{}", len.0)),
+                format!("needs {} as well", max.0),
+            );
         }
     }
 }
@@ -382,8 +504,14 @@ fn interfaces(nics: &[Interface], e: &mut Errors) {
         ifname(e, &f("bridge"), &n.bridge);
         if let Some(dev) = &n.target_dev {
             ifname(e, &f("target_dev"), dev);
-            if ["vnet", "macvtap", "macvlan"].iter().any(|p| dev.starts_with(p)) {
-                e.push(f("target_dev"), format!("{dev:?}: names starting vnet/macvtap/macvlan are reserved by libvirt"));
+            if ["vnet", "macvtap", "macvlan"]
+                .iter()
+                .any(|p| dev.starts_with(p))
+            {
+                e.push(
+                    f("target_dev"),
+                    format!("{dev:?}: names starting vnet/macvtap/macvlan are reserved by libvirt"),
+                );
             }
         }
         if let Some(tag) = n.vlan {
@@ -399,7 +527,10 @@ fn interfaces(nics: &[Interface], e: &mut Errors) {
         for (name, rate) in [("inbound", n.inbound), ("outbound", n.outbound)] {
             if let Some(r) = rate {
                 if r.average == 0 {
-                    e.push(f(&format!("{name}.average_kib_s")), "is zero; omit the rate instead");
+                    e.push(
+                        f(&format!("{name}.average_kib_s")),
+                        "is zero; omit the rate instead",
+                    );
                 }
                 if r.peak.is_some_and(|p| p < r.average) {
                     e.push(f(&format!("{name}.peak_kib_s")), "is below average_kib_s");
@@ -411,9 +542,16 @@ fn interfaces(nics: &[Interface], e: &mut Errors) {
 
 /// Linux interface names: 1..15 bytes, no '/', whitespace or ':'.
 fn ifname(e: &mut Errors, field: &str, s: &str) {
-    let ok = !s.is_empty() && s.len() <= 15 && !s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == ':');
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == ':');
     if !ok {
-        e.push(field, format!("{s:?} is not a network interface name (1-15 chars, no '/', ':' or spaces)"));
+        e.push(
+            field,
+            format!("{s:?} is not a network interface name (1-15 chars, no '/', ':' or spaces)"),
+        );
     }
 }
 
@@ -432,20 +570,29 @@ fn other_devices(d: &Devices, e: &mut Errors) {
     if let Some(r) = &d.rng {
         abs_path(e, "rng.backend", &r.backend);
         if r.rate.is_some_and(|(b, p)| b == 0 || p == 0) {
-            e.push("rng.rate_bytes", "rate_bytes and rate_period_ms must both be > 0");
+            e.push(
+                "rng.rate_bytes",
+                "rate_bytes and rate_period_ms must both be > 0",
+            );
         }
     }
     let mut seen = HashSet::new();
     for (i, h) in d.hostdevs.iter().enumerate() {
         if !seen.insert(h.address) {
-            e.push(format!("hostdevs[{i}].address"), format!("duplicate host device {}", h.address));
+            e.push(
+                format!("hostdevs[{i}].address"),
+                format!("duplicate host device {}", h.address),
+            );
         }
     }
     if d.scsi_controller.and_then(|c| c.queues) == Some(0) {
         e.push("scsi_controller.queues", "is zero; omit it for the default");
     }
     if d.balloon.and_then(|b| b.stats_period) == Some(0) {
-        e.push("balloon.stats_period_s", "is zero; omit it to disable statistics");
+        e.push(
+            "balloon.stats_period_s",
+            "is zero; omit it to disable statistics",
+        );
     }
 }
 
@@ -456,7 +603,10 @@ fn graphics(i: usize, g: &Graphics, e: &mut Errors) {
     }
     if let Some(p) = g.port {
         if p < 5900 {
-            e.push(f("port"), format!("{p} is below 5900, libvirt's display port range"));
+            e.push(
+                f("port"),
+                format!("{p} is below 5900, libvirt's display port range"),
+            );
         }
     }
     if let Some(l) = &g.listen {
@@ -465,14 +615,22 @@ fn graphics(i: usize, g: &Graphics, e: &mut Errors) {
         }
     }
     if let Some(pw) = &g.passwd {
+        non_empty(e, &f("passwd"), pw);
         text(e, &f("passwd"), pw, false);
         if g.kind == GraphicsKind::Vnc && pw.len() > 8 {
             e.push(f("passwd"), "VNC passwords are at most 8 bytes");
         }
     }
     if let Some(k) = &g.keymap {
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            e.push(f("keymap"), format!("{k:?} is not a keymap name like \"en-us\""));
+        if k.is_empty()
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            e.push(
+                f("keymap"),
+                format!("{k:?} is not a keymap name like \"en-us\""),
+            );
         }
     }
 }
@@ -480,16 +638,34 @@ fn graphics(i: usize, g: &Graphics, e: &mut Errors) {
 /// libvirt rejects duplicate boot orders and order 0. Field names are only
 /// formatted on error: this runs on every render.
 fn boot_orders(d: &Devices, e: &mut Errors) {
-    let disks = d.disks.iter().enumerate().map(|(i, x)| ("disks", i, x.boot_order));
-    let nics = d.interfaces.iter().enumerate().map(|(i, x)| ("interfaces", i, x.boot_order));
-    let hosts = d.hostdevs.iter().enumerate().map(|(i, x)| ("hostdevs", i, x.boot_order));
+    let disks = d
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, x)| ("disks", i, x.boot_order));
+    let nics = d
+        .interfaces
+        .iter()
+        .enumerate()
+        .map(|(i, x)| ("interfaces", i, x.boot_order));
+    let hosts = d
+        .hostdevs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| ("hostdevs", i, x.boot_order));
     let all = || disks.clone().chain(nics.clone()).chain(hosts.clone());
     for (n, (list, i, order)) in all().enumerate() {
         let Some(o) = order else { continue };
         if o == 0 {
-            e.push(format!("{list}[{i}].boot_order"), "is 0; omit it for a device that does not boot");
+            e.push(
+                format!("{list}[{i}].boot_order"),
+                "is 0; omit it for a device that does not boot",
+            );
         } else if all().take(n).any(|(_, _, other)| other == Some(o)) {
-            e.push(format!("{list}[{i}].boot_order"), format!("boot order {o} is used twice"));
+            e.push(
+                format!("{list}[{i}].boot_order"),
+                format!("boot order {o} is used twice"),
+            );
         }
     }
 }
