@@ -121,6 +121,28 @@ impl<'a> P<'a> {
         Ok(None)
     }
 
+    /// Several attributes in one pass over the tag (most elements we read
+    /// need more than one; re-scanning per key doubled the parse time).
+    pub(super) fn attrs<'e, const N: usize>(
+        &self,
+        e: &'e BytesStart<'a>,
+        keys: [&str; N],
+    ) -> Res<[Option<Cow<'e, str>>; N]> {
+        let mut out: [Option<Cow<'e, str>>; N] = std::array::from_fn(|_| None);
+        let mut it = e.attributes();
+        it.with_checks(false);
+        for a in it {
+            let a = a.map_err(|er| self.xml_err(er))?;
+            if let Some(i) = keys.iter().position(|k| k.as_bytes() == a.key.as_ref()) {
+                if out[i].is_none() {
+                    let v = a.decode_and_unescape_value(self.r.decoder());
+                    out[i] = Some(v.map_err(|er| self.xml_err(er))?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) fn attr_string(&self, e: &BytesStart<'a>, key: &str) -> Res<Option<String>> {
         Ok(self.attr(e, key)?.map(Cow::into_owned))
     }

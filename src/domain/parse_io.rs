@@ -4,6 +4,8 @@
 //!
 //! Shares parse.rs's reader; must not validate or touch libvirt.
 
+use std::borrow::Cow;
+
 use super::model::*;
 use super::parse::{Child, Res, P};
 
@@ -11,9 +13,9 @@ use super::parse::{Child, Res, P};
 #[derive(Default)]
 struct RawDisk {
     format: Option<String>,
-    cache: Option<String>,
-    io: Option<String>,
-    discard: Option<String>,
+    cache: Option<DiskCache>,
+    io: Option<DiskIo>,
+    discard: Option<DiskDiscard>,
     file: Option<String>,
     dev: Option<String>,
     protocol: Option<String>,
@@ -59,16 +61,18 @@ pub(super) fn disk<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Disk>> {
 fn disk_child<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
     match c.0.name().as_ref() {
         b"driver" => {
-            d.format = p.attr_string(&c.0, "type")?;
-            d.cache = p.attr_string(&c.0, "cache")?;
-            d.io = p.attr_string(&c.0, "io")?;
-            d.discard = p.attr_string(&c.0, "discard")?;
+            let [format, cache, io, discard] = p.attrs(&c.0, ["type", "cache", "io", "discard"])?;
+            d.format = format.map(Cow::into_owned);
+            d.cache = cache.as_deref().and_then(DiskCache::from_str);
+            d.io = io.as_deref().and_then(DiskIo::from_str);
+            d.discard = discard.as_deref().and_then(DiskDiscard::from_str);
         }
         b"source" => return disk_source(p, c, d),
         b"auth" => d.auth = auth(p, c)?,
         b"target" => {
-            d.target = p.attr_string(&c.0, "dev")?;
-            d.bus = p.attr_string(&c.0, "bus")?;
+            let [dev, bus] = p.attrs(&c.0, ["dev", "bus"])?;
+            d.target = dev.map(Cow::into_owned);
+            d.bus = bus.map(Cow::into_owned);
         }
         b"iotune" => return iotune(p, c, d),
         b"serial" => {
@@ -84,10 +88,11 @@ fn disk_child<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
 }
 
 fn disk_source<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
-    d.file = p.attr_string(&c.0, "file")?;
-    d.dev = p.attr_string(&c.0, "dev")?;
-    d.protocol = p.attr_string(&c.0, "protocol")?;
-    d.name = p.attr_string(&c.0, "name")?;
+    let [file, dev, protocol, name] = p.attrs(&c.0, ["file", "dev", "protocol", "name"])?;
+    d.file = file.map(Cow::into_owned);
+    d.dev = dev.map(Cow::into_owned);
+    d.protocol = protocol.map(Cow::into_owned);
+    d.name = name.map(Cow::into_owned);
     if !c.1 {
         return Ok(());
     }
@@ -186,9 +191,9 @@ fn build_disk(kind: &str, device: &str, d: RawDisk) -> Result<Disk, String> {
         format,
         target,
         bus,
-        cache: d.cache.as_deref().and_then(DiskCache::from_str),
-        io: d.io.as_deref().and_then(DiskIo::from_str),
-        discard: d.discard.as_deref().and_then(DiskDiscard::from_str),
+        cache: d.cache,
+        io: d.io,
+        discard: d.discard,
         iotune: d.iotune,
         serial: d.serial,
         readonly: d.readonly,

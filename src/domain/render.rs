@@ -60,17 +60,16 @@ impl<'b> Out<'b> {
     }
 
     /// Adds a numeric attribute (digits need no escaping).
-    fn n(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
+    fn n(&mut self, key: &str, value: impl Num) -> &mut Self {
         self.tag.push(' ');
         self.tag.push_str(key);
         self.tag.push_str("=\"");
-        // Writing into a String cannot fail.
-        let _ = write!(self.tag, "{value}");
+        value.push_to(&mut self.tag);
         self.tag.push('"');
         self
     }
 
-    fn n_opt(&mut self, key: &str, value: Option<impl std::fmt::Display>) -> &mut Self {
+    fn n_opt(&mut self, key: &str, value: Option<impl Num>) -> &mut Self {
         if let Some(v) = value {
             self.n(key, v);
         }
@@ -101,9 +100,9 @@ impl<'b> Out<'b> {
             .write_event(Event::End(BytesEnd::new(&self.tag[..name_end])))
     }
 
-    fn num_text(&mut self, value: impl std::fmt::Display) -> Res {
+    fn num_text(&mut self, value: impl Num) -> Res {
         let at = self.tag.len();
-        let _ = write!(self.tag, "{value}");
+        value.push_to(&mut self.tag);
         let name_end = self.name_len;
         let e = BytesStart::from_content(&self.tag[..at], name_end);
         self.w.write_event(Event::Start(e))?;
@@ -117,6 +116,53 @@ impl<'b> Out<'b> {
         self.w.write_event(Event::End(BytesEnd::new(name)))
     }
 }
+
+/// Integers written straight into the tag buffer (core::fmt is measurably
+/// slower on this hot path).
+trait Num: Copy {
+    fn push_to(self, s: &mut String);
+}
+
+fn push_u64(s: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written, so this never falls back.
+    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+macro_rules! num_impl {
+    ($($t:ty),*) => {$(
+        impl Num for $t {
+            fn push_to(self, s: &mut String) {
+                if self < 0 {
+                    s.push('-');
+                }
+                push_u64(s, u64::from(self.unsigned_abs()));
+            }
+        }
+    )*};
+}
+
+macro_rules! unum_impl {
+    ($($t:ty),*) => {$(
+        impl Num for $t {
+            fn push_to(self, s: &mut String) {
+                push_u64(s, u64::from(self));
+            }
+        }
+    )*};
+}
+
+unum_impl!(u8, u16, u32, u64);
+num_impl!(i32, i64);
 
 /// Appends the domain XML of `spec` to `buf`. The spec must be validated.
 pub(crate) fn render_into(spec: &VmSpec, buf: &mut Vec<u8>) -> Res {

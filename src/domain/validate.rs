@@ -4,8 +4,6 @@
 //! Owns the rules that libvirt or QEMU would otherwise reject later (or worse,
 //! silently change). It must not render, parse or fix anything up.
 
-use std::collections::HashSet;
-
 use super::error::{DomainError, Errors};
 use super::model::*;
 
@@ -30,13 +28,21 @@ fn bad_char(c: char, newlines_ok: bool) -> bool {
     not_xml || (c.is_control() && !(newlines_ok && (c == '\n' || c == '\t')))
 }
 
-fn text(e: &mut Errors, field: &str, s: &str, newlines_ok: bool) {
-    if let Some(c) = s.chars().find(|&c| bad_char(c, newlines_ok)) {
-        e.push(
-            field,
-            format!("contains the control character {c:?}; remove it"),
-        );
+/// Field paths are formatted only when there is an error: validation runs on
+/// every render.
+fn check(e: &mut Errors, problem: Option<String>, field: impl FnOnce() -> String) {
+    if let Some(p) = problem {
+        e.push(field(), p);
     }
+}
+
+fn bad_text(s: &str, newlines_ok: bool) -> Option<String> {
+    let c = s.chars().find(|&c| bad_char(c, newlines_ok))?;
+    Some(format!("contains the control character {c:?}; remove it"))
+}
+
+fn text(e: &mut Errors, field: &str, s: &str, newlines_ok: bool) {
+    check(e, bad_text(s, newlines_ok), || field.to_string());
 }
 
 fn non_empty(e: &mut Errors, field: &str, s: &str) {
@@ -45,11 +51,15 @@ fn non_empty(e: &mut Errors, field: &str, s: &str) {
     }
 }
 
-fn abs_path(e: &mut Errors, field: &str, s: &str) {
+fn bad_path(s: &str) -> Option<String> {
     if !s.starts_with('/') {
-        e.push(field, format!("{s:?} is not an absolute path"));
+        return Some(format!("{s:?} is not an absolute path"));
     }
-    text(e, field, s, false);
+    bad_text(s, false)
+}
+
+fn abs_path(e: &mut Errors, field: &str, s: &str) {
+    check(e, bad_path(s), || field.to_string());
 }
 
 fn identity(spec: &VmSpec, e: &mut Errors) {
@@ -154,7 +164,6 @@ fn cpu(spec: &VmSpec, e: &mut Errors) {
     if let Some(m) = &cpu.model {
         text(e, "cpu.model", m, false);
     }
-    let mut names = HashSet::new();
     for (i, f) in cpu.features.iter().enumerate() {
         if f.name.is_empty()
             || !f
@@ -166,7 +175,7 @@ fn cpu(spec: &VmSpec, e: &mut Errors) {
                 format!("cpu.features[{i}].name"),
                 format!("{:?} is not a CPU feature name", f.name),
             );
-        } else if !names.insert(f.name.as_str()) {
+        } else if cpu.features[..i].iter().any(|o| o.name == f.name) {
             e.push(
                 format!("cpu.features[{i}].name"),
                 format!("duplicate feature {:?}", f.name),
@@ -213,10 +222,9 @@ fn numa(spec: &VmSpec, cpu: &Cpu, e: &mut Errors) {
     if cpu.numa.is_empty() {
         return;
     }
-    let mut ids = HashSet::new();
     let mut total = 0u64;
     for (i, cell) in cpu.numa.iter().enumerate() {
-        if !ids.insert(cell.id) {
+        if cpu.numa[..i].iter().any(|o| o.id == cell.id) {
             e.push(
                 format!("cpu.numa[{i}].id"),
                 format!("duplicate cell id {}", cell.id),
@@ -314,9 +322,9 @@ fn boot(spec: &VmSpec, e: &mut Errors) {
 }
 
 fn clock(c: &Clock, e: &mut Errors) {
-    let mut seen = HashSet::new();
+    // Lists are short: linear scans avoid allocating on every render.
     for (i, t) in c.timers.iter().enumerate() {
-        if !seen.insert(t.name) {
+        if c.timers[..i].iter().any(|o| o.name == t.name) {
             e.push(
                 format!("clock.timers[{i}].name"),
                 format!("duplicate timer {:?}", t.name.as_str()),
@@ -335,7 +343,6 @@ fn target_prefix(bus: DiskBus) -> &'static str {
 }
 
 fn disks(spec: &VmSpec, e: &mut Errors) {
-    let mut targets: Vec<&str> = Vec::with_capacity(spec.devices.disks.len());
     for (i, d) in spec.devices.disks.iter().enumerate() {
         let f = |name: &str| format!("disks[{i}].{name}");
         let prefix = target_prefix(d.bus);
@@ -349,10 +356,9 @@ fn disks(spec: &VmSpec, e: &mut Errors) {
                     d.bus.as_str()
                 ),
             );
-        } else if targets.contains(&d.target.as_str()) {
+        } else if spec.devices.disks[..i].iter().any(|o| o.target == d.target) {
             e.push(f("target"), format!("duplicate target {:?}", d.target));
         }
-        targets.push(&d.target);
         disk_bus(spec, d, &f, e);
         disk_source(d, &f, e);
         if let Some(s) = &d.serial {
@@ -398,8 +404,8 @@ fn disk_source(d: &Disk, f: &dyn Fn(&str) -> String, e: &mut Errors) {
             e.push(f("source"), "is empty; only a cdrom may have no source");
         }
         DiskSource::Empty => {}
-        DiskSource::File { path } => abs_path(e, &f("source"), path),
-        DiskSource::Block { dev } => abs_path(e, &f("source"), dev),
+        DiskSource::File { path } => check(e, bad_path(path), || f("source")),
+        DiskSource::Block { dev } => check(e, bad_path(dev), || f("source")),
         DiskSource::Rbd { name, hosts, auth } => {
             if name.split('/').filter(|p| !p.is_empty()).count() < 2 {
                 e.push(f("source"), format!("{name:?} is not \"pool/image\""));
@@ -431,7 +437,7 @@ fn net_source(
     f: &dyn Fn(&str) -> String,
     e: &mut Errors,
 ) {
-    text(e, &f("source"), name, false);
+    check(e, bad_text(name, false), || f("source"));
     for (j, h) in hosts.iter().enumerate() {
         if h.name.is_empty() || h.name.chars().any(|c| c.is_whitespace() || c == '/') {
             e.push(
@@ -439,13 +445,15 @@ fn net_source(
                 format!("{:?} is not a host name or address", h.name),
             );
         }
-        text(e, &f(&format!("hosts[{j}].name")), &h.name, false);
+        check(e, bad_text(&h.name, false), || {
+            f(&format!("hosts[{j}].name"))
+        });
     }
     if let Some(a) = auth {
         if a.username.is_empty() {
             e.push(f("auth.username"), "is empty");
         }
-        text(e, &f("auth.username"), &a.username, false);
+        check(e, bad_text(&a.username, false), || f("auth.username"));
     }
 }
 
@@ -492,18 +500,16 @@ fn iotune(t: &IoTune, f: &dyn Fn(&str) -> String, e: &mut Errors) {
 }
 
 fn interfaces(nics: &[Interface], e: &mut Errors) {
-    let mut macs: Vec<MacAddr> = Vec::with_capacity(nics.len());
     for (i, n) in nics.iter().enumerate() {
         let f = |name: &str| format!("interfaces[{i}].{name}");
         if n.mac.is_multicast() || n.mac.0 == [0; 6] {
             e.push(f("mac"), format!("{} is not a unicast address", n.mac));
-        } else if macs.contains(&n.mac) {
+        } else if nics[..i].iter().any(|o| o.mac == n.mac) {
             e.push(f("mac"), format!("duplicate MAC {}", n.mac));
         }
-        macs.push(n.mac);
-        ifname(e, &f("bridge"), &n.bridge);
+        check(e, bad_ifname(&n.bridge), || f("bridge"));
         if let Some(dev) = &n.target_dev {
-            ifname(e, &f("target_dev"), dev);
+            check(e, bad_ifname(dev), || f("target_dev"));
             if ["vnet", "macvtap", "macvlan"]
                 .iter()
                 .any(|p| dev.starts_with(p))
@@ -541,18 +547,15 @@ fn interfaces(nics: &[Interface], e: &mut Errors) {
 }
 
 /// Linux interface names: 1..15 bytes, no '/', whitespace or ':'.
-fn ifname(e: &mut Errors, field: &str, s: &str) {
+fn bad_ifname(s: &str) -> Option<String> {
     let ok = !s.is_empty()
         && s.len() <= 15
         && !s
             .chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == ':');
-    if !ok {
-        e.push(
-            field,
-            format!("{s:?} is not a network interface name (1-15 chars, no '/', ':' or spaces)"),
-        );
-    }
+    (!ok).then(|| {
+        format!("{s:?} is not a network interface name (1-15 chars, no '/', ':' or spaces)")
+    })
 }
 
 fn other_devices(d: &Devices, e: &mut Errors) {
@@ -576,9 +579,8 @@ fn other_devices(d: &Devices, e: &mut Errors) {
             );
         }
     }
-    let mut seen = HashSet::new();
     for (i, h) in d.hostdevs.iter().enumerate() {
-        if !seen.insert(h.address) {
+        if d.hostdevs[..i].iter().any(|o| o.address == h.address) {
             e.push(
                 format!("hostdevs[{i}].address"),
                 format!("duplicate host device {}", h.address),
@@ -615,8 +617,10 @@ fn graphics(i: usize, g: &Graphics, e: &mut Errors) {
         }
     }
     if let Some(pw) = &g.passwd {
-        non_empty(e, &f("passwd"), pw);
-        text(e, &f("passwd"), pw, false);
+        if pw.is_empty() {
+            e.push(f("passwd"), "is empty; leave it out for no password");
+        }
+        check(e, bad_text(pw, false), || f("passwd"));
         if g.kind == GraphicsKind::Vnc && pw.len() > 8 {
             e.push(f("passwd"), "VNC passwords are at most 8 bytes");
         }
