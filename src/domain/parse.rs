@@ -665,8 +665,8 @@ fn device<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
         }
         b"channel" => channel(p, c, d)?,
         b"input" => {
-            let tablet = p.attr(&c.0, "type")?.as_deref() == Some("tablet");
-            d.usb_tablet |= tablet && p.attr(&c.0, "bus")?.as_deref() == Some("usb");
+            let [kind, bus] = p.attrs(&c.0, ["type", "bus"])?;
+            d.usb_tablet |= kind.as_deref() == Some("tablet") && bus.as_deref() == Some("usb");
             p.skip(c)?;
         }
         b"tpm" => d.tpm = tpm(p, c)?,
@@ -696,11 +696,11 @@ fn device<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
 }
 
 fn controller<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
-    let scsi = p.attr(&c.0, "type")?.as_deref() == Some("scsi");
-    let model = p.attr_string(&c.0, "model")?;
-    if !scsi {
+    let [kind, model] = p.attrs(&c.0, ["type", "model"])?;
+    if kind.as_deref() != Some("scsi") {
         return p.skip(c);
     }
+    let model = model.map(Cow::into_owned);
     if model.as_deref() != Some("virtio-scsi") {
         p.note(format!("devices/controller scsi model {model:?}"));
         return p.skip(c);
