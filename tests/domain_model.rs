@@ -153,6 +153,12 @@ fn spec_errors_name_the_field() {
             Box::new(|v| v["domain_type"] = json!("xen")),
             "domain_type: unknown value \"xen\"",
         ),
+        (
+            Box::new(|v| {
+                v["clock"]["timers"] = json!([{ "name": "kvmclock", "tickpolicy": "catchup" }])
+            }),
+            "clock.timers[0].tickpolicy: the kvmclock timer takes no tickpolicy",
+        ),
     ];
     for (edit, expected) in cases {
         assert_rejects(&json_errors(edit), expected);

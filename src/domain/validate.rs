@@ -324,6 +324,13 @@ fn boot(spec: &VmSpec, e: &mut Errors) {
 fn clock(c: &Clock, e: &mut Errors) {
     // Lists are short: linear scans avoid allocating on every render.
     for (i, t) in c.timers.iter().enumerate() {
+        let paravirt = matches!(t.name, TimerName::Kvmclock | TimerName::Hypervclock);
+        if paravirt && t.tickpolicy.is_some() {
+            e.push(
+                format!("clock.timers[{i}].tickpolicy"),
+                format!("the {} timer takes no tickpolicy", t.name.as_str()),
+            );
+        }
         if c.timers[..i].iter().any(|o| o.name == t.name) {
             e.push(
                 format!("clock.timers[{i}].name"),
@@ -450,10 +457,18 @@ fn net_source(
         });
     }
     if let Some(a) = auth {
-        if a.username.is_empty() {
-            e.push(f("auth.username"), "is empty");
+        // libvirt's schema: [a-zA-Z0-9_+-]+ (a ceph id without "client.").
+        let ok = !a.username.is_empty()
+            && a.username
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_+-".contains(c));
+        if !ok {
+            let why = format!(
+                "{:?} may only hold letters, digits, '_', '+' and '-'",
+                a.username
+            );
+            e.push(f("auth.username"), why);
         }
-        check(e, bad_text(&a.username, false), || f("auth.username"));
     }
 }
 
