@@ -161,6 +161,16 @@ fn cpu(spec: &VmSpec, e: &mut Errors) {
     if cpu.mode == Some(CpuMode::Custom) && cpu.model.is_none() {
         e.push("cpu.model", "is required with mode \"custom\"");
     }
+    let host_cpu = matches!(
+        cpu.mode,
+        Some(CpuMode::HostPassthrough | CpuMode::HostModel)
+    );
+    if !cpu.features.is_empty() && cpu.model.is_none() && !host_cpu {
+        e.push(
+            "cpu.features",
+            "need cpu.model unless mode is \"host-passthrough\" or \"host-model\"",
+        );
+    }
     if let Some(m) = &cpu.model {
         text(e, "cpu.model", m, false);
     }
@@ -474,6 +484,10 @@ fn net_source(
 
 fn iotune(t: &IoTune, f: &dyn Fn(&str) -> String, e: &mut Errors) {
     let v = t.fields();
+    if v.iter().all(|(_, x)| x.is_none()) {
+        // libvirt silently drops an empty <iotune>.
+        e.push(f("iotune"), "sets no limit; leave it out instead");
+    }
     // Entries 0..6 are the base limits, 6..12 the bursts, 12..18 the burst lengths,
     // each group ordered total/read/write for bytes, then iops.
     for kind in [0, 3] {
