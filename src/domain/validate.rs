@@ -592,6 +592,9 @@ fn other_devices(d: &Devices, e: &mut Errors) {
         graphics(i, g, e);
     }
     if let Some(v) = d.video {
+        if v.model == VideoModel::None && (v.vram.is_some() || v.heads.is_some()) {
+            e.push("video.model", "\"none\" takes no vram_kib or heads");
+        }
         if v.heads.is_some_and(|h| h == 0 || h > 16) {
             e.push("video.heads", "must be 1..16");
         }
