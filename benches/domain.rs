@@ -39,6 +39,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("parse_typical_dumpxml", |b| {
         b.iter(|| black_box(domain::parse(black_box(DUMPXML)).map(|p| p.spec.devices.disks.len())))
     });
+    let rendered = domain::render(&spec).unwrap_or_default();
+    g.bench_function("parse_typical_rendered", |b| {
+        b.iter(|| {
+            black_box(domain::parse(black_box(&rendered)).map(|p| p.spec.devices.disks.len()))
+        })
+    });
     g.bench_function("is_managed_dumpxml", |b| {
         b.iter(|| black_box(domain::is_managed(black_box(DUMPXML))))
     });
