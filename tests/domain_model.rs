@@ -356,3 +356,15 @@ fn broken_xml_is_an_error_not_a_panic() {
         assert!(domain::parse_xml_to_json(xml).is_err());
     }
 }
+
+/// Found by the fuzzer: a non-ASCII disk target from parsed XML panicked in
+/// validation (byte slicing inside a character).
+#[test]
+fn non_ascii_disk_target_is_an_error_not_a_panic() {
+    let mut spec = typical();
+    for target in ["v€a", "€", "vd", "vdA", "sda"] {
+        spec.devices.disks[1].target = target.into();
+        let e = domain::render(&spec).expect_err(target).to_string();
+        assert!(e.contains("disks[1].target"), "{target}: {e}");
+    }
+}

@@ -363,8 +363,11 @@ fn disks(spec: &VmSpec, e: &mut Errors) {
     for (i, d) in spec.devices.disks.iter().enumerate() {
         let f = |name: &str| format!("disks[{i}].{name}");
         let prefix = target_prefix(d.bus);
-        let suffix_ok = d.target.len() > 2 && d.target[2..].chars().all(|c| c.is_ascii_lowercase());
-        if !d.target.starts_with(prefix) || !suffix_ok {
+        let suffix_ok = d
+            .target
+            .strip_prefix(prefix)
+            .is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase()));
+        if !suffix_ok {
             e.push(
                 f("target"),
                 format!(
