@@ -340,13 +340,14 @@ fn metadata<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<CsagentMeta>> {
     }
     while let Some(ch) = p.child()? {
         if found.is_none() && is_ours(p, &ch.0)? {
+            let keys = ["instance", "account", "zone", "service-offering"];
+            let [instance, account, zone, offering] = p.attrs(&ch.0, keys)?;
+            let own = |v: Option<Cow<str>>| v.map(Cow::into_owned).unwrap_or_default();
             found = Some(CsagentMeta {
-                instance_id: p.attr_string(&ch.0, "instance")?.unwrap_or_default(),
-                account_id: p.attr_string(&ch.0, "account")?.unwrap_or_default(),
-                zone_id: p.attr_string(&ch.0, "zone")?.unwrap_or_default(),
-                service_offering_id: p
-                    .attr_string(&ch.0, "service-offering")?
-                    .unwrap_or_default(),
+                instance_id: own(instance),
+                account_id: own(account),
+                zone_id: own(zone),
+                service_offering_id: own(offering),
             });
         }
         p.skip(&ch)?;
@@ -542,10 +543,15 @@ fn cpu<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Cpu> {
         match ch.0.name().as_ref() {
             b"model" => cpu.model = Some(p.text(ch.1)?),
             b"topology" => {
+                let [sockets, cores, threads] = p.attrs(&ch.0, ["sockets", "cores", "threads"])?;
+                let count = |v: Option<Cow<str>>, what: &str| match v {
+                    None => Ok(1),
+                    Some(v) => num(&v).ok_or_else(|| p.bad(&ch.0, what, &v)),
+                };
                 cpu.topology = Some(Topology {
-                    sockets: p.attr_num(&ch.0, "sockets")?.unwrap_or(1),
-                    cores: p.attr_num(&ch.0, "cores")?.unwrap_or(1),
-                    threads: p.attr_num(&ch.0, "threads")?.unwrap_or(1),
+                    sockets: count(sockets, "sockets")?,
+                    cores: count(cores, "cores")?,
+                    threads: count(threads, "threads")?,
                 });
                 p.skip(&ch)?;
             }
@@ -618,15 +624,13 @@ fn clock<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Clock> {
 }
 
 fn timer<'a>(p: &mut P<'a>, c: &Child<'a>, out: &mut Vec<Timer>) -> Res<()> {
-    let name = p.attr_string(&c.0, "name")?.unwrap_or_default();
-    let Some(timer) = TimerName::from_str(&name) else {
-        p.note(format!("clock/timer {name:?}"));
+    let [name, tickpolicy, present] = p.attrs(&c.0, ["name", "tickpolicy", "present"])?;
+    let Some(timer) = name.as_deref().and_then(TimerName::from_str) else {
+        p.note(format!("clock/timer {:?}", name.as_deref().unwrap_or("")));
         return Ok(());
     };
-    let tickpolicy = p
-        .attr(&c.0, "tickpolicy")?
-        .and_then(|t| TickPolicy::from_str(&t));
-    let present = p.attr(&c.0, "present")?.map(|v| v == "yes");
+    let tickpolicy = tickpolicy.and_then(|t| TickPolicy::from_str(&t));
+    let present = present.map(|v| v == "yes");
     out.push(Timer {
         name: timer,
         present,
@@ -724,9 +728,9 @@ fn channel<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
     }
     while let Some(ch) = p.child()? {
         if ch.0.name().as_ref() == b"target" {
-            let virtio = p.attr(&ch.0, "type")?.as_deref() == Some("virtio");
+            let [kind, name] = p.attrs(&ch.0, ["type", "name"])?;
             d.guest_agent |=
-                virtio && p.attr(&ch.0, "name")?.as_deref() == Some(GUEST_AGENT_CHANNEL);
+                kind.as_deref() == Some("virtio") && name.as_deref() == Some(GUEST_AGENT_CHANNEL);
         }
         p.skip(&ch)?;
     }
@@ -768,14 +772,19 @@ fn graphics<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Graphics>> {
             return Ok(None);
         }
     };
-    let port: Option<i32> = p.attr_num(&c.0, "port")?;
+    let keys = ["port", "autoport", "listen", "passwd", "keymap"];
+    let [port, autoport, listen, passwd, keymap] = p.attrs(&c.0, keys)?;
+    let port: Option<i32> = match port {
+        None => None,
+        Some(v) => Some(num(&v).ok_or_else(|| p.bad(&c.0, "port", &v))?),
+    };
     let mut g = Graphics {
         kind,
         port: port.and_then(|v| u16::try_from(v).ok()),
-        autoport: yes(p.attr(&c.0, "autoport")?.as_deref()),
-        listen: p.attr_string(&c.0, "listen")?,
-        passwd: p.attr_string(&c.0, "passwd")?,
-        keymap: p.attr_string(&c.0, "keymap")?,
+        autoport: yes(autoport.as_deref()),
+        listen: listen.map(Cow::into_owned),
+        passwd: passwd.map(Cow::into_owned),
+        keymap: keymap.map(Cow::into_owned),
     };
     if c.1 {
         while let Some(ch) = p.child()? {
