@@ -8,6 +8,7 @@ packages=(
   protobuf-compiler      # build.rs compiles proto/ with protoc
   libvirt-dev            # the virt crate links libvirt
   libvirt-clients        # virsh, virt-xml-validate (+ RelaxNG schemas)
+  libxml2-utils          # xmllint: virt-xml-validate runs it (domain golden tests)
   libvirt-daemon-system  # libvirtd for end-to-end tests and the demo
   qemu-system-x86        # QEMU for real guests (TCG when KVM is unusable)
   qemu-utils             # qemu-img; installing qemu-system-x86 may remove it

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod config;
 pub mod dispatch;
+pub mod domain;
 pub mod error;
 pub mod handlers;
 pub mod host;

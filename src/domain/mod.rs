@@ -1,0 +1,86 @@
+//! Typed libvirt domain model: validate a VM spec, render it as domain XML,
+//! and read any domain XML (ours or `virsh dumpxml`'s) back into the model.
+//!
+//! This module owns the XML format and nothing else: it never talks to
+//! libvirt (hypervisor/ does) and never sees the wire protocol except in
+//! convert.rs, the one edge where proto `VmSpec` becomes the model.
+//!
+//! Flow: JSON/proto -> `convert::spec_from_proto` -> `validate` -> `render`;
+//! XML -> `parse` -> model (+ what it could not understand) -> proto/JSON.
+
+pub mod convert;
+pub mod error;
+pub mod model;
+mod parse;
+mod parse_io;
+mod render;
+pub mod validate;
+
+pub use error::{DomainError, FieldError};
+pub use model::*;
+pub use validate::validate;
+
+/// XML namespace of csagent's `<metadata>` element; its presence marks the
+/// domains csagent manages.
+pub const NAMESPACE: &str = "https://csagent.dev/xmlns/domain/1";
+
+/// The virtio-serial channel name qemu-guest-agent listens on.
+pub const GUEST_AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
+
+/// Validates `spec` and appends its domain XML to `buf` (reuse `buf` across
+/// calls to avoid allocating). On error nothing is appended.
+pub fn render_into(spec: &VmSpec, buf: &mut Vec<u8>) -> Result<(), DomainError> {
+    validate(spec)?;
+    let start = buf.len();
+    if let Err(e) = render::render_into(spec, buf) {
+        buf.truncate(start);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Validates `spec` and returns its domain XML.
+pub fn render(spec: &VmSpec) -> Result<String, DomainError> {
+    let mut buf = Vec::with_capacity(4096);
+    render_into(spec, &mut buf)?;
+    // quick-xml writes only the &str pieces we give it, so this is UTF-8.
+    String::from_utf8(buf).map_err(|e| DomainError::Render(std::io::Error::other(e)))
+}
+
+/// Reads domain XML into the model; elements the model does not know are
+/// skipped, and devices it cannot represent are listed in `not_understood`.
+pub fn parse(xml: &str) -> Result<Parsed, DomainError> {
+    parse::parse(xml)
+}
+
+/// The csagent metadata of a domain, if it has ours (cheap: stops at
+/// `<metadata>` or `<devices>`).
+pub fn metadata(xml: &str) -> Result<Option<CsagentMeta>, DomainError> {
+    parse::metadata_only(xml)
+}
+
+/// True when the domain carries csagent's metadata, i.e. csagent defined it.
+/// Unreadable XML is not ours.
+pub fn is_managed(xml: &str) -> bool {
+    matches!(metadata(xml), Ok(Some(_)))
+}
+
+/// `csagent domain render SPEC.json`: proto VmSpec JSON (proto field names)
+/// -> model -> validation -> XML.
+pub fn render_spec_json(json: &str) -> Result<String, DomainError> {
+    let proto: crate::proto::v1::VmSpec = serde_json::from_str(json)?;
+    let spec = convert::spec_from_proto(&proto)?;
+    render(&spec)
+}
+
+/// `csagent domain parse XML`: domain XML -> pretty JSON
+/// `{"spec": <proto VmSpec>, "not_understood": [..]}`; `spec` can be fed
+/// back to `render_spec_json`.
+pub fn parse_xml_to_json(xml: &str) -> Result<String, DomainError> {
+    let parsed = parse(xml)?;
+    let out = serde_json::json!({
+        "spec": convert::spec_to_proto(&parsed.spec),
+        "not_understood": parsed.not_understood,
+    });
+    Ok(serde_json::to_string_pretty(&out)?)
+}
