@@ -2,7 +2,8 @@
 //!
 //! Messages also derive serde so operators can write commands and VM specs as
 //! JSON with the proto's own field names (`csagent-mgmt send`, `csagent domain
-//! render`); enums inside messages stay numeric on the wire and in JSON.
+//! render`); enums inside messages stay numeric on the wire and in JSON. A
+//! misspelled field is an error naming it, never silently dropped.
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .message_attribute(
             ".",
-            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
         )
         .enum_attribute(
             ".",

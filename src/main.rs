@@ -32,6 +32,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// See what the agent would define for a VM, or understands of a domain.
+    Domain {
+        #[command(subcommand)]
+        cmd: DomainCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum DomainCmd {
+    /// Print the libvirt XML the agent would define for a VM spec (JSON in
+    /// the proto's field names, as in StartVm). Invalid specs name the field.
+    Render { spec_file: PathBuf },
+    /// Print what the agent understands of a domain XML (e.g. `virsh
+    /// dumpxml` output) as JSON, with what it could not understand.
+    Parse { xml_file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -58,6 +73,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run { config } => run(&config),
         Cmd::Config { cmd } => config_cmd(cmd),
+        Cmd::Domain { cmd } => domain_cmd(cmd),
     };
     match result {
         Ok(code) => code,
@@ -137,4 +153,22 @@ fn config_cmd(cmd: ConfigCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn domain_cmd(cmd: DomainCmd) -> anyhow::Result<ExitCode> {
+    let (path, f): (
+        PathBuf,
+        fn(&str) -> Result<String, csagent::domain::DomainError>,
+    ) = match cmd {
+        DomainCmd::Render { spec_file } => (spec_file, csagent::domain::render_spec_json),
+        DomainCmd::Parse { xml_file } => (xml_file, csagent::domain::parse_xml_to_json),
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    // The error's own text already carries its cause; no chain to append.
+    let out = f(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    use std::io::Write;
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = writeln!(std::io::stdout().lock(), "{out}");
+    Ok(ExitCode::SUCCESS)
 }

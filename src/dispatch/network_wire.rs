@@ -30,7 +30,9 @@ pub fn decode(body: &pb::command::Body) -> Option<Decoded> {
             let key = vm_key(&vm);
             (NetworkOp::RemoveSecurityGroup(vm), key)
         }),
-        B::GetNetworkCounters(m) => convert::counters_request(m).map(|t| (NetworkOp::Counters(t), None)),
+        B::GetNetworkCounters(m) => {
+            convert::counters_request(m).map(|t| (NetworkOp::Counters(t), None))
+        }
         _ => return None,
     };
     Some(r.map_err(network_error))
@@ -41,8 +43,12 @@ pub fn encode(reply: Reply) -> Result<pb::command_result::Result, Reply> {
     use pb::command_result::Result as R;
     Ok(match reply {
         Reply::Bridge(b) => R::EnsureNetwork(convert::ensure_network_result(&b)),
-        Reply::NetworkReleased(removed) => R::ReleaseNetwork(pb::ReleaseNetworkResult { bridge_removed: removed }),
-        Reply::SecurityGroupApplied(changed) => R::ApplySecurityGroup(pb::ApplySecurityGroupResult { changed }),
+        Reply::NetworkReleased(removed) => R::ReleaseNetwork(pb::ReleaseNetworkResult {
+            bridge_removed: removed,
+        }),
+        Reply::SecurityGroupApplied(changed) => {
+            R::ApplySecurityGroup(pb::ApplySecurityGroupResult { changed })
+        }
         Reply::SecurityGroupRemoved => R::RemoveSecurityGroup(pb::RemoveSecurityGroupResult {}),
         Reply::Counters(c) => R::NetworkCounters(convert::counters_result(&c)),
         other => return Err(other),

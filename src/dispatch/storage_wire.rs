@@ -34,11 +34,24 @@ pub fn decode(body: &pb::command::Body) -> Option<Decoded> {
     use pb::command::Body as B;
     let d = |f: &dyn Fn() -> Decoded| Some(f());
     match body {
-        B::CreateVolume(m) => d(&|| Ok((StorageOp::CreateVolume(conv(m.try_into())?), volume_key(&m.pool, &m.name)))),
-        B::CreateVolumeFromTemplate(m) => {
-            d(&|| Ok((StorageOp::CreateFromTemplate(conv(m.try_into())?), volume_key(&m.pool, &m.name))))
-        }
-        B::ResizeVolume(m) => d(&|| Ok((StorageOp::Resize(conv(m.try_into())?), volume_key(&m.pool, &m.name)))),
+        B::CreateVolume(m) => d(&|| {
+            Ok((
+                StorageOp::CreateVolume(conv(m.try_into())?),
+                volume_key(&m.pool, &m.name),
+            ))
+        }),
+        B::CreateVolumeFromTemplate(m) => d(&|| {
+            Ok((
+                StorageOp::CreateFromTemplate(conv(m.try_into())?),
+                volume_key(&m.pool, &m.name),
+            ))
+        }),
+        B::ResizeVolume(m) => d(&|| {
+            Ok((
+                StorageOp::Resize(conv(m.try_into())?),
+                volume_key(&m.pool, &m.name),
+            ))
+        }),
         B::DeleteVolume(m) => d(&|| {
             let (p, v) = conv(volume_ref(&m.pool, &m.name))?;
             Ok((StorageOp::Delete(p, v), volume_key(&m.pool, &m.name)))
@@ -47,30 +60,55 @@ pub fn decode(body: &pb::command::Body) -> Option<Decoded> {
             let (p, v) = conv(volume_ref(&m.pool, &m.name))?;
             Ok((StorageOp::Info(p, v), None))
         }),
-        B::CopyTemplate(m) => d(&|| Ok((StorageOp::CopyTemplate(conv(m.try_into())?), volume_key(&m.pool, &m.name)))),
-        B::CreateSnapshot(m) => d(&|| snapshot(m.target.as_ref(), &m.name, StorageOp::CreateSnapshot)),
-        B::RevertSnapshot(m) => d(&|| snapshot(m.target.as_ref(), &m.name, StorageOp::RevertSnapshot)),
-        B::DeleteSnapshot(m) => d(&|| snapshot(m.target.as_ref(), &m.name, StorageOp::DeleteSnapshot)),
+        B::CopyTemplate(m) => d(&|| {
+            Ok((
+                StorageOp::CopyTemplate(conv(m.try_into())?),
+                volume_key(&m.pool, &m.name),
+            ))
+        }),
+        B::CreateSnapshot(m) => {
+            d(&|| snapshot(m.target.as_ref(), &m.name, StorageOp::CreateSnapshot))
+        }
+        B::RevertSnapshot(m) => {
+            d(&|| snapshot(m.target.as_ref(), &m.name, StorageOp::RevertSnapshot))
+        }
+        B::DeleteSnapshot(m) => {
+            d(&|| snapshot(m.target.as_ref(), &m.name, StorageOp::DeleteSnapshot))
+        }
         B::ListSnapshots(m) => d(&|| {
             let t = conv(snapshot_target(m.target.as_ref()))?;
             Ok((StorageOp::ListSnapshots(t), None))
         }),
         B::AddPool(m) => d(&|| {
-            let def = m.pool.as_ref().ok_or_else(|| CommandError::invalid("add_pool.pool is missing"))?;
+            let def = m
+                .pool
+                .as_ref()
+                .ok_or_else(|| CommandError::invalid("add_pool.pool is missing"))?;
             let key = Some(format!("pool:{}", def.name));
             Ok((StorageOp::AddPool(conv(def.try_into())?), key))
         }),
         B::RemovePool(m) => d(&|| {
             let name = conv(crate::storage::PoolName::new(&m.name))?;
-            Ok((StorageOp::RemovePool(name), Some(format!("pool:{}", m.name))))
+            Ok((
+                StorageOp::RemovePool(name),
+                Some(format!("pool:{}", m.name)),
+            ))
         }),
         B::RefreshPool(m) => d(&|| {
             let name = conv(crate::storage::PoolName::new(&m.name))?;
-            Ok((StorageOp::RefreshPool(name), Some(format!("pool:{}", m.name))))
+            Ok((
+                StorageOp::RefreshPool(name),
+                Some(format!("pool:{}", m.name)),
+            ))
         }),
         B::ListPools(_) => Some(Ok((StorageOp::ListPools, None))),
         B::PutCephSecret(m) => d(&|| Ok((StorageOp::PutCephSecret(conv(m.try_into())?), None))),
-        B::RemoveCephSecret(m) => d(&|| Ok((StorageOp::RemoveCephSecret(conv(remove_ceph_secret(m))?), None))),
+        B::RemoveCephSecret(m) => d(&|| {
+            Ok((
+                StorageOp::RemoveCephSecret(conv(remove_ceph_secret(m))?),
+                None,
+            ))
+        }),
         _ => None,
     }
 }

@@ -24,8 +24,14 @@ pub async fn handle(n: Option<&Network>, op: NetworkOp) -> Result<Reply, Command
     let r = match op {
         NetworkOp::Ensure(vm, spec) => n.ensure_network(vm, &spec).await.map(Reply::Bridge),
         NetworkOp::Release(vm, br) => n.release_network(vm, &br).await.map(Reply::NetworkReleased),
-        NetworkOp::ApplySecurityGroup(rules) => n.apply_security_group(rules).await.map(Reply::SecurityGroupApplied),
-        NetworkOp::RemoveSecurityGroup(vm) => n.remove_security_group(vm).await.map(|()| Reply::SecurityGroupRemoved),
+        NetworkOp::ApplySecurityGroup(rules) => n
+            .apply_security_group(rules)
+            .await
+            .map(Reply::SecurityGroupApplied),
+        NetworkOp::RemoveSecurityGroup(vm) => n
+            .remove_security_group(vm)
+            .await
+            .map(|()| Reply::SecurityGroupRemoved),
         NetworkOp::Counters(taps) => n.counters(&taps).await.map(Reply::Counters),
     };
     r.map_err(network_error)

@@ -33,10 +33,6 @@ pub struct VmInfo {
     pub id: Option<u32>,
 }
 
-/// Namespace of csagent's `<metadata>` element: a domain carrying it was
-/// defined by csagent; every other domain is reported but never changed.
-pub const METADATA_NS: &str = "https://csagent.dev/xmlns/domain/1";
-
 pub(super) fn list_all(conn: &Connect) -> Result<Vec<VmInfo>, HvError> {
     let domains = conn
         .list_all_domains(0)
@@ -76,7 +72,9 @@ fn info(d: &Domain) -> Result<VmInfo, HvError> {
 fn is_managed(d: &Domain) -> bool {
     d.metadata(
         virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-        Some(METADATA_NS),
+        // A domain carrying csagent's metadata element was defined by
+        // csagent; every other domain is reported but never changed.
+        Some(crate::domain::NAMESPACE),
         0,
     )
     .is_ok()
