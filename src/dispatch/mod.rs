@@ -290,9 +290,9 @@ fn optional_vm(s: &str) -> Result<Option<String>, CommandError> {
 /// The crate's reply -> wire result.
 fn encode(reply: Reply) -> pb::command_result::Result {
     use pb::command_result::Result as R;
-    let reply = match storage_wire::encode(reply).or_else(network_wire::encode) {
+    let reply = match storage_wire::encode(reply).or_else(|r| network_wire::encode(*r)) {
         Ok(r) => return r,
-        Err(reply) => reply,
+        Err(reply) => *reply,
     };
     match reply {
         Reply::Noop => R::Noop(pb::NoopResult {}),

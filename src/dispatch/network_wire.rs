@@ -39,7 +39,7 @@ pub fn decode(body: &pb::command::Body) -> Option<Decoded> {
 }
 
 /// Encodes a network reply; gives the reply back if it is not one.
-pub fn encode(reply: Reply) -> Result<pb::command_result::Result, Reply> {
+pub fn encode(reply: Reply) -> Result<pb::command_result::Result, Box<Reply>> {
     use pb::command_result::Result as R;
     Ok(match reply {
         Reply::Bridge(b) => R::EnsureNetwork(convert::ensure_network_result(&b)),
@@ -51,6 +51,6 @@ pub fn encode(reply: Reply) -> Result<pb::command_result::Result, Reply> {
         }
         Reply::SecurityGroupRemoved => R::RemoveSecurityGroup(pb::RemoveSecurityGroupResult {}),
         Reply::Counters(c) => R::NetworkCounters(convert::counters_result(&c)),
-        other => return Err(other),
+        other => return Err(Box::new(other)),
     })
 }

@@ -124,7 +124,7 @@ fn snapshot(
 }
 
 /// Encodes a storage reply; gives the reply back if it is not one.
-pub fn encode(reply: Reply) -> Result<pb::command_result::Result, Reply> {
+pub fn encode(reply: Reply) -> Result<pb::command_result::Result, Box<Reply>> {
     use pb::command_result::Result as R;
     Ok(match reply {
         Reply::Volume(v) => R::Volume((&v).into()),
@@ -137,6 +137,6 @@ pub fn encode(reply: Reply) -> Result<pb::command_result::Result, Reply> {
             pools: l.iter().map(Into::into).collect(),
         }),
         Reply::StorageDone => R::StorageDone(pb::StorageDone {}),
-        other => return Err(other),
+        other => return Err(Box::new(other)),
     })
 }
