@@ -155,11 +155,11 @@ fn config_cmd(cmd: ConfigCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Text in, text out: render a spec or parse a domain.
+type DomainTool = fn(&str) -> Result<String, csagent::domain::DomainError>;
+
 fn domain_cmd(cmd: DomainCmd) -> anyhow::Result<ExitCode> {
-    let (path, f): (
-        PathBuf,
-        fn(&str) -> Result<String, csagent::domain::DomainError>,
-    ) = match cmd {
+    let (path, f): (PathBuf, DomainTool) = match cmd {
         DomainCmd::Render { spec_file } => (spec_file, csagent::domain::render_spec_json),
         DomainCmd::Parse { xml_file } => (xml_file, csagent::domain::parse_xml_to_json),
     };
