@@ -65,23 +65,24 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         &cfg.hypervisor.uri,
         Duration::from_millis(cfg.hypervisor.call_timeout_ms),
     );
-    let background = CancellationToken::new();
-    let monitor = Arc::new(
-        HostMonitor::start(
-            HostCollector::new(cfg.host.clone(), SysRoots::host()),
-            &hv,
-            HEALTH_REFRESH,
-            background.clone(),
-        )
-        .await,
-    );
-    let outbox = Arc::new(Outbox::new(cfg.agent.outbox_capacity));
     let storage = Arc::new(Storage::new(StorageConfig {
         libvirt_uri: cfg.hypervisor.uri.clone(),
         default_timeout: Duration::from_secs(cfg.storage.op_timeout_secs),
         template_roots: cfg.storage.template_roots.clone(),
         ..StorageConfig::default()
     }));
+    let background = CancellationToken::new();
+    let monitor = Arc::new(
+        HostMonitor::start(
+            HostCollector::new(cfg.host.clone(), SysRoots::host()),
+            &hv,
+            Arc::clone(&storage),
+            HEALTH_REFRESH,
+            background.clone(),
+        )
+        .await,
+    );
+    let outbox = Arc::new(Outbox::new(cfg.agent.outbox_capacity));
     let network = match Network::new() {
         Ok(n) => Some(n),
         Err(e) => {

@@ -12,12 +12,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::host::{self, convert, Allocated, HostCollector, MiB};
+use crate::host::{self, convert, Allocated, Bytes, HostCollector, MiB, PoolUsage};
 use crate::hypervisor::{HvError, Hypervisor, PowerState, VmInfo};
 use crate::proto::v1 as pb;
+use crate::storage::{CallOpts, PoolStatus, Storage};
+
+/// A report must not wait long on libvirt; pools are left out instead.
+const POOL_LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct HostMonitor {
     collector: Arc<Mutex<HostCollector>>,
+    storage: Arc<Storage>,
     health: watch::Receiver<pb::HostHealth>,
     facts: pb::HostFacts,
 }
@@ -28,6 +33,7 @@ impl HostMonitor {
     pub async fn start(
         collector: HostCollector,
         hv: &Hypervisor,
+        storage: Arc<Storage>,
         every: Duration,
         stop: CancellationToken,
     ) -> HostMonitor {
@@ -47,6 +53,7 @@ impl HostMonitor {
         tokio::spawn(refresh_health(Arc::clone(&collector), tx, every, stop));
         HostMonitor {
             collector,
+            storage,
             health: rx,
             facts,
         }
@@ -61,15 +68,31 @@ impl HostMonitor {
         self.health.borrow().clone()
     }
 
-    /// A full report; allocations are summed from the VM snapshot.
+    /// A full report; allocations are summed from the VM snapshot, pools
+    /// come from one libvirt listing.
     pub async fn report(&self, vms: &[VmInfo]) -> pb::HostReport {
         let allocated = allocated(vms);
         let n = allocated.vms;
-        blocking(&self.collector, move |c| {
-            convert::report_to_proto(&c.report(&allocated, &[]), n)
+        let pools = self.pools().await;
+        let usage: Vec<PoolUsage> = pools.iter().map(pool_usage).collect();
+        let mut report = blocking(&self.collector, move |c| {
+            convert::report_to_proto(&c.report(&allocated, &usage), n)
         })
         .await
-        .unwrap_or_default()
+        .unwrap_or_default();
+        report.pool_status = pools.iter().map(Into::into).collect();
+        report
+    }
+
+    async fn pools(&self) -> Vec<PoolStatus> {
+        let opts = CallOpts::new(CancellationToken::new()).with_timeout(POOL_LIST_TIMEOUT);
+        match self.storage.list_pools(opts).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "host report without pool status");
+                Vec::new()
+            }
+        }
     }
 
     /// Feeds the clock skew measured from a heartbeat and its ack.
@@ -113,6 +136,15 @@ async fn refresh_health(
         if let Some(h) = blocking(&c, |c| convert::health_to_proto(&c.health())).await {
             tx.send_replace(h);
         }
+    }
+}
+
+fn pool_usage(p: &PoolStatus) -> PoolUsage {
+    PoolUsage {
+        name: p.name.clone(),
+        capacity: Bytes(p.capacity.0),
+        allocation: Bytes(p.allocation.0),
+        available: Bytes(p.available.0),
     }
 }
 

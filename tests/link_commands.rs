@@ -16,7 +16,9 @@ fn ok(r: &pb::CommandResult) {
 #[tokio::test]
 async fn storage_and_network_commands_reach_the_real_thing() {
     let pki = TestPki::new(&["localhost", "127.0.0.1"]);
-    let plane = start_plane(&pki, fast_liveness(), 16 << 20).await;
+    let mut liveness = fast_liveness();
+    liveness.host_report_interval = Duration::from_millis(500);
+    let plane = start_plane(&pki, liveness, 16 << 20).await;
     let host = uuid::Uuid::new_v4();
     let work = workdir();
     let mut cfg = agent_config(
@@ -54,6 +56,16 @@ async fn storage_and_network_commands_reach_the_real_thing() {
     )
     .await;
     ok(&r);
+    // The next host report shows the pool with its state.
+    let has_pool = |p: &csagent::mgmt::Plane| {
+        host_summary(p, &host)
+            .and_then(|h| h.last_report)
+            .is_some_and(|r| {
+                r.pool_status
+                    .iter()
+                    .any(|s| s.name == pool && s.state == pb::PoolState::Running as i32)
+            })
+    };
 
     let create = pb::CreateVolume {
         pool: pool.clone(),
@@ -90,6 +102,12 @@ async fn storage_and_network_commands_reach_the_real_thing() {
     let r = call(&plane, &host, cmd("", 0, B::CreateVolume(evil)), t).await;
     assert_eq!(r.error_code, pb::ErrorCode::InvalidArgument as i32, "{r:?}");
     assert!(!pool_dir.path().parent().unwrap().join("escape").exists());
+
+    // Reports go every host_report_interval (500 ms here).
+    assert!(
+        wait_for(Duration::from_secs(8), || has_pool(&plane)).await,
+        "pool not in host report"
+    );
 
     let del = pb::DeleteVolume {
         pool: pool.clone(),

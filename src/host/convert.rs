@@ -176,6 +176,8 @@ pub fn report_to_proto(r: &HostReport, vms: u32) -> pb::HostReport {
         pools: r.pools.iter().map(pool_to_proto).collect(),
         agent: r.agent.as_ref().map(agent_to_proto),
         clock: Some(clock_to_proto(&r.clock)),
+        // The storage module fills this; the host module only sees usage.
+        pool_status: Vec::new(),
     }
 }
 
