@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use csagent::proto::v1 as pb;
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 fn ok(r: &pb::CommandResult) {
     assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
@@ -15,22 +14,14 @@ fn ok(r: &pb::CommandResult) {
 
 #[tokio::test]
 async fn storage_and_network_commands_reach_the_real_thing() {
-    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
     let mut liveness = fast_liveness();
     liveness.host_report_interval = Duration::from_millis(500);
-    let plane = start_plane(&pki, liveness, 16 << 20).await;
-    let host = uuid::Uuid::new_v4();
-    let work = workdir();
-    let mut cfg = agent_config(
-        &host,
-        &pki.agent(&host),
-        &[plane.addr.to_string()],
-        work.path(),
-    );
+    let f = Fixture::new(liveness).await;
+    let (plane, host) = (&f.plane, f.host);
+    let mut cfg = f.config();
     cfg.hypervisor.uri = "qemu:///system".into();
-    let stop = CancellationToken::new();
-    let agent = tokio::spawn(csagent::agent::run(cfg, stop.clone()));
-    assert!(wait_for(Duration::from_secs(10), || is_up(&plane, &host)).await);
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
     let t = Duration::from_secs(30);
     use pb::command::Body as B;
 
@@ -49,7 +40,7 @@ async fn storage_and_network_commands_reach_the_real_thing() {
         })),
     };
     let r = call(
-        &plane,
+        plane,
         &host,
         cmd("", 0, B::AddPool(pb::AddPool { pool: Some(def) })),
         t,
@@ -73,13 +64,7 @@ async fn storage_and_network_commands_reach_the_real_thing() {
         format: pb::VolumeFormat::Qcow2 as i32,
         size_bytes: 64 << 20,
     };
-    let r = call(
-        &plane,
-        &host,
-        cmd("", 0, B::CreateVolume(create.clone())),
-        t,
-    )
-    .await;
+    let r = call(plane, &host, cmd("", 0, B::CreateVolume(create.clone())), t).await;
     ok(&r);
     match r.result {
         Some(pb::command_result::Result::Volume(v)) => assert_eq!(v.virtual_size_bytes, 64 << 20),
@@ -90,7 +75,7 @@ async fn storage_and_network_commands_reach_the_real_thing() {
         "qemu-img made no file"
     );
     // The same volume again: refused, the file untouched.
-    let r = call(&plane, &host, cmd("", 0, B::CreateVolume(create)), t).await;
+    let r = call(plane, &host, cmd("", 0, B::CreateVolume(create)), t).await;
     assert_eq!(r.error_code, pb::ErrorCode::AlreadyExists as i32, "{r:?}");
     // A name with a path separator: refused before anything happens.
     let evil = pb::CreateVolume {
@@ -99,13 +84,13 @@ async fn storage_and_network_commands_reach_the_real_thing() {
         format: pb::VolumeFormat::Raw as i32,
         size_bytes: 1 << 20,
     };
-    let r = call(&plane, &host, cmd("", 0, B::CreateVolume(evil)), t).await;
+    let r = call(plane, &host, cmd("", 0, B::CreateVolume(evil)), t).await;
     assert_eq!(r.error_code, pb::ErrorCode::InvalidArgument as i32, "{r:?}");
     assert!(!pool_dir.path().parent().unwrap().join("escape").exists());
 
     // Reports go every host_report_interval (500 ms here).
     assert!(
-        wait_for(Duration::from_secs(8), || has_pool(&plane)).await,
+        wait_for(Duration::from_secs(8), || has_pool(plane)).await,
         "pool not in host report"
     );
 
@@ -113,10 +98,10 @@ async fn storage_and_network_commands_reach_the_real_thing() {
         pool: pool.clone(),
         name: "root.qcow2".into(),
     };
-    ok(&call(&plane, &host, cmd("", 0, B::DeleteVolume(del)), t).await);
+    ok(&call(plane, &host, cmd("", 0, B::DeleteVolume(del)), t).await);
     assert!(!pool_dir.path().join("root.qcow2").exists());
     ok(&call(
-        &plane,
+        plane,
         &host,
         cmd("", 0, B::RemovePool(pb::RemovePool { name: pool })),
         t,
@@ -132,10 +117,10 @@ async fn storage_and_network_commands_reach_the_real_thing() {
             mtu: 0,
         })),
     };
-    let r = call(&plane, &host, cmd("", 0, B::EnsureNetwork(bad)), t).await;
+    let r = call(plane, &host, cmd("", 0, B::EnsureNetwork(bad)), t).await;
     assert_eq!(r.error_code, pb::ErrorCode::InvalidArgument as i32, "{r:?}");
     let r = call(
-        &plane,
+        plane,
         &host,
         cmd(
             "",
@@ -147,7 +132,6 @@ async fn storage_and_network_commands_reach_the_real_thing() {
     .await;
     ok(&r);
 
-    stop.cancel();
-    agent.await.unwrap().unwrap();
-    plane.stop().await;
+    agent.stop().await;
+    f.plane.stop().await;
 }

@@ -8,35 +8,26 @@ use std::time::Duration;
 use csagent::host::{placement::PlacementError, MiB, Request};
 use csagent::proto::v1 as pb;
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn plane_sees_facts_health_reports_and_places_by_them() {
-    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
-    let plane = start_plane(&pki, fast_liveness(), 16 << 20).await;
-    let host = uuid::Uuid::new_v4();
-    let work = workdir();
-    let mut cfg = agent_config(
-        &host,
-        &pki.agent(&host),
-        &[plane.addr.to_string()],
-        work.path(),
-    );
+    let f = Fixture::new(fast_liveness()).await;
+    let (plane, host) = (&f.plane, f.host);
+    let mut cfg = f.config();
     // libvirt's test driver runs a 2-vCPU domain; on a 2-thread CI machine
     // that takes every thread unless vCPUs may be overcommitted.
     cfg.host.capacity.cpu_overcommit = 4.0;
-    let stop = CancellationToken::new();
-    let agent = tokio::spawn(csagent::agent::run(cfg, stop.clone()));
-    assert!(wait_for(Duration::from_secs(10), || is_up(&plane, &host)).await);
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
     assert!(
-        wait_for(Duration::from_secs(10), || host_summary(&plane, &host)
+        wait_for(Duration::from_secs(10), || host_summary(plane, &host)
             .unwrap()
             .last_report
             .is_some())
         .await,
         "no host report"
     );
-    let h = host_summary(&plane, &host).unwrap();
+    let h = host_summary(plane, &host).unwrap();
     let facts = h.facts.unwrap();
     let cpu = facts.cpu.expect("cpu facts");
     assert!(cpu.threads >= 1, "{cpu:?}");
@@ -66,7 +57,6 @@ async fn plane_sees_facts_health_reports_and_places_by_them() {
         msg.contains(&host.to_string()),
         "the reason must name the host: {msg}"
     );
-    stop.cancel();
-    agent.await.unwrap().unwrap();
-    plane.stop().await;
+    agent.stop().await;
+    f.plane.stop().await;
 }

@@ -7,43 +7,31 @@ use std::time::{Duration, Instant};
 
 use csagent::proto::v1 as pb;
 use support::*;
-use tokio_util::sync::CancellationToken;
 
 struct Running {
     plane: csagent::mgmt::Plane,
     host: uuid::Uuid,
-    stop: CancellationToken,
-    agent: tokio::task::JoinHandle<()>,
+    agent: InProcessAgent,
     _pki: TestPki,
     _work: tempfile::TempDir,
 }
 
 /// A plane and an in-process agent connected to it.
 async fn running(liveness: csagent::mgmt::Liveness, workers: usize) -> Running {
-    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
-    let plane = start_plane(&pki, liveness, 16 << 20).await;
-    let host = uuid::Uuid::new_v4();
-    let work = workdir();
-    let mut cfg = agent_config(
-        &host,
-        &pki.agent(&host),
-        &[plane.addr.to_string()],
-        work.path(),
-    );
+    let f = Fixture::new(liveness).await;
+    let mut cfg = f.config();
     cfg.agent.workers = workers;
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    let agent = tokio::spawn(async move {
-        csagent::agent::run(cfg, s).await.unwrap();
-    });
-    assert!(
-        wait_for(Duration::from_secs(10), || is_up(&plane, &host)).await,
-        "agent never registered"
-    );
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
+    let Fixture {
+        pki,
+        plane,
+        host,
+        work,
+    } = f;
     Running {
         plane,
         host,
-        stop,
         agent,
         _pki: pki,
         _work: work,
@@ -52,11 +40,7 @@ async fn running(liveness: csagent::mgmt::Liveness, workers: usize) -> Running {
 
 impl Running {
     async fn shutdown(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.agent)
-            .await
-            .expect("agent did not stop")
-            .unwrap();
+        self.agent.stop().await;
         self.plane.stop().await;
     }
 }
@@ -169,17 +153,7 @@ async fn deadline_exceeded_and_cancel() {
         .send(&r.host.to_string(), cmd("cancel-me", 0, echo("x", 10_000)));
     tokio::time::sleep(Duration::from_millis(200)).await;
     r.plane.registry.cancel(&r.host.to_string(), "cancel-me");
-    let res = loop {
-        match tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .and_then(|u| u.update)
-        {
-            Some(pb::command_update::Update::Result(res)) => break res,
-            Some(_) => continue,
-            None => panic!("no result"),
-        }
-    };
+    let res = result_of(&mut rx, Duration::from_secs(5)).await;
     assert_eq!(res.error_code, pb::ErrorCode::Cancelled as i32, "{res:?}");
     r.shutdown().await;
 }
@@ -230,11 +204,7 @@ async fn worker_limit_and_per_vm_order() {
         );
     }
     for mut rx in rxs {
-        while let Some(u) = rx.recv().await {
-            if matches!(u.update, Some(pb::command_update::Update::Result(_))) {
-                break;
-            }
-        }
+        result_of(&mut rx, Duration::from_secs(5)).await;
     }
     let took = started.elapsed();
     assert!(
@@ -255,11 +225,7 @@ async fn worker_limit_and_per_vm_order() {
     let (_, mut a) = r.plane.registry.send(&host, cmd("vm-a", 0, body("a")));
     let (_, mut b) = r.plane.registry.send(&host, cmd("vm-b", 0, body("b")));
     for rx in [&mut a, &mut b] {
-        while let Some(u) = rx.recv().await {
-            if matches!(u.update, Some(pb::command_update::Update::Result(_))) {
-                break;
-            }
-        }
+        result_of(rx, Duration::from_secs(5)).await;
     }
     assert!(
         started.elapsed() >= Duration::from_millis(590),
@@ -270,19 +236,12 @@ async fn worker_limit_and_per_vm_order() {
 
 #[tokio::test]
 async fn host_goes_alert_then_down_then_up() {
-    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
-    let plane = start_plane(&pki, fast_liveness(), 16 << 20).await;
-    let host = uuid::Uuid::new_v4();
-    let work = workdir();
-    let cfg = agent_config(
-        &host,
-        &pki.agent(&host),
-        &[plane.addr.to_string()],
-        work.path(),
-    );
+    let f = Fixture::new(fast_liveness()).await;
+    let (plane, host, work) = (&f.plane, f.host, &f.work);
+    let cfg = f.config();
     let agent = spawn_agent(&cfg, work.path(), "agent");
     assert!(
-        wait_for(Duration::from_secs(10), || is_up(&plane, &host)).await,
+        wait_for(Duration::from_secs(10), || is_up(plane, &host)).await,
         "{}",
         agent.log_text()
     );
@@ -291,39 +250,32 @@ async fn host_goes_alert_then_down_then_up() {
     // Freeze the agent: its connection stays open but heartbeats stop.
     agent.signal(nix::sys::signal::Signal::SIGSTOP);
     assert!(
-        wait_for(Duration::from_secs(5), || state(&plane)
+        wait_for(Duration::from_secs(5), || state(plane)
             == pb::HostState::Alert as i32)
         .await
     );
     assert!(
-        wait_for(Duration::from_secs(5), || state(&plane)
+        wait_for(Duration::from_secs(5), || state(plane)
             == pb::HostState::Down as i32)
         .await
     );
     agent.signal(nix::sys::signal::Signal::SIGCONT);
     assert!(
-        wait_for(Duration::from_secs(10), || is_up(&plane, &host)).await,
+        wait_for(Duration::from_secs(10), || is_up(plane, &host)).await,
         "host did not come back Up: {}",
         agent.log_text()
     );
-    plane.stop().await;
+    f.plane.stop().await;
 }
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_and_exits_zero() {
-    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
-    let plane = start_plane(&pki, fast_liveness(), 16 << 20).await;
-    let host = uuid::Uuid::new_v4();
-    let work = workdir();
-    let cfg = agent_config(
-        &host,
-        &pki.agent(&host),
-        &[plane.addr.to_string()],
-        work.path(),
-    );
+    let f = Fixture::new(fast_liveness()).await;
+    let (plane, host, work) = (&f.plane, f.host, &f.work);
+    let cfg = f.config();
     let mut agent = spawn_agent(&cfg, work.path(), "agent");
     assert!(
-        wait_for(Duration::from_secs(10), || is_up(&plane, &host)).await,
+        wait_for(Duration::from_secs(10), || is_up(plane, &host)).await,
         "{}",
         agent.log_text()
     );
@@ -332,17 +284,7 @@ async fn sigterm_finishes_in_flight_and_exits_zero() {
         .send(&host.to_string(), cmd("in-flight", 0, echo("done", 700)));
     tokio::time::sleep(Duration::from_millis(200)).await;
     agent.signal(nix::sys::signal::Signal::SIGTERM);
-    let res = loop {
-        match tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .and_then(|u| u.update)
-        {
-            Some(pb::command_update::Update::Result(res)) => break res,
-            Some(_) => continue,
-            None => panic!("no result"),
-        }
-    };
+    let res = result_of(&mut rx, Duration::from_secs(5)).await;
     assert_eq!(
         res.status,
         pb::CommandStatus::Ok as i32,
@@ -359,31 +301,24 @@ async fn sigterm_finishes_in_flight_and_exits_zero() {
         agent.log_text()
     );
     assert!(
-        wait_for(Duration::from_secs(3), || !host_summary(&plane, &host)
+        wait_for(Duration::from_secs(3), || !host_summary(plane, &host)
             .unwrap()
             .connected)
         .await
     );
-    plane.stop().await;
+    f.plane.stop().await;
 }
 
 #[tokio::test]
 async fn json_logs_carry_command_id_and_vm_on_every_command_line() {
-    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
-    let plane = start_plane(&pki, fast_liveness(), 16 << 20).await;
-    let host = uuid::Uuid::new_v4();
-    let work = workdir();
-    let mut cfg = agent_config(
-        &host,
-        &pki.agent(&host),
-        &[plane.addr.to_string()],
-        work.path(),
-    );
+    let f = Fixture::new(fast_liveness()).await;
+    let (plane, host, work) = (&f.plane, f.host, &f.work);
+    let mut cfg = f.config();
     cfg.log.format = csagent::config::LogFormat::Json;
     cfg.log.level = "debug".into();
     let mut agent = spawn_agent(&cfg, work.path(), "agent");
     assert!(
-        wait_for(Duration::from_secs(10), || is_up(&plane, &host)).await,
+        wait_for(Duration::from_secs(10), || is_up(plane, &host)).await,
         "{}",
         agent.log_text()
     );
@@ -394,7 +329,7 @@ async fn json_logs_carry_command_id_and_vm_on_every_command_line() {
         vm_uuid: vm.clone(),
     });
     call(
-        &plane,
+        plane,
         &host,
         cmd("logged-1", 0, body),
         Duration::from_secs(5),
@@ -404,7 +339,7 @@ async fn json_logs_carry_command_id_and_vm_on_every_command_line() {
         vm_uuid: vm.clone(),
     });
     call(
-        &plane,
+        plane,
         &host,
         cmd("logged-2", 0, bad),
         Duration::from_secs(5),
@@ -436,5 +371,5 @@ async fn json_logs_carry_command_id_and_vm_on_every_command_line() {
         seen >= 4,
         "expected start/done/failed lines for both commands:\n{log}"
     );
-    plane.stop().await;
+    f.plane.stop().await;
 }

@@ -143,17 +143,88 @@ pub async fn call(
     limit: Duration,
 ) -> pb::CommandResult {
     let (_, mut rx) = plane.registry.send(&host.to_string(), cmd);
-    let deadline = tokio::time::sleep(limit);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => panic!("no result within {limit:?}"),
-            u = rx.recv() => match u.and_then(|u| u.update) {
-                Some(pb::command_update::Update::Result(r)) => return r,
-                Some(_) => continue,
-                None => panic!("update stream ended without a result"),
-            },
+    result_of(&mut rx, limit).await
+}
+
+/// Waits for the result among a command's updates.
+pub async fn result_of(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<pb::CommandUpdate>,
+    limit: Duration,
+) -> pb::CommandResult {
+    let wait = async {
+        while let Some(u) = rx.recv().await {
+            if let Some(pb::command_update::Update::Result(r)) = u.update {
+                return r;
+            }
         }
+        panic!("update stream ended without a result");
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .expect("no result in time")
+}
+
+/// An agent running in this test's runtime.
+pub struct InProcessAgent {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), csagent::agent::AgentError>>,
+}
+
+pub fn run_in_process(cfg: Config) -> InProcessAgent {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(csagent::agent::run(cfg, stop.clone()));
+    InProcessAgent { stop, task }
+}
+
+impl InProcessAgent {
+    /// Shuts the agent down as SIGTERM would and checks it ended cleanly.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("agent did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// A CA, an in-process plane on loopback, a host identity with its
+/// certificate, and a work directory: what most link tests start from.
+pub struct Fixture {
+    pub pki: TestPki,
+    pub plane: Plane,
+    pub host: uuid::Uuid,
+    pub work: TempDir,
+}
+
+impl Fixture {
+    pub async fn new(liveness: Liveness) -> Fixture {
+        let pki = TestPki::new(&["localhost", "127.0.0.1"]);
+        let plane = start_plane(&pki, liveness, 16 << 20).await;
+        Fixture {
+            plane,
+            host: uuid::Uuid::new_v4(),
+            work: workdir(),
+            pki,
+        }
+    }
+
+    /// An agent config for this host, pointing at this plane.
+    pub fn config(&self) -> Config {
+        agent_config(
+            &self.host,
+            &self.pki.agent(&self.host),
+            &[self.plane.addr.to_string()],
+            self.work.path(),
+        )
+    }
+
+    pub async fn wait_up(&self, log: impl Fn() -> String) {
+        assert!(
+            wait_for(Duration::from_secs(10), || is_up(&self.plane, &self.host)).await,
+            "agent never registered: {}",
+            log()
+        );
     }
 }
 
