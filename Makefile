@@ -24,7 +24,7 @@ lint: deps
 # clippy --all-targets already type-checks the benches; building them in
 # release here would double CI's compile time for nothing.
 test: services lint
-	$(CARGO) test --no-fail-fast
+	bash scripts/test.sh
 
 demo: services
 	bash scripts/demo.sh
