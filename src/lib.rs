@@ -5,6 +5,7 @@
 //! drive the same code.
 
 pub mod agent;
+pub mod check;
 pub mod config;
 pub mod dispatch;
 pub mod domain;

@@ -27,6 +27,12 @@ enum Cmd {
         #[arg(short, long, env = "CSAGENT_CONFIG", default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Preflight: KVM, libvirt, qemu-img, config, certificate, management
+    /// endpoints over TLS, clock, network devices. Exit code 1 on a failure.
+    Check {
+        #[arg(short, long, env = "CSAGENT_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Run { config } => run(&config),
+        Cmd::Check { config } => preflight(&config),
         Cmd::Config { cmd } => config_cmd(cmd),
         Cmd::Domain { cmd } => domain_cmd(cmd),
     };
@@ -98,6 +105,23 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         spawn_signal_handler(stop.clone())?;
         csagent::agent::run(cfg, stop).await?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn preflight(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let checks = rt.block_on(csagent::check::run(path));
+    print!("{}", csagent::check::render(&checks));
+    let failed = checks
+        .iter()
+        .any(|c| c.verdict == csagent::check::Verdict::Fail);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 

@@ -158,10 +158,23 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<String> {
     cn
 }
 
-/// Not-after time of the first certificate in a PEM file (Unix seconds).
-pub fn cert_not_after(path: &Path) -> Result<i64, TlsError> {
+/// What `csagent check` needs to know of a certificate file.
+pub struct CertInfo {
+    /// Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// The host identity it carries (see `peer_identity`).
+    pub identity: Option<String>,
+}
+
+/// Validity and identity of the first certificate in a PEM file.
+pub fn cert_info(path: &Path) -> Result<CertInfo, TlsError> {
     let certs = read_certs("certificate", path)?;
     let (_, x509) = x509_parser::parse_x509_certificate(certs[0].as_ref())
         .map_err(|e| TlsError::Config(format!("{}: {e}", path.display())))?;
-    Ok(x509.validity().not_after.timestamp())
+    Ok(CertInfo {
+        not_before: x509.validity().not_before.timestamp(),
+        not_after: x509.validity().not_after.timestamp(),
+        identity: peer_identity(&certs[0]),
+    })
 }

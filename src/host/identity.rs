@@ -55,6 +55,16 @@ pub fn host_uuid(state_dir: &Path, configured: Option<&str>) -> Result<Uuid, Hos
     }
 }
 
+/// The host UUID if one is configured or already kept, without creating
+/// one (for checks that must not change the host).
+pub fn peek_host_uuid(state_dir: &Path, configured: Option<&str>) -> Option<Uuid> {
+    if let Some(value) = configured.map(str::trim).filter(|v| !v.is_empty()) {
+        return Uuid::parse_str(value).ok();
+    }
+    let content = fs::read_to_string(state_dir.join(HOST_UUID_FILE)).ok()?;
+    Uuid::parse_str(content.trim()).ok()
+}
+
 /// temp file + fsync + rename + directory fsync: after a crash the file is
 /// either absent or whole, never empty.
 fn write_atomically(dir: &Path, path: &Path, content: &str) -> io::Result<()> {
