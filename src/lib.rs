@@ -22,3 +22,4 @@ pub mod pki;
 pub mod proto;
 pub mod storage;
 pub mod tls;
+pub mod vm;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{CommandError, ErrorKind};
 use crate::host::{self, convert, Allocated, Bytes, HostCollector, MiB, PoolUsage};
 use crate::hypervisor::{HvError, Hypervisor, PowerState, VmInfo};
 use crate::proto::v1 as pb;
@@ -82,6 +83,28 @@ impl HostMonitor {
         .unwrap_or_default();
         report.pool_status = pools.iter().map(Into::into).collect();
         report
+    }
+
+    /// Host admission for a new VM: refused when the host is critical or the
+    /// VM does not fit, with the reason ("Insufficient capacity: ...").
+    pub async fn admit(&self, req: host::Request, vms: &[VmInfo]) -> Result<(), CommandError> {
+        let allocated = allocated(vms);
+        let verdict = blocking(&self.collector, move |c| {
+            let report = c.report(&allocated, &[]);
+            host::admission::check(&report, &req, &c.config().health)
+        })
+        .await
+        .ok_or_else(|| CommandError::new(ErrorKind::Internal, "host admission could not run"))?;
+        verdict.map_err(|e| {
+            let kind = if e.is_capacity() {
+                ErrorKind::InsufficientCapacity
+            } else if matches!(e, host::AdmissionError::InvalidRequest(_)) {
+                ErrorKind::InvalidArgument
+            } else {
+                ErrorKind::HostUnhealthy
+            };
+            CommandError::new(kind, e.to_string())
+        })
     }
 
     async fn pools(&self) -> Vec<PoolStatus> {

@@ -262,6 +262,39 @@ fn decode(body: Option<pb::command::Body>) -> Result<(Request, Option<String>), 
             (Request::GetVmState(uuid), Some(uuid.to_string()))
         }
         Body::ListVms(_) => (Request::ListVms, None),
+        Body::StartVm(m) => {
+            let spec = m
+                .spec
+                .as_ref()
+                .ok_or_else(|| CommandError::invalid("start_vm.spec is missing"))?;
+            let spec = crate::domain::convert::spec_from_proto(spec)
+                .and_then(|s| crate::domain::validate(&s).map(|()| s))
+                .map_err(|e| CommandError::invalid(e.to_string()))?;
+            let key = spec.uuid.0.to_string();
+            (Request::StartVm(Box::new(spec)), Some(key))
+        }
+        Body::StopVm(m) => {
+            let vm = parse_vm(&m.vm_uuid)?;
+            let timeout = match m.timeout_ms {
+                0 => DEFAULT_STOP_TIMEOUT,
+                ms => Duration::from_millis(u64::from(ms)),
+            };
+            (
+                Request::StopVm {
+                    vm,
+                    force: m.force,
+                    timeout,
+                },
+                Some(vm.to_string()),
+            )
+        }
+        Body::RebootVm(m) => lifecycle(&m.vm_uuid, crate::vm::Simple::Reboot)?,
+        Body::PauseVm(m) => lifecycle(&m.vm_uuid, crate::vm::Simple::Pause)?,
+        Body::ResumeVm(m) => lifecycle(&m.vm_uuid, crate::vm::Simple::Resume)?,
+        Body::DestroyVm(m) => {
+            let vm = parse_vm(&m.vm_uuid)?;
+            (Request::DestroyVm(vm), Some(vm.to_string()))
+        }
         Body::GetHostFacts(_) => (Request::GetHostFacts, None),
         // Storage and network bodies were taken above; this arm is only
         // reached if a body was added to the proto without a decoder.
@@ -272,6 +305,14 @@ fn decode(body: Option<pb::command::Body>) -> Result<(Request, Option<String>), 
             ))
         }
     })
+}
+
+/// StopVm without its own timeout waits this long for the guest.
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn lifecycle(vm: &str, op: crate::vm::Simple) -> Result<(Request, Option<String>), CommandError> {
+    let vm = parse_vm(vm)?;
+    Ok((Request::Lifecycle(vm, op), Some(vm.to_string())))
 }
 
 fn parse_vm(s: &str) -> Result<uuid::Uuid, CommandError> {
@@ -302,6 +343,11 @@ fn encode(reply: Reply) -> pb::command_result::Result {
             vms: vms.iter().map(crate::link::convert::vm_status).collect(),
         }),
         Reply::HostFacts(f) => R::HostFacts(*f),
+        Reply::Started(vm, vnc) => R::StartVm(pb::StartVmResult {
+            vm: Some(crate::link::convert::vm_status(&vm)),
+            vnc_port: vnc.map(u32::from).unwrap_or(0),
+        }),
+        Reply::Destroyed => R::VmDestroyed(pb::VmDestroyed {}),
         // Taken by the storage and network encoders above.
         other => unreachable_reply(other),
     }

@@ -22,10 +22,21 @@ use crate::proto::v1 as pb;
 #[derive(Debug)]
 pub enum Request {
     Noop,
-    Echo { payload: String, delay: Duration },
+    Echo {
+        payload: String,
+        delay: Duration,
+    },
     GetVmState(uuid::Uuid),
     ListVms,
     GetHostFacts,
+    StartVm(Box<crate::domain::VmSpec>),
+    StopVm {
+        vm: uuid::Uuid,
+        force: bool,
+        timeout: Duration,
+    },
+    Lifecycle(uuid::Uuid, crate::vm::Simple),
+    DestroyVm(uuid::Uuid),
     Storage(storage::StorageOp),
     Network(network::NetworkOp),
 }
@@ -38,6 +49,10 @@ impl Request {
             Request::GetVmState(_) => "get_vm_state",
             Request::ListVms => "list_vms",
             Request::GetHostFacts => "get_host_facts",
+            Request::StartVm(_) => "start_vm",
+            Request::StopVm { .. } => "stop_vm",
+            Request::Lifecycle(..) => "vm_lifecycle",
+            Request::DestroyVm(_) => "destroy_vm",
             Request::Storage(_) => "storage",
             Request::Network(_) => "network",
         }
@@ -51,6 +66,8 @@ pub enum Reply {
     VmStatus(VmInfo),
     VmList(Vec<VmInfo>),
     HostFacts(Box<pb::HostFacts>),
+    Started(VmInfo, Option<u16>),
+    Destroyed,
     Volume(crate::storage::VolumeInfo),
     Snapshot(crate::storage::SnapshotInfo),
     Snapshots(Vec<crate::storage::SnapshotInfo>),
@@ -77,6 +94,7 @@ pub struct Ctx {
 pub struct Handlers {
     pub hypervisor: Hypervisor,
     pub facts: pb::HostFacts,
+    pub monitor: Arc<crate::monitor::HostMonitor>,
     pub storage: Arc<crate::storage::Storage>,
     /// None when netlink could not be opened (the agent still runs VMs).
     pub network: Option<crate::network::Network>,
@@ -100,9 +118,43 @@ impl Handlers {
                 .map(Reply::VmList)
                 .map_err(hv_error),
             Request::GetHostFacts => Ok(Reply::HostFacts(Box::new(self.facts.clone()))),
+            Request::StartVm(spec) => self.start_vm(*spec, ctx).await,
+            Request::StopVm { vm, force, timeout } => {
+                crate::vm::stop(&self.hypervisor, vm, force, timeout, ctx)
+                    .await
+                    .map(Reply::VmStatus)
+            }
+            Request::Lifecycle(vm, op) => crate::vm::simple(&self.hypervisor, vm, op)
+                .await
+                .map(Reply::VmStatus),
+            Request::DestroyVm(vm) => crate::vm::destroy(&self.hypervisor, vm, ctx)
+                .await
+                .map(|()| Reply::Destroyed),
             Request::Storage(op) => storage::handle(&self.storage, op, ctx).await,
             Request::Network(op) => network::handle(self.network.as_ref(), op).await,
         }
+    }
+}
+
+impl Handlers {
+    /// Admission first (unless the VM already runs: it holds its share), then
+    /// the lifecycle.
+    async fn start_vm(
+        &self,
+        spec: crate::domain::VmSpec,
+        ctx: &Ctx,
+    ) -> Result<Reply, CommandError> {
+        let running = matches!(self.hypervisor.vm(spec.uuid.0).await, Ok(v) if v.state == crate::hypervisor::PowerState::Running);
+        if !running {
+            let vms = self.hypervisor.list_vms().await.map_err(hv_error)?;
+            let req = crate::host::Request {
+                vcpus: spec.vcpu.current.unwrap_or(spec.vcpu.max),
+                memory: crate::host::MiB(spec.memory.size.0.div_ceil(1024)),
+            };
+            self.monitor.admit(req, &vms).await?;
+        }
+        let s = crate::vm::start(&self.hypervisor, spec, ctx).await?;
+        Ok(Reply::Started(s.info, s.vnc_port))
     }
 }
 

@@ -7,6 +7,7 @@
 //! A dead connection (libvirtd restarted) is reopened with backoff on the next
 //! call; the running VMs are not touched by any of this.
 
+pub mod lifecycle;
 mod power;
 
 use std::sync::mpsc;
