@@ -68,6 +68,45 @@ step "command: get_host_facts"
 step "command: list_vms (every domain on this hypervisor)"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" '{"list_vms":{}}'
 
+VM_UUID=$(cat /proc/sys/kernel/random/uuid)
+VM_NAME="csagent-demo-${VM_UUID:0:8}"
+DISK="/var/lib/libvirt/images/$VM_NAME.qcow2"
+qemu-img create -q -f qcow2 "$DISK" 64M
+cleanup_vm() {
+  virsh -c qemu:///system destroy "$VM_UUID" >/dev/null 2>&1 || true
+  virsh -c qemu:///system undefine "$VM_UUID" --nvram >/dev/null 2>&1 || true
+  rm -f "$DISK"
+}
+trap 'cleanup_vm; cleanup' EXIT
+cat >"$STATE/vm.json" <<JSON
+{"start_vm": {"spec": {
+  "domain_type": "qemu",
+  "name": "$VM_NAME",
+  "uuid": "$VM_UUID",
+  "ids": {"instance_id": "i-2-demo", "account_id": "demo", "zone_id": "demo-zone", "service_offering_id": "small"},
+  "memory": {"size_kib": 131072},
+  "cpu": {"vcpus": 1},
+  "disks": [{"source_type": "file", "source": "$DISK", "format": "qcow2", "target": "vda", "bus": "virtio"}],
+  "graphics": [{"type": "vnc", "autoport": true, "listen": "127.0.0.1"}]
+}}}
+JSON
+
+step "deploy a VM ($VM_NAME, TCG, empty 64 MiB disk): events Starting -> Running, then the result with its VNC port"
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "$(cat "$STATE/vm.json")"
+
+step "the VM as libvirt sees it"
+virsh -c qemu:///system domstate "$VM_UUID"
+
+step "the VM's state through the agent"
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"get_vm_state\":{\"vm_uuid\":\"$VM_UUID\"}}"
+
+step "stop it: a graceful shutdown first (no OS answers ACPI here), then power off (force)"
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \
+  "{\"stop_vm\":{\"vm_uuid\":\"$VM_UUID\",\"force\":true,\"timeout_ms\":2000}}"
+
+step "destroy it (undefine, NVRAM and snapshot metadata too)"
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"destroy_vm\":{\"vm_uuid\":\"$VM_UUID\"}}"
+
 step "command with a deadline it cannot meet (echo waits 2 s, deadline 300 ms)"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" --deadline-ms 300 \
   '{"echo":{"payload":"too slow","delay_ms":2000}}' || echo "(exit code $?: the command failed, as it should)"
