@@ -74,7 +74,13 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
     let background = CancellationToken::new();
     let monitor = Arc::new(
         HostMonitor::start(
-            HostCollector::new(cfg.host.clone(), SysRoots::host()),
+            HostCollector::new(
+                cfg.host.clone(),
+                SysRoots {
+                    sys: cfg.host.sysfs_root.clone(),
+                    ..SysRoots::host()
+                },
+            ),
             &hv,
             Arc::clone(&storage),
             HEALTH_REFRESH,

@@ -343,3 +343,61 @@ async fn real_qemu_start_stop_destroy_and_rollback() {
     );
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn a_critical_host_refuses_start_vm_naming_the_sensor() {
+    // A sysfs copy with one CPU package sensor past its critical limit.
+    let sys = tempfile::Builder::new()
+        .prefix("csat-sys-")
+        .tempdir()
+        .unwrap();
+    let chip = sys.path().join("devices/platform/coretemp.0/hwmon/hwmon0");
+    std::fs::create_dir_all(&chip).unwrap();
+    for (file, value) in [
+        ("name", "coretemp"),
+        ("temp1_label", "Package id 0"),
+        ("temp1_input", "99000"),
+        ("temp1_max", "85000"),
+        ("temp1_crit", "95000"),
+    ] {
+        std::fs::write(chip.join(file), format!("{value}\n")).unwrap();
+    }
+    std::fs::create_dir_all(sys.path().join("class/hwmon")).unwrap();
+    std::os::unix::fs::symlink(&chip, sys.path().join("class/hwmon/hwmon0")).unwrap();
+
+    let f = Fixture::new(fast_liveness()).await;
+    let mut cfg = f.config();
+    cfg.host.sysfs_root = sys.path().to_path_buf();
+    cfg.host.capacity.cpu_overcommit = 8.0;
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
+    let (plane, host) = (&f.plane, f.host);
+    let health = host_summary(plane, &host).and_then(|h| h.health).unwrap();
+    assert_eq!(health.state, pb::HealthState::Critical as i32, "{health:?}");
+
+    let (uuid, s) = spec("/var/lib/libvirt/images/csat-vm-hot.qcow2");
+    let (events, r) = updates(plane, &host, start(&s)).await;
+    assert_eq!(r.error_code, pb::ErrorCode::HostUnhealthy as i32, "{r:?}");
+    assert!(
+        r.message.contains("Package id 0") || r.message.contains("coretemp"),
+        "the refusal must name the sensor: {}",
+        r.message
+    );
+    assert!(events.is_empty(), "nothing may start on a critical host");
+    let r = call(
+        plane,
+        &host,
+        vm_cmd(
+            |u| pb::command::Body::GetVmState(pb::GetVmState { vm_uuid: u }),
+            &uuid,
+        ),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        r.error_code,
+        pb::ErrorCode::NotFound as i32,
+        "a refused VM must not be defined: {r:?}"
+    );
+    agent.stop().await;
+}

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// `[host]` in agent.toml.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HostConfig {
     pub capacity: CapacityConfig,
@@ -32,6 +32,21 @@ pub struct HostConfig {
     /// (CloudStack's host.cpu.manual.speed.mhz, for CPUs whose /proc/cpuinfo
     /// speed is misleading, e.g. with frequency scaling).
     pub cpu_manual_speed_mhz: u32,
+    /// Where sysfs is read from (sensors, NUMA, PCI, network statistics).
+    /// Change only to read a copy, e.g. a test's fixture tree.
+    pub sysfs_root: std::path::PathBuf,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            capacity: CapacityConfig::default(),
+            health: HealthConfig::default(),
+            qemu_user: None,
+            cpu_manual_speed_mhz: 0,
+            sysfs_root: std::path::PathBuf::from("/sys"),
+        }
+    }
 }
 
 /// One periodic host report.
