@@ -89,7 +89,12 @@ fn gen_cpu(rng: &mut StdRng, spec: &mut VmSpec) {
             numa: if r.random_bool(0.5) {
                 vec![NumaCell {
                     id: 0,
-                    cpus: format!("0-{}", max - 1),
+                    // libvirt's canonical form: a single CPU is "0", not "0-0".
+                    cpus: if max == 1 {
+                        "0".to_string()
+                    } else {
+                        format!("0-{}", max - 1)
+                    },
                     memory: size,
                 }]
             } else {
