@@ -21,11 +21,9 @@ async fn plane_sees_facts_health_reports_and_places_by_them() {
     f.wait_up(String::new).await;
     assert!(
         wait_for(Duration::from_secs(10), || host_summary(plane, &host)
-            .unwrap()
-            .last_report
-            .is_some())
+            .is_some_and(|h| h.last_report.is_some() && h.health.is_some()))
         .await,
-        "no host report"
+        "no host report or no heartbeat health"
     );
     let h = host_summary(plane, &host).unwrap();
     let facts = h.facts.unwrap();

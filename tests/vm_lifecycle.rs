@@ -372,8 +372,17 @@ async fn a_critical_host_refuses_start_vm_naming_the_sensor() {
     let agent = run_in_process(cfg);
     f.wait_up(String::new).await;
     let (plane, host) = (&f.plane, f.host);
-    let health = host_summary(plane, &host).and_then(|h| h.health).unwrap();
-    assert_eq!(health.state, pb::HealthState::Critical as i32, "{health:?}");
+    // Health travels in heartbeats; Register alone does not carry it.
+    let critical = |p: &csagent::mgmt::Plane| {
+        host_summary(p, &host)
+            .and_then(|h| h.health)
+            .is_some_and(|h| h.state == pb::HealthState::Critical as i32)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || critical(plane)).await,
+        "heartbeats never said critical: {:?}",
+        host_summary(plane, &host).and_then(|h| h.health)
+    );
 
     let (uuid, s) = spec("/var/lib/libvirt/images/csat-vm-hot.qcow2");
     let (events, r) = updates(plane, &host, start(&s)).await;
