@@ -98,7 +98,6 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
     };
     let handlers = Arc::new(Handlers {
         hypervisor: hv.clone(),
-        facts: monitor.facts(),
         monitor: Arc::clone(&monitor),
         storage,
         network,

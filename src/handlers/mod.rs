@@ -93,7 +93,6 @@ pub struct Ctx {
 
 pub struct Handlers {
     pub hypervisor: Hypervisor,
-    pub facts: pb::HostFacts,
     pub monitor: Arc<crate::monitor::HostMonitor>,
     pub storage: Arc<crate::storage::Storage>,
     /// None when netlink could not be opened (the agent still runs VMs).
@@ -117,7 +116,7 @@ impl Handlers {
                 .await
                 .map(Reply::VmList)
                 .map_err(hv_error),
-            Request::GetHostFacts => Ok(Reply::HostFacts(Box::new(self.facts.clone()))),
+            Request::GetHostFacts => Ok(Reply::HostFacts(Box::new(self.monitor.facts()))),
             Request::StartVm(spec) => self.start_vm(*spec, ctx).await,
             Request::StopVm { vm, force, timeout } => {
                 crate::vm::stop(&self.hypervisor, vm, force, timeout, ctx)
