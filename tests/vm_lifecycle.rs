@@ -25,8 +25,32 @@ fn start(s: &pb::VmSpec) -> pb::command::Body {
     })
 }
 
-fn vm_cmd(f: fn(String) -> pb::command::Body, uuid: &uuid::Uuid) -> pb::Command {
-    cmd("", 0, f(uuid.to_string()))
+fn stop(uuid: &uuid::Uuid, force: bool, timeout_ms: u32) -> pb::command::Body {
+    pb::command::Body::StopVm(pb::StopVm {
+        vm_uuid: uuid.to_string(),
+        force,
+        timeout_ms,
+    })
+}
+
+fn destroy(uuid: &uuid::Uuid) -> pb::Command {
+    cmd(
+        "",
+        0,
+        pb::command::Body::DestroyVm(pb::DestroyVm {
+            vm_uuid: uuid.to_string(),
+        }),
+    )
+}
+
+fn state(uuid: &uuid::Uuid) -> pb::Command {
+    cmd(
+        "",
+        0,
+        pb::command::Body::GetVmState(pb::GetVmState {
+            vm_uuid: uuid.to_string(),
+        }),
+    )
 }
 
 async fn updates(
@@ -125,9 +149,12 @@ async fn lifecycle_on_the_test_driver() {
     let r = call(
         plane,
         &host,
-        vm_cmd(
-            |u| pb::command::Body::PauseVm(pb::PauseVm { vm_uuid: u }),
-            &uuid,
+        cmd(
+            "",
+            0,
+            pb::command::Body::PauseVm(pb::PauseVm {
+                vm_uuid: uuid.to_string(),
+            }),
         ),
         Duration::from_secs(5),
     )
@@ -136,63 +163,30 @@ async fn lifecycle_on_the_test_driver() {
     let r = call(
         plane,
         &host,
-        vm_cmd(
-            |u| pb::command::Body::ResumeVm(pb::ResumeVm { vm_uuid: u }),
-            &uuid,
+        cmd(
+            "",
+            0,
+            pb::command::Body::ResumeVm(pb::ResumeVm {
+                vm_uuid: uuid.to_string(),
+            }),
         ),
         Duration::from_secs(5),
     )
     .await;
     assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
 
-    let (events, r) = updates(
-        plane,
-        &host,
-        pb::command::Body::StopVm(pb::StopVm {
-            vm_uuid: uuid.to_string(),
-            force: true,
-            timeout_ms: 2000,
-        }),
-    )
-    .await;
+    let (events, r) = updates(plane, &host, stop(&uuid, true, 2000)).await;
     assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
     assert_eq!(
         events.last().map(|e| e.state),
         Some(pb::VmPowerState::Stopped as i32)
     );
     // Stopping a stopped VM succeeds.
-    let (_, r) = updates(
-        plane,
-        &host,
-        pb::command::Body::StopVm(pb::StopVm {
-            vm_uuid: uuid.to_string(),
-            force: false,
-            timeout_ms: 500,
-        }),
-    )
-    .await;
+    let (_, r) = updates(plane, &host, stop(&uuid, false, 500)).await;
     assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
-    let r = call(
-        plane,
-        &host,
-        vm_cmd(
-            |u| pb::command::Body::DestroyVm(pb::DestroyVm { vm_uuid: u }),
-            &uuid,
-        ),
-        Duration::from_secs(5),
-    )
-    .await;
+    let r = call(plane, &host, destroy(&uuid), Duration::from_secs(5)).await;
     assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
-    let r = call(
-        plane,
-        &host,
-        vm_cmd(
-            |u| pb::command::Body::GetVmState(pb::GetVmState { vm_uuid: u }),
-            &uuid,
-        ),
-        Duration::from_secs(5),
-    )
-    .await;
+    let r = call(plane, &host, state(&uuid), Duration::from_secs(5)).await;
     assert_eq!(r.error_code, pb::ErrorCode::NotFound as i32, "{r:?}");
 
     // Admission: a VM larger than the host is refused, naming what is short.
@@ -280,43 +274,16 @@ async fn real_qemu_start_stop_destroy_and_rollback() {
     );
 
     // No OS answers ACPI: the graceful stop times out, force powers off.
-    let (_, r) = updates(
-        plane,
-        &host,
-        pb::command::Body::StopVm(pb::StopVm {
-            vm_uuid: uuid.to_string(),
-            force: false,
-            timeout_ms: 700,
-        }),
-    )
-    .await;
+    let (_, r) = updates(plane, &host, stop(&uuid, false, 700)).await;
     assert_eq!(
         r.error_code,
         pb::ErrorCode::DeadlineExceeded as i32,
         "{r:?}"
     );
     assert!(r.message.contains("force"), "{}", r.message);
-    let (_, r) = updates(
-        plane,
-        &host,
-        pb::command::Body::StopVm(pb::StopVm {
-            vm_uuid: uuid.to_string(),
-            force: true,
-            timeout_ms: 700,
-        }),
-    )
-    .await;
+    let (_, r) = updates(plane, &host, stop(&uuid, true, 700)).await;
     assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
-    let r = call(
-        plane,
-        &host,
-        vm_cmd(
-            |u| pb::command::Body::DestroyVm(pb::DestroyVm { vm_uuid: u }),
-            &uuid,
-        ),
-        Duration::from_secs(10),
-    )
-    .await;
+    let r = call(plane, &host, destroy(&uuid), Duration::from_secs(10)).await;
     assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
     let gone = std::process::Command::new("virsh")
         .args(["-c", "qemu:///system", "dominfo", &uuid.to_string()])
@@ -393,16 +360,7 @@ async fn a_critical_host_refuses_start_vm_naming_the_sensor() {
         r.message
     );
     assert!(events.is_empty(), "nothing may start on a critical host");
-    let r = call(
-        plane,
-        &host,
-        vm_cmd(
-            |u| pb::command::Body::GetVmState(pb::GetVmState { vm_uuid: u }),
-            &uuid,
-        ),
-        Duration::from_secs(5),
-    )
-    .await;
+    let r = call(plane, &host, state(&uuid), Duration::from_secs(5)).await;
     assert_eq!(
         r.error_code,
         pb::ErrorCode::NotFound as i32,
