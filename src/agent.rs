@@ -16,13 +16,14 @@ use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::handlers::Handlers;
 use crate::host::{self, HostCollector, SysRoots};
 use crate::hypervisor::Hypervisor;
+use crate::hypervisor::PowerState;
 use crate::link::backoff::Backoff;
 use crate::link::connector::DialOptions;
 use crate::link::endpoints::{Endpoint, Endpoints};
 use crate::link::outbox::Outbox;
 use crate::link::{self, Identity, LinkCtx, Policy, VmSnapshot};
 use crate::monitor::HostMonitor;
-use crate::network::Network;
+use crate::network::{Network, VmUuid};
 use crate::storage::{Storage, StorageConfig};
 use crate::tls::{self, TlsFiles};
 
@@ -38,6 +39,32 @@ pub enum AgentError {
 
 /// How often sensors and the clock are re-read for heartbeats' health.
 const HEALTH_REFRESH: Duration = Duration::from_secs(2);
+
+/// File in state_dir where guest networking remembers its groups.
+const NETWORK_STATE: &str = "network-state.json";
+
+/// Once libvirt has listed the VMs, puts the security groups of the running
+/// ones back in force (see `Network::restore`).
+async fn restore_network(handlers: Arc<Handlers>, mut vms: watch::Receiver<VmSnapshot>) {
+    let Some(net) = handlers.network.as_ref() else {
+        return;
+    };
+    let Ok(snap) = vms.wait_for(|s| s.available).await.map(|s| s.clone()) else {
+        return;
+    };
+    let running: Vec<VmUuid> = snap
+        .vms
+        .iter()
+        .filter(|v| v.managed && matches!(v.state, PowerState::Running | PowerState::Paused))
+        .filter_map(|v| uuid::Uuid::parse_str(&v.uuid).ok().map(VmUuid))
+        .collect();
+    match net.restore(&running).await {
+        Ok(n) => tracing::info!(groups = n, "security groups of running VMs restored"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot restore security groups; the plane must re-apply them")
+        }
+    }
+}
 
 /// Runs the agent until `stop` fires, then shuts down cleanly.
 pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError> {
@@ -90,7 +117,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
     );
     let outbox = Arc::new(Outbox::new(cfg.agent.outbox_capacity));
     let network = match Network::new() {
-        Ok(n) => Some(n),
+        Ok(n) => Some(n.remember_in(cfg.agent.state_dir.join(NETWORK_STATE))),
         Err(e) => {
             tracing::warn!(error = %e, "guest networking unavailable; network commands will fail");
             None
@@ -109,9 +136,10 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
             result_cache_size: cfg.agent.result_cache_size,
         },
         Arc::clone(&outbox),
-        handlers,
+        Arc::clone(&handlers),
     );
     let (vm_tx, vm_rx) = watch::channel(VmSnapshot::default());
+    tokio::spawn(restore_network(handlers, vm_rx.clone()));
     tokio::spawn(link::poll_vms(
         hv.clone(),
         vm_tx,

@@ -549,6 +549,66 @@ fn rules_b(udp_port: u32) -> VmRules {
     }
 }
 
+/// An agent that remembers its groups: after a restart, changing B alone
+/// leaves A filtered (a forgetful agent would rebuild the tables from B and
+/// open A), and after the tables vanished (host reboot) `restore` puts the
+/// running VMs' groups back. Leaves A and B(5001) in force.
+fn remembered_across_restarts(h: &Ns, g1: &Ns, g2: &Ns) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("network-state.json");
+    let f = file.clone();
+    h.block_on(move || async move {
+        let net = Network::new().unwrap().remember_in(f);
+        net.reapply_all(&[rules_a(), rules_b(5001)]).await.unwrap();
+    });
+    let f = file.clone();
+    h.block_on(move || async move {
+        let net = Network::new().unwrap().remember_in(f); // restarted
+        assert!(net.apply_security_group(rules_b(5000)).await.unwrap());
+    });
+    assert!(
+        udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)),
+        "B's new rule open"
+    );
+    assert!(
+        !udp_arrives(g2, None, g1, sa("10.9.0.1", 7001)),
+        "A must stay filtered when B changes after a restart"
+    );
+    for fam in ["bridge", "inet"] {
+        h.exec(&["nft", "delete", "table", fam, "csagent"]);
+    }
+    assert!(
+        udp_arrives(g2, None, g1, sa("10.9.0.1", 7001)),
+        "tables gone"
+    );
+    let f = file.clone();
+    let restored = h.block_on(move || async move {
+        let net = Network::new().unwrap().remember_in(f);
+        let n = net.restore(&[vm(0xa), vm(0xb)]).await.unwrap();
+        net.apply_security_group(rules_b(5001)).await.unwrap();
+        n
+    });
+    assert_eq!(restored, 2);
+    assert!(
+        !udp_arrives(g2, None, g1, sa("10.9.0.1", 7001)),
+        "A filtered again after restore"
+    );
+    let f = file.clone();
+    let after = h.block_on(move || async move {
+        let net = Network::new().unwrap().remember_in(f);
+        net.restore(&[vm(0xb)]).await.unwrap()
+    });
+    assert_eq!(after, 1, "a VM no longer running is forgotten");
+    assert!(
+        udp_arrives(g2, None, g1, sa("10.9.0.1", 7001)),
+        "A's rules gone"
+    );
+    h.block_on(|| async {
+        let net = Network::new().unwrap();
+        net.reapply_all(&[rules_a(), rules_b(5001)]).await.unwrap();
+    });
+}
+
 /// csagent's tables without the kernel's handles, for comparisons.
 fn csagent_tables(h: &Ns) -> String {
     let mut out = String::new();
@@ -687,6 +747,8 @@ fn network_security_groups_filter_real_traffic() {
         !udp_arrives(g1, None, g2, sa("10.9.0.2", 5000)),
         "still filtered after restart"
     );
+
+    remembered_across_restarts(h, g1, g2);
 
     let report = h.block_on(|| async {
         let net = Network::new().unwrap();

@@ -233,6 +233,14 @@ impl Bridges {
             .collect()
     }
 
+    /// Every (VM, bridge) use, to remember across restarts.
+    pub fn pairs(&self) -> Vec<(VmUuid, IfName)> {
+        self.users
+            .iter()
+            .flat_map(|(b, vms)| vms.iter().map(move |v| (*v, b.clone())))
+            .collect()
+    }
+
     pub fn users(&self, bridge: &IfName) -> usize {
         self.users.get(bridge).map_or(0, BTreeSet::len)
     }

@@ -170,6 +170,50 @@ pub fn apply_security_group(m: &pb::ApplySecurityGroup) -> Result<VmRules> {
     Ok(rules)
 }
 
+/// Validated rules of one VM -> `ApplySecurityGroup`: the inverse of
+/// [`apply_security_group`], used to remember groups across restarts.
+pub fn security_group_message(v: &VmRules) -> pb::ApplySecurityGroup {
+    pb::ApplySecurityGroup {
+        vm_uuid: v.vm.to_string(),
+        nics: v
+            .ports
+            .iter()
+            .map(|p| pb::VmNic {
+                tap: p.tap.as_str().to_owned(),
+                bridge: p.bridge.as_str().to_owned(),
+                mac: p.mac.to_string(),
+                ips: p.ips.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
+        rules: v.rules.iter().map(rule_message).collect(),
+    }
+}
+
+fn rule_message(r: &Rule) -> pb::SecurityGroupRule {
+    let direction = match r.direction {
+        Direction::Ingress => pb::RuleDirection::Ingress,
+        Direction::Egress => pb::RuleDirection::Egress,
+    };
+    let protocol = match r.protocol {
+        Protocol::Tcp => pb::RuleProtocol::Tcp,
+        Protocol::Udp => pb::RuleProtocol::Udp,
+        Protocol::Icmp => pb::RuleProtocol::Icmp,
+        Protocol::Icmpv6 => pb::RuleProtocol::Icmpv6,
+        Protocol::All => pb::RuleProtocol::All,
+    };
+    pb::SecurityGroupRule {
+        direction: direction.into(),
+        protocol: protocol.into(),
+        ports: r.ports.map(|p| pb::PortRange {
+            start: p.start().into(),
+            end: p.end().into(),
+        }),
+        icmp_type: r.icmp.map(|i| i.icmp_type.into()),
+        icmp_code: r.icmp.and_then(|i| i.code).map(Into::into),
+        cidrs: r.cidrs.iter().map(ToString::to_string).collect(),
+    }
+}
+
 fn traffic(t: &Traffic) -> pb::TrafficCounters {
     pb::TrafficCounters {
         bytes_in: t.bytes_in,

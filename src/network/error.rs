@@ -58,6 +58,9 @@ pub enum NetworkError {
     #[error("nft failed to {op}: {detail}")]
     Nft { op: &'static str, detail: String },
 
+    #[error("network state file: {detail}; fix or remove the file (the agent then rebuilds it from the next commands)")]
+    State { detail: String },
+
     #[error("{op} failed: {source}")]
     Io {
         op: String,
@@ -73,9 +76,11 @@ impl NetworkError {
             Self::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Self::Foreign { .. } | Self::Mismatch { .. } => ErrorKind::Conflict,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
-            Self::NoSuchLink(_) | Self::Netlink { .. } | Self::Nft { .. } | Self::Io { .. } => {
-                ErrorKind::Internal
-            }
+            Self::NoSuchLink(_)
+            | Self::Netlink { .. }
+            | Self::Nft { .. }
+            | Self::Io { .. }
+            | Self::State { .. } => ErrorKind::Internal,
         }
     }
 

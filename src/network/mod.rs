@@ -13,10 +13,11 @@ pub mod error;
 pub mod names;
 pub mod netlink;
 pub mod nft;
+pub mod persist;
 pub mod ruleset;
 pub mod secgroup;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::sync::Mutex;
 
@@ -49,6 +50,9 @@ pub struct Network {
     nl: netlink::Netlink,
     nft: nft::Nft,
     state: Mutex<State>,
+    /// Where groups and bridge users are remembered; None in tests that
+    /// play a fresh process.
+    store: Option<persist::StateStore>,
 }
 
 impl Network {
@@ -63,7 +67,72 @@ impl Network {
             nl: netlink::Netlink::connect()?,
             nft,
             state: Mutex::new(State::default()),
+            store: None,
         })
+    }
+
+    /// Remembers groups and bridge users in `path` from now on, starting
+    /// from what it already holds: an agent that restarted extends the
+    /// tables in force instead of replacing them with one VM's group. A
+    /// damaged file is set aside (renamed `.damaged`) and reported; the
+    /// state is then rebuilt from the next commands and [`Network::restore`].
+    pub fn remember_in(mut self, path: PathBuf) -> Self {
+        let store = persist::StateStore::new(path);
+        let mut st = State::default();
+        match store.load() {
+            Ok(r) => {
+                st.bridges.rebuild(&r.bridge_users);
+                st.applied.fingerprints = r
+                    .groups
+                    .iter()
+                    .map(|(k, v)| (*k, v.fingerprint()))
+                    .collect();
+                st.applied.vms = r.groups;
+            }
+            Err(e) => {
+                let aside = store.path().with_extension("damaged");
+                let _ = std::fs::rename(store.path(), &aside);
+                tracing::error!(error = %e, moved_to = %aside.display(), "network state not restored");
+            }
+        }
+        self.state = Mutex::new(st);
+        self.store = Some(store);
+        self
+    }
+
+    /// Agent start, once libvirt listed the VMs: puts the remembered group
+    /// of every running VM back in force in one transaction (after a host
+    /// reboot the kernel has none) and forgets the groups of VMs that are no
+    /// longer running. Returns how many groups are in force.
+    pub async fn restore(&self, running: &[VmUuid]) -> Result<usize> {
+        let keep: Vec<VmRules> = {
+            let st = self.state.lock().await;
+            if st.applied.vms.is_empty() {
+                // Nothing remembered (first start): leave the kernel alone.
+                return Ok(0);
+            }
+            st.applied
+                .vms
+                .values()
+                .filter(|v| running.contains(&v.vm))
+                .cloned()
+                .collect()
+        };
+        self.reapply_all(&keep).await?;
+        Ok(keep.len())
+    }
+
+    /// Writes the state file; a failure is logged, not returned: the kernel
+    /// change it follows has already happened and must be reported as done.
+    fn remember(&self, st: &State) {
+        let Some(store) = &self.store else { return };
+        let r = persist::Remembered {
+            groups: st.applied.vms.clone(),
+            bridge_users: st.bridges.pairs(),
+        };
+        if let Err(e) = store.save(&r) {
+            tracing::error!(error = %e, "network state not saved; an agent restart would forget it");
+        }
     }
 
     /// Makes sure `spec`'s bridge exists (creating bridge and uplink if
@@ -73,6 +142,7 @@ impl Network {
         let mut st = self.state.lock().await;
         let br = bridge::ensure(&self.nl, spec, &mut st.bridges).await?;
         st.bridges.add_user(&br, vm);
+        self.remember(&st);
         Ok(br)
     }
 
@@ -80,7 +150,9 @@ impl Network {
     /// csagent VM uses it and no other port is attached. True if deleted.
     pub async fn release_network(&self, vm: VmUuid, bridge: &IfName) -> Result<bool> {
         let mut st = self.state.lock().await;
-        if !st.bridges.remove_user(bridge, vm) {
+        let unused = st.bridges.remove_user(bridge, vm);
+        self.remember(&st);
+        if !unused {
             return Ok(false);
         }
         let before = self.nl.link(bridge.as_str()).await?.is_some();
@@ -119,11 +191,13 @@ impl Network {
         check_br_netfilter()?;
         let mut next = st.applied.vms.clone();
         let (vm, fp) = (rules.vm, rules.fingerprint());
+        let same_ports = next.get(&vm).is_some_and(|old| old.ports == rules.ports);
         next.insert(vm, rules);
         secgroup::check_unique(&next)?;
-        self.nft.apply(&ruleset::render(&next)).await?;
+        self.install_changed(vm, same_ports, &next).await?;
         st.applied.vms = next;
         st.applied.fingerprints.insert(vm, fp);
+        self.remember(&st);
         Ok(true)
     }
 
@@ -138,6 +212,7 @@ impl Network {
         self.install(&next).await?;
         st.applied.vms = next;
         st.applied.fingerprints.remove(&vm);
+        self.remember(&st);
         Ok(())
     }
 
@@ -157,7 +232,30 @@ impl Network {
         self.install(&next).await?;
         st.applied.fingerprints = next.iter().map(|(k, v)| (*k, v.fingerprint())).collect();
         st.applied.vms = next;
+        self.remember(&st);
         Ok(())
+    }
+
+    /// Only the rules of `vm` changed when its ports did not: rewrite its
+    /// two chains alone. If that fails (someone removed csagent's tables),
+    /// the whole ruleset is installed instead, still atomically.
+    async fn install_changed(
+        &self,
+        vm: VmUuid,
+        same_ports: bool,
+        next: &std::collections::BTreeMap<VmUuid, VmRules>,
+    ) -> Result<()> {
+        if same_ports {
+            if let Some(v) = next.get(&vm) {
+                match self.nft.apply(&ruleset::render_vm_update(v)).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        tracing::warn!(%vm, error = %e, "incremental rule update failed; reinstalling csagent's tables")
+                    }
+                }
+            }
+        }
+        self.install(next).await
     }
 
     async fn install(&self, vms: &std::collections::BTreeMap<VmUuid, VmRules>) -> Result<()> {

@@ -103,6 +103,23 @@ pub fn render(vms: &BTreeMap<VmUuid, VmRules>) -> Value {
     json!({ "nftables": d.cmds })
 }
 
+/// The transaction that replaces only `v`'s two inet chains (flush and
+/// refill): valid when the VM's ports, and so the layer-2 table and the
+/// forward dispatch maps, are what is already in force. Its cost does not
+/// grow with the number of other VMs on the host.
+pub fn render_vm_update(v: &VmRules) -> Value {
+    let mut d = Doc { cmds: Vec::new() };
+    for dir in [Direction::Egress, Direction::Ingress] {
+        let name = chain_name(v.vm, dir);
+        d.cmds.push(json!({"flush": {"chain": {
+            "family": "inet", "table": TABLE, "name": name}}}));
+        for e in vm_chain(v, dir) {
+            d.rule("inet", &name, e);
+        }
+    }
+    json!({ "nftables": d.cmds })
+}
+
 fn render_bridge(d: &mut Doc, vms: &BTreeMap<VmUuid, VmRules>) {
     d.table("bridge");
     d.base_chain("bridge", "prerouting", "prerouting", -300);
