@@ -15,6 +15,9 @@ packages=(
   nftables
   iproute2
   kmod                   # modprobe: tests load 8021q where the kernel has it as a module
+  ovmf                   # UEFI firmware (secure boot) for UEFI guests and the Windows golden domain
+  swtpm                  # TPM 2.0 emulator behind <tpm><backend type='emulator'>
+  swtpm-tools            # swtpm_setup: libvirt creates a vTPM's state with it
 )
 
 missing=()
