@@ -15,6 +15,8 @@ packages=(
   nftables
   iproute2
   kmod                   # modprobe: tests load 8021q where the kernel has it as a module
+  busybox-static         # scripts/guest-image.sh: the test guest's userland
+  cpio                   # scripts/guest-image.sh: packs the test guest's initramfs
 )
 
 missing=()
