@@ -66,6 +66,7 @@ fn remove(s: &VmSpec) {
     let _ = std::process::Command::new("virsh")
         .args(["-c", URI, "undefine", &u, "--nvram"])
         .output();
+    let _ = std::fs::remove_file(format!("/var/log/libvirt/qemu/{}.log", s.name));
 }
 
 fn ctx() -> Ctx {
