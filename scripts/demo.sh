@@ -68,41 +68,80 @@ step "command: get_host_facts"
 step "command: list_vms (every domain on this hypervisor)"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" '{"list_vms":{}}'
 
+step "the test guest: Debian's cloud kernel + a busybox initramfs (scripts/guest-image.sh, cached)"
+GUEST_DIR=$(bash scripts/guest-image.sh | tail -n1)
+
 VM_UUID=$(cat /proc/sys/kernel/random/uuid)
 VM_NAME="csagent-demo-${VM_UUID:0:8}"
-DISK="/var/lib/libvirt/images/$VM_NAME.qcow2"
-qemu-img create -q -f qcow2 "$DISK" 64M
+POOL="csagent-demo-${VM_UUID:0:8}"
+POOL_DIR="/var/lib/libvirt/images/$POOL"
+ROOT="$VM_NAME-root.qcow2"
+CONSOLE="/var/log/libvirt/qemu/$VM_NAME-console.log"
 cleanup_vm() {
   virsh -c qemu:///system destroy "$VM_UUID" >/dev/null 2>&1 || true
   virsh -c qemu:///system undefine "$VM_UUID" --nvram >/dev/null 2>&1 || true
-  rm -f "$DISK"
+  virsh -c qemu:///system pool-destroy "$POOL" >/dev/null 2>&1 || true
+  virsh -c qemu:///system pool-undefine "$POOL" >/dev/null 2>&1 || true
+  rm -rf "$POOL_DIR" "$CONSOLE"
 }
 trap 'cleanup_vm; cleanup' EXIT
+
+step "a storage pool ($POOL_DIR) with a 64 MiB qcow2 template the VM's root disk is cloned from"
+mkdir -p "$POOL_DIR"
+virsh -c qemu:///system pool-define-as "$POOL" dir --target "$POOL_DIR" >/dev/null
+virsh -c qemu:///system pool-start "$POOL" >/dev/null
+qemu-img create -q -f qcow2 "$POOL_DIR/template.qcow2" 64M
+
+# StartVm prepares the root volume (a linked clone of the template) before
+# it defines the VM; the guest boots its kernel directly and logs its serial
+# console to $CONSOLE.
 cat >"$STATE/vm.json" <<JSON
-{"start_vm": {"spec": {
-  "domain_type": "qemu",
-  "name": "$VM_NAME",
-  "uuid": "$VM_UUID",
-  "ids": {"instance_id": "i-2-demo", "account_id": "demo", "zone_id": "demo-zone", "service_offering_id": "small"},
-  "memory": {"size_kib": 131072},
-  "cpu": {"vcpus": 1},
-  "disks": [{"source_type": "file", "source": "$DISK", "format": "qcow2", "target": "vda", "bus": "virtio"}],
-  "graphics": [{"type": "vnc", "autoport": true, "listen": "127.0.0.1"}]
-}}}
+{"start_vm": {
+  "spec": {
+    "domain_type": "qemu",
+    "name": "$VM_NAME",
+    "uuid": "$VM_UUID",
+    "ids": {"instance_id": "i-2-demo", "account_id": "demo", "zone_id": "demo-zone", "service_offering_id": "small"},
+    "memory": {"size_kib": 131072},
+    "cpu": {"vcpus": 1},
+    "boot": {"arch": "x86_64", "machine": "pc", "kernel": "$GUEST_DIR/vmlinuz",
+             "initrd": "$GUEST_DIR/initramfs.cpio.gz", "cmdline": "console=ttyS0 quiet"},
+    "features": {"acpi": true},
+    "disks": [{"source_type": "file", "target": "vda", "bus": "virtio"}],
+    "graphics": [{"type": "vnc", "autoport": true, "listen": "127.0.0.1"}],
+    "serial_console": true,
+    "serial_console_log": "$CONSOLE"
+  },
+  "volumes": [{"volume": {"pool": "$POOL", "name": "$ROOT", "template": "template.qcow2", "mode": 1}, "disk_target": "vda"}]
+}}
 JSON
 
-step "deploy a VM ($VM_NAME, TCG, empty 64 MiB disk): events Starting -> Running, then the result with its VNC port"
+step "deploy a real Linux guest ($VM_NAME, TCG): root volume from the template, events Starting -> Running, then the result with its VNC port"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "$(cat "$STATE/vm.json")"
 
 step "the VM as libvirt sees it"
 virsh -c qemu:///system domstate "$VM_UUID"
+virsh -c qemu:///system vncdisplay "$VM_UUID"
+
+step "the guest runs: its console ($CONSOLE)"
+for _ in $(seq 1 600); do
+  grep -q "CSAGENT-NIC" "$CONSOLE" 2>/dev/null && break
+  sleep 0.1
+done
+grep -E "^CSAGENT-" "$CONSOLE" || { echo "no marker yet; the console so far:"; cat "$CONSOLE"; }
 
 step "the VM's state through the agent"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"get_vm_state\":{\"vm_uuid\":\"$VM_UUID\"}}"
 
-step "stop it: a graceful shutdown first (no OS answers ACPI here), then power off (force)"
+step "the VM's stats"
+# STATS: GetVmStats (another branch) is wired here by the lead, e.g.
+#   "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"get_vm_stats\":{\"vm_uuid\":\"$VM_UUID\"}}"
+echo "(GetVmStats not wired yet)"
+
+step "stop it gracefully: ACPI power button, the guest's acpid powers it off"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \
-  "{\"stop_vm\":{\"vm_uuid\":\"$VM_UUID\",\"force\":true,\"timeout_ms\":2000}}"
+  "{\"stop_vm\":{\"vm_uuid\":\"$VM_UUID\",\"force\":true,\"timeout_ms\":30000}}"
+grep -E "^CSAGENT-GUEST-POWEROFF" "$CONSOLE" || true
 
 step "destroy it (undefine, NVRAM and snapshot metadata too)"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"destroy_vm\":{\"vm_uuid\":\"$VM_UUID\"}}"

@@ -18,6 +18,8 @@ packages=(
   ovmf                   # UEFI firmware (secure boot) for UEFI guests and the Windows golden domain
   swtpm                  # TPM 2.0 emulator behind <tpm><backend type='emulator'>
   swtpm-tools            # swtpm_setup: libvirt creates a vTPM's state with it
+  busybox-static         # scripts/guest-image.sh: the test guest's userland
+  cpio                   # scripts/guest-image.sh: packs the test guest's initramfs
 )
 
 missing=()

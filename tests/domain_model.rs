@@ -45,6 +45,21 @@ fn spec_errors_name_the_field() {
             "cpu.current_vcpus: 3 must be between 1 and vcpus (2)",
         ),
         (
+            Box::new(|v| v["serial_console_log"] = json!("/etc/shadow")),
+            "serial_console_log: \"/etc/shadow\" does not end in .log",
+        ),
+        (
+            Box::new(|v| v["serial_console_log"] = json!("/var/log/../../etc/x.log")),
+            "serial_console_log: \"/var/log/../../etc/x.log\" contains '..'",
+        ),
+        (
+            Box::new(|v| {
+                v["serial_console"] = json!(false);
+                v["serial_console_log"] = json!("/var/log/c.log")
+            }),
+            "serial_console_log: needs serial_console",
+        ),
+        (
             Box::new(|v| v["cpu"]["vcpus"] = json!(0)),
             "cpu.vcpus: is zero",
         ),
@@ -250,6 +265,12 @@ fn parses_running_dumpxml_and_lists_what_it_left_out() {
         Some("vnet12")
     );
     assert_eq!(back.os.machine.as_deref(), Some("pc-q35-7.2"));
+    assert_eq!(
+        back.devices.serial_console_log.as_deref(),
+        Some("/var/log/libvirt/qemu/csat-dom-typical-serial0.log"),
+        "the serial console's log file is read back"
+    );
+    back.devices.serial_console_log = None;
     // What libvirt added; everything else must be exactly the spec.
     back.devices.emulator = None;
     back.os.machine = spec.os.machine.clone();

@@ -394,6 +394,10 @@ fn gen_devices(rng: &mut StdRng, spec: &mut VmSpec, text: &str) {
         }
     });
     d.serial_console = rng.random_bool(0.5);
+    d.serial_console_log = maybe(rng, |r| {
+        format!("/var/log/csagent/console-{}.log", r.random_range(0..1000))
+    })
+    .filter(|_| d.serial_console);
     d.guest_agent = rng.random_bool(0.5);
     d.rng = maybe(rng, |r| domain::Rng {
         backend: "/dev/urandom".into(),

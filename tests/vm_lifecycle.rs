@@ -22,6 +22,7 @@ fn spec(disk: &str) -> (uuid::Uuid, pb::VmSpec) {
 fn start(s: &pb::VmSpec) -> pb::command::Body {
     pb::command::Body::StartVm(pb::StartVm {
         spec: Some(s.clone()),
+        ..Default::default()
     })
 }
 

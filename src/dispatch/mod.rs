@@ -263,15 +263,9 @@ fn decode(body: Option<pb::command::Body>) -> Result<(Request, Option<String>), 
         }
         Body::ListVms(_) => (Request::ListVms, None),
         Body::StartVm(m) => {
-            let spec = m
-                .spec
-                .as_ref()
-                .ok_or_else(|| CommandError::invalid("start_vm.spec is missing"))?;
-            let spec = crate::domain::convert::spec_from_proto(spec)
-                .and_then(|s| crate::domain::validate(&s).map(|()| s))
-                .map_err(|e| CommandError::invalid(e.to_string()))?;
-            let key = spec.uuid.0.to_string();
-            (Request::StartVm(Box::new(spec)), Some(key))
+            let req = crate::vm::convert::start_request(&m)?;
+            let key = req.spec.uuid.0.to_string();
+            (Request::StartVm(Box::new(req)), Some(key))
         }
         Body::StopVm(m) => {
             let vm = parse_vm(&m.vm_uuid)?;
@@ -343,10 +337,9 @@ fn encode(reply: Reply) -> pb::command_result::Result {
             vms: vms.iter().map(crate::link::convert::vm_status).collect(),
         }),
         Reply::HostFacts(f) => R::HostFacts(*f),
-        Reply::Started(vm, vnc) => R::StartVm(pb::StartVmResult {
-            vm: Some(crate::link::convert::vm_status(&vm)),
-            vnc_port: vnc.map(u32::from).unwrap_or(0),
-        }),
+        Reply::Started(vm, vnc, prepared) => {
+            R::StartVm(crate::vm::convert::start_result(&vm, vnc, &prepared))
+        }
         Reply::Destroyed => R::VmDestroyed(pb::VmDestroyed {}),
         // Taken by the storage and network encoders above.
         other => unreachable_reply(other),

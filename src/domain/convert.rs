@@ -384,6 +384,7 @@ fn devices_from(e: &mut Errors, p: &pb::VmSpec) -> Devices {
         graphics,
         video,
         serial_console: p.serial_console,
+        serial_console_log: non_empty(&p.serial_console_log),
         guest_agent: p.guest_agent,
         rng: p.rng.as_ref().map(|r| Rng {
             backend: if r.backend.is_empty() {
@@ -690,6 +691,7 @@ pub fn spec_to_proto(s: &VmSpec) -> pb::VmSpec {
             heads: v.heads.unwrap_or(0),
         }),
         serial_console: d.serial_console,
+        serial_console_log: d.serial_console_log.clone().unwrap_or_default(),
         guest_agent: d.guest_agent,
         rng: d.rng.as_ref().map(|r| pb::VmRng {
             backend: r.backend.clone(),

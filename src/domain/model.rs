@@ -423,6 +423,10 @@ pub struct Devices {
     pub video: Option<Video>,
     /// A pty serial port with the console on it.
     pub serial_console: bool,
+    /// Host file that receives everything the guest writes to that console
+    /// (libvirt's `<log>`, written by virtlogd, truncated at each start), so
+    /// boot output survives without anyone attached to the pty.
+    pub serial_console_log: Option<String>,
     /// The org.qemu.guest_agent.0 virtio channel.
     pub guest_agent: bool,
     pub rng: Option<Rng>,

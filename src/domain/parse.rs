@@ -663,10 +663,7 @@ fn device<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
                 d.interfaces.push(nic);
             }
         }
-        b"serial" => {
-            d.serial_console |= p.attr(&c.0, "type")?.as_deref() == Some("pty");
-            p.skip(c)?;
-        }
+        b"serial" => serial(p, c, d)?,
         b"channel" => channel(p, c, d)?,
         b"input" => {
             let [kind, bus] = p.attrs(&c.0, ["type", "bus"])?;
@@ -879,6 +876,22 @@ fn hostdev_source<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<PciAddress>> {
         p.skip(&ch)?;
     }
     Ok(out)
+}
+
+/// `<serial type='pty'>`, with the file its output is logged to.
+fn serial<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
+    let pty = p.attr(&c.0, "type")?.as_deref() == Some("pty");
+    d.serial_console |= pty;
+    if !c.1 {
+        return Ok(());
+    }
+    while let Some(ch) = p.child()? {
+        if pty && ch.0.name().as_ref() == b"log" && d.serial_console_log.is_none() {
+            d.serial_console_log = p.attr_string(&ch.0, "file")?;
+        }
+        p.skip(&ch)?;
+    }
+    Ok(())
 }
 
 fn watchdog<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {

@@ -405,6 +405,9 @@ fn devices(o: &mut Out, d: &Devices) -> Res {
     }
     if d.serial_console {
         o.tag("serial").a("type", "pty").open()?;
+        if let Some(log) = &d.serial_console_log {
+            o.tag("log").a("file", log).a("append", "off").empty()?;
+        }
         o.tag("target").n("port", 0).empty()?;
         o.close("serial")?;
         o.tag("console").a("type", "pty").open()?;

@@ -590,7 +590,32 @@ fn bad_ifname(s: &str) -> Option<String> {
     })
 }
 
+/// virtlogd writes the log as root: the path must not be able to clobber a
+/// system file by mistake or by a hostile spec.
+fn console_log(serial_console: bool, log: &str, e: &mut Errors) {
+    const F: &str = "serial_console_log";
+    if !serial_console {
+        e.push(F, "needs serial_console: the log records that console");
+    }
+    abs_path(e, F, log);
+    if log.split('/').any(|c| c == "..") {
+        e.push(
+            F,
+            format!("{log:?} contains '..'; give the path without it"),
+        );
+    }
+    if !log.ends_with(".log") {
+        e.push(
+            F,
+            format!("{log:?} does not end in .log (required so no other file can be overwritten)"),
+        );
+    }
+}
+
 fn other_devices(d: &Devices, e: &mut Errors) {
+    if let Some(log) = &d.serial_console_log {
+        console_log(d.serial_console, log, e);
+    }
     for (i, g) in d.graphics.iter().enumerate() {
         graphics(i, g, e);
     }

@@ -29,7 +29,7 @@ pub enum Request {
     GetVmState(uuid::Uuid),
     ListVms,
     GetHostFacts,
-    StartVm(Box<crate::domain::VmSpec>),
+    StartVm(Box<crate::vm::prepare::StartRequest>),
     StopVm {
         vm: uuid::Uuid,
         force: bool,
@@ -66,7 +66,7 @@ pub enum Reply {
     VmStatus(VmInfo),
     VmList(Vec<VmInfo>),
     HostFacts(Box<pb::HostFacts>),
-    Started(VmInfo, Option<u16>),
+    Started(VmInfo, Option<u16>, crate::vm::prepare::Prepared),
     Destroyed,
     Volume(crate::storage::VolumeInfo),
     Snapshot(crate::storage::SnapshotInfo),
@@ -117,7 +117,7 @@ impl Handlers {
                 .map(Reply::VmList)
                 .map_err(hv_error),
             Request::GetHostFacts => Ok(Reply::HostFacts(Box::new(self.monitor.facts()))),
-            Request::StartVm(spec) => self.start_vm(*spec, ctx).await,
+            Request::StartVm(req) => self.start_vm(*req, ctx).await,
             Request::StopVm { vm, force, timeout } => {
                 crate::vm::stop(&self.hypervisor, vm, force, timeout, ctx)
                     .await
@@ -126,9 +126,11 @@ impl Handlers {
             Request::Lifecycle(vm, op) => crate::vm::simple(&self.hypervisor, vm, op)
                 .await
                 .map(Reply::VmStatus),
-            Request::DestroyVm(vm) => crate::vm::destroy(&self.hypervisor, vm, ctx)
-                .await
-                .map(|()| Reply::Destroyed),
+            Request::DestroyVm(vm) => {
+                crate::vm::destroy(&self.hypervisor, vm, ctx).await?;
+                self.release_networks(vm, ctx).await;
+                Ok(Reply::Destroyed)
+            }
             Request::Storage(op) => storage::handle(&self.storage, op, ctx).await,
             Request::Network(op) => network::handle(self.network.as_ref(), op).await,
         }
@@ -137,23 +139,42 @@ impl Handlers {
 
 impl Handlers {
     /// Admission first (unless the VM already runs: it holds its share), then
-    /// the lifecycle.
+    /// volumes, networks and the lifecycle (vm::prepare).
     async fn start_vm(
         &self,
-        spec: crate::domain::VmSpec,
+        req: crate::vm::prepare::StartRequest,
         ctx: &Ctx,
     ) -> Result<Reply, CommandError> {
+        let spec = &req.spec;
         let running = matches!(self.hypervisor.vm(spec.uuid.0).await, Ok(v) if v.state == crate::hypervisor::PowerState::Running);
         if !running {
             let vms = self.hypervisor.list_vms().await.map_err(hv_error)?;
-            let req = crate::host::Request {
+            let want = crate::host::Request {
                 vcpus: spec.vcpu.current.unwrap_or(spec.vcpu.max),
                 memory: crate::host::MiB(spec.memory.size.0.div_ceil(1024)),
             };
-            self.monitor.admit(req, &vms).await?;
+            self.monitor.admit(want, &vms).await?;
         }
-        let s = crate::vm::start(&self.hypervisor, spec, ctx).await?;
-        Ok(Reply::Started(s.info, s.vnc_port))
+        let deps = crate::vm::prepare::Deps {
+            hypervisor: &self.hypervisor,
+            storage: &self.storage,
+            network: self.network.as_ref(),
+        };
+        let (s, prepared) = crate::vm::prepare::start(&deps, req, ctx).await?;
+        Ok(Reply::Started(s.info, s.vnc_port, prepared))
+    }
+}
+
+impl Handlers {
+    /// A destroyed VM no longer holds its bridges; the last user's leaving
+    /// removes a bridge csagent made. A failure here is logged, not returned:
+    /// the VM is gone either way.
+    async fn release_networks(&self, vm: uuid::Uuid, ctx: &Ctx) {
+        let Some(n) = &self.network else { return };
+        if let Err(e) = n.release_vm(crate::network::VmUuid(vm)).await {
+            tracing::warn!(command_id = %ctx.command_id, vm = %vm, error = %e,
+                "destroyed VM's bridges could not be released");
+        }
     }
 }
 

@@ -7,6 +7,9 @@
 //! same UUID with another definition is CONFLICT. Domains csagent did not
 //! define are never changed.
 
+pub mod convert;
+pub mod prepare;
+
 use std::time::Duration;
 
 use crate::domain::{self, VmSpec};

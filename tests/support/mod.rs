@@ -2,6 +2,8 @@
 //! child processes of the built binaries), all on loopback.
 #![allow(dead_code)]
 
+pub mod guest;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
