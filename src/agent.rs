@@ -112,9 +112,10 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         handlers,
     );
     let (vm_tx, vm_rx) = watch::channel(VmSnapshot::default());
-    tokio::spawn(link::poll_vms(
+    tokio::spawn(crate::vmstate::run(
         hv.clone(),
         vm_tx,
+        Arc::clone(&outbox),
         Duration::from_millis(cfg.hypervisor.poll_interval_ms),
         background.clone(),
     ));
