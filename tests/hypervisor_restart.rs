@@ -116,10 +116,12 @@ async fn wait_available(f: &Fixture, want: bool, limit: Duration) -> Duration {
     t.elapsed()
 }
 
-async fn agent_on_qemu(f: &Fixture) -> InProcessAgent {
+/// An agent on qemu:///system whose libvirt calls give up after
+/// `call_timeout_ms` (a hang is only noticed through timeouts).
+async fn agent_on_qemu(f: &Fixture, call_timeout_ms: u64) -> InProcessAgent {
     let mut cfg = f.config();
     cfg.hypervisor.uri = QEMU.into();
-    cfg.hypervisor.call_timeout_ms = 1000;
+    cfg.hypervisor.call_timeout_ms = call_timeout_ms;
     cfg.host.capacity.reserved_memory_mib = 0;
     // Other tests' VMs may share this host: admission is not under test.
     cfg.host.capacity.cpu_overcommit = 8.0;
@@ -142,7 +144,8 @@ async fn libvirtd_restart_is_survived_and_events_resume() {
     let _serial = LIBVIRTD.lock().unwrap_or_else(|p| p.into_inner());
     let _revive = Revive;
     let f = Fixture::new(fast_liveness()).await;
-    let agent = agent_on_qemu(&f).await;
+    // A stop is seen by the close callback, not by timeouts.
+    let agent = agent_on_qemu(&f, 20_000).await;
     let disk = TinyDisk::new(PREFIX);
     let (uuid, spec) = tcg_spec(PREFIX, &disk.path);
     let u = uuid.to_string();
@@ -183,7 +186,7 @@ async fn a_hung_libvirtd_does_not_stop_heartbeats() {
     let _serial = LIBVIRTD.lock().unwrap_or_else(|p| p.into_inner());
     let _revive = Revive;
     let f = Fixture::new(fast_liveness()).await;
-    let agent = agent_on_qemu(&f).await;
+    let agent = agent_on_qemu(&f, 1000).await;
 
     let pid = libvirtd_pid().expect("libvirtd is running");
     kill(pid, Signal::SIGSTOP).unwrap();

@@ -107,6 +107,15 @@ impl Watcher {
                 Err(RecvError::Closed) => {}
             }
         }
+        // VMs already known go out at once; new ones after the refresh that
+        // says whether they are csagent's. Each VM's events keep their order.
+        let (known, new): (Vec<_>, Vec<_>) = domain
+            .into_iter()
+            .partition(|e| before.contains_key(&e.uuid));
+        for e in known {
+            let managed = before.get(&e.uuid).copied().unwrap_or(false);
+            self.forward(&e, managed);
+        }
         if refresh
             && tokio::time::timeout(FORWARD_WAIT, self.refresh())
                 .await
@@ -115,12 +124,8 @@ impl Watcher {
             tracing::debug!("snapshot refresh slower than {FORWARD_WAIT:?}; forwarding events with what is known");
         }
         let after = managed_map(&self.snap.borrow());
-        for e in domain {
-            let managed = after
-                .get(&e.uuid)
-                .or(before.get(&e.uuid))
-                .copied()
-                .unwrap_or(false);
+        for e in new {
+            let managed = after.get(&e.uuid).copied().unwrap_or(false);
             self.forward(&e, managed);
         }
     }

@@ -69,10 +69,13 @@ pub fn virsh(uri: &str, args: &[&str]) -> Output {
         .expect("virsh runs")
 }
 
-/// Runs virsh and checks it succeeded; returns when it returned.
+/// Runs virsh and checks it succeeded; returns when virsh returned (the
+/// change is done then), and prints how long virsh itself took.
 pub fn virsh_ok(uri: &str, args: &[&str]) -> Instant {
+    let started = Instant::now();
     let out = virsh(uri, args);
     assert!(out.status.success(), "virsh {args:?}: {out:?}");
+    println!("virsh {args:?} took {:?}", started.elapsed());
     Instant::now()
 }
 
