@@ -8,7 +8,6 @@
 mod support;
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use csagent::proto::v1 as pb;
@@ -19,7 +18,7 @@ use support::vm_events::*;
 use support::*;
 
 const PREFIX: &str = "cstest-ev-";
-static LIBVIRTD: Mutex<()> = Mutex::new(());
+static LIBVIRTD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn libvirtd_pid() -> Option<Pid> {
     let from_file = std::fs::read_to_string("/run/libvirtd.pid")
@@ -141,7 +140,7 @@ fn qemu_pid(name: &str) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libvirtd_restart_is_survived_and_events_resume() {
-    let _serial = LIBVIRTD.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = LIBVIRTD.lock().await;
     let _revive = Revive;
     let f = Fixture::new(fast_liveness()).await;
     // A stop is seen by the close callback, not by timeouts.
@@ -183,7 +182,7 @@ async fn libvirtd_restart_is_survived_and_events_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_libvirtd_does_not_stop_heartbeats() {
-    let _serial = LIBVIRTD.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = LIBVIRTD.lock().await;
     let _revive = Revive;
     let f = Fixture::new(fast_liveness()).await;
     let agent = agent_on_qemu(&f, 1000).await;
