@@ -140,9 +140,10 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
     );
     let (vm_tx, vm_rx) = watch::channel(VmSnapshot::default());
     tokio::spawn(restore_network(handlers, vm_rx.clone()));
-    tokio::spawn(link::poll_vms(
+    tokio::spawn(crate::vmstate::run(
         hv.clone(),
         vm_tx,
+        Arc::clone(&outbox),
         Duration::from_millis(cfg.hypervisor.poll_interval_ms),
         background.clone(),
     ));

@@ -23,3 +23,4 @@ pub mod proto;
 pub mod storage;
 pub mod tls;
 pub mod vm;
+pub mod vmstate;

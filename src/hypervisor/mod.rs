@@ -1,25 +1,40 @@
-//! The libvirt boundary: one connection, owned by one dedicated thread.
+//! The libvirt boundary: one connection, kept alive by one manager thread,
+//! shared by every call.
 //!
 //! libvirt calls block, sometimes for long (a hung QEMU holds its domain's job
-//! lock), so no libvirt call ever runs on an async worker. Callers send a
-//! closure to the connection thread and wait for its answer with a time limit:
-//! a stuck call costs its caller a timeout, never the heartbeat or the link.
-//! A dead connection (libvirtd restarted) is reopened with backoff on the next
-//! call; the running VMs are not touched by any of this.
+//! lock), so no libvirt call ever runs on an async worker: each runs on a
+//! blocking thread of its own (at most `MAX_CALLS` at once) and its caller
+//! waits with a time limit. A stuck call costs its caller a timeout, never
+//! another VM's call, the heartbeat or the link. The manager thread opens the
+//! connection, subscribes to domain events (events.rs), notices a closed
+//! connection at once (close callback) or by polling, and reconnects with
+//! backoff; the running VMs are not touched by any of this.
 
+mod events;
+mod ffi;
 pub mod lifecycle;
 mod power;
 
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, watch, Semaphore};
 use virt::connect::Connect;
 
+pub use events::{DomainEvent, EventKind, HvEvent, PauseReason, StopReason};
 pub use power::{PowerState, VmInfo};
 
 use crate::error::ErrorKind;
+use crate::link::backoff::Backoff;
+
+/// Libvirt calls in flight at once; more wait (within their time limit).
+/// Bounds the threads a hung libvirtd can pin.
+const MAX_CALLS: usize = 16;
+/// How often the manager checks a connection that has no close callback.
+const ALIVE_CHECK: Duration = Duration::from_secs(1);
+const EVENT_BUFFER: usize = 4096;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HvError {
@@ -53,78 +68,168 @@ impl HvError {
     }
 }
 
-type Job = Box<dyn FnOnce(Result<&Connect, HvError>) + Send>;
+/// One open connection with its event subscription. The subscription goes
+/// first when the last user lets go, then the connection is closed.
+struct Live {
+    sub: Option<ffi::Subscription>,
+    conn: Option<Connect>,
+    closed: Arc<AtomicBool>,
+}
 
-/// Handle to the connection thread. Cheap to clone.
+impl Drop for Live {
+    fn drop(&mut self) {
+        drop(self.sub.take());
+        if let Some(c) = self.conn.take() {
+            ffi::close_quietly(c);
+        }
+    }
+}
+
+#[derive(Clone)]
+enum ConnState {
+    /// An attempt is under way (calls wait for it, within their limit).
+    Connecting,
+    Up(Arc<Live>),
+    /// The last attempt failed with this message.
+    Down(String),
+}
+
+/// Facts about a domain that do not change while it stays defined and
+/// stopped/started the same way; fetched once per domain, dropped on any
+/// event for it.
+type Facts = Arc<Mutex<HashMap<String, power::Facts>>>;
+
+struct Shared {
+    uri: String,
+    state: watch::Sender<ConnState>,
+    events: broadcast::Sender<HvEvent>,
+    permits: Arc<Semaphore>,
+    facts: Facts,
+}
+
+/// Handle to the libvirt boundary. Cheap to clone.
 #[derive(Clone)]
 pub struct Hypervisor {
-    uri: Arc<str>,
-    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
     call_timeout: Duration,
 }
 
 impl Hypervisor {
-    /// Starts the connection thread. The connection is opened lazily, so an
-    /// agent starts (and registers, saying libvirt is unavailable) even while
-    /// libvirtd is down.
+    /// Starts libvirt's event loop (once per process, before any connection)
+    /// and the connection manager. Returns at once: an agent starts (and
+    /// registers, saying libvirt is unavailable) even while libvirtd is down.
     pub fn start(uri: &str, call_timeout: Duration) -> Hypervisor {
         // libvirt's default handler prints every error to stderr, including
         // expected ones (a domain without csagent metadata); errors reach us
         // as return values and are logged where they matter.
         virt::error::clear_error_callback();
-        let (tx, rx) = mpsc::channel::<Job>();
-        let thread_uri = uri.to_string();
+        events::ensure_event_loop();
+        let shared = Arc::new(Shared {
+            uri: uri.to_string(),
+            state: watch::Sender::new(ConnState::Connecting),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            permits: Arc::new(Semaphore::new(MAX_CALLS)),
+            facts: Facts::default(),
+        });
+        let weak = Arc::downgrade(&shared);
         let spawned = std::thread::Builder::new()
             .name("libvirt".into())
-            .spawn(move || connection_thread(&thread_uri, &rx));
+            .spawn(move || manage(&weak));
         if let Err(e) = spawned {
-            // Jobs will fail with Unavailable: the sender's peer is gone.
             tracing::error!(error = %e, "cannot start the libvirt connection thread");
+            shared
+                .state
+                .send_replace(ConnState::Down(format!("no connection thread: {e}")));
         }
         Hypervisor {
-            uri: uri.into(),
-            jobs: tx,
+            shared,
             call_timeout,
         }
     }
 
     pub fn uri(&self) -> &str {
-        &self.uri
+        &self.shared.uri
     }
 
-    /// Runs `f` on the connection thread, waiting at most the call timeout.
+    /// Domain events and connection changes, from now on. A receiver that
+    /// lags gets `Lagged` and should re-read the whole state.
+    pub fn subscribe(&self) -> broadcast::Receiver<HvEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// True while a connection is open (it may still hang).
+    pub fn is_connected(&self) -> bool {
+        matches!(*self.shared.state.borrow(), ConnState::Up(_))
+    }
+
+    /// Runs `f` on a blocking thread with the current connection, waiting at
+    /// most the call timeout (for a connection attempt in progress, a free
+    /// slot and the call itself together).
     pub async fn call<R, F>(&self, call: &'static str, f: F) -> Result<R, HvError>
     where
         R: Send + 'static,
         F: FnOnce(&Connect) -> Result<R, HvError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let _ = tx.send(conn.and_then(f));
+        let deadline = tokio::time::Instant::now() + self.call_timeout;
+        let timeout = || HvError::Timeout {
+            call,
+            timeout_ms: self.call_timeout.as_millis(),
+        };
+        let live = self.live(deadline).await.ok_or_else(timeout)??;
+        let permit =
+            tokio::time::timeout_at(deadline, Arc::clone(&self.shared.permits).acquire_owned())
+                .await
+                .map_err(|_| timeout())?
+                .map_err(|_| self.unavailable("the call limiter is closed"))?;
+        let job = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            match live.conn.as_ref() {
+                Some(c) => f(c),
+                None => Err(HvError::Libvirt {
+                    call,
+                    message: "connection already closed".into(),
+                }),
+            }
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| self.unavailable("connection thread is gone"))?;
-        match tokio::time::timeout(self.call_timeout, rx).await {
+        match tokio::time::timeout_at(deadline, job).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(self.unavailable("connection thread dropped the call")),
-            Err(_) => Err(HvError::Timeout {
+            Ok(Err(e)) => Err(HvError::Libvirt {
                 call,
-                timeout_ms: self.call_timeout.as_millis(),
+                message: format!("the call panicked or was cancelled: {e}"),
             }),
+            Err(_) => Err(timeout()),
         }
+    }
+
+    /// The open connection; waits for an attempt in progress. None when the
+    /// deadline passed first.
+    async fn live(&self, deadline: tokio::time::Instant) -> Option<Result<Arc<Live>, HvError>> {
+        let mut rx = self.shared.state.subscribe();
+        let ready = rx.wait_for(|s| !matches!(s, ConnState::Connecting));
+        let state = tokio::time::timeout_at(deadline, ready).await.ok()?;
+        let Ok(state) = state else {
+            return Some(Err(self.unavailable("connection thread is gone")));
+        };
+        Some(match &*state {
+            ConnState::Up(l) => Ok(Arc::clone(l)),
+            ConnState::Down(reason) => Err(self.unavailable(reason)),
+            ConnState::Connecting => Err(self.unavailable("still connecting")),
+        })
     }
 
     fn unavailable(&self, reason: &str) -> HvError {
         HvError::Unavailable {
-            uri: self.uri.to_string(),
+            uri: self.shared.uri.clone(),
             reason: reason.into(),
         }
     }
 
-    /// Every domain on the host with its power state.
+    /// Every domain on the host with its power state: one bulk-stats call,
+    /// plus two lookups for each domain not seen before.
     pub async fn list_vms(&self) -> Result<Vec<VmInfo>, HvError> {
-        self.call("list_all_domains", power::list_all).await
+        let facts = Arc::clone(&self.shared.facts);
+        self.call("get_all_domain_stats", move |c| power::list_all(c, &facts))
+            .await
     }
 
     /// One domain, by UUID.
@@ -134,44 +239,111 @@ impl Hypervisor {
     }
 }
 
-/// Owns the connection. Reopens it when it died, at most once per backoff
-/// period, so a down libvirtd is not hammered by every caller.
-fn connection_thread(uri: &str, jobs: &mpsc::Receiver<Job>) {
-    let mut conn: Option<Connect> = None;
-    let mut next_attempt = Instant::now();
-    let mut delay = Duration::from_millis(200);
-    let mut last_error = String::new();
-    while let Ok(job) = jobs.recv() {
-        if conn
-            .as_ref()
-            .is_some_and(|c| !c.is_alive().unwrap_or(false))
-        {
-            tracing::warn!(uri, "libvirt connection lost; reconnecting");
-            // virConnectClose on a dead connection can fail, and the virt
-            // crate panics when it does: leak the handle instead.
-            std::mem::forget(conn.take());
-        }
-        if conn.is_none() && Instant::now() >= next_attempt {
-            match Connect::open(Some(uri)) {
-                Ok(c) => {
-                    tracing::info!(uri, "connected to libvirt");
-                    delay = Duration::from_millis(200);
-                    conn = Some(c);
+/// Keeps a connection open while any `Hypervisor` handle lives: connect and
+/// subscribe, watch it, and after a loss start over with backoff. Holds the
+/// shared state only weakly, so the last handle dropped ends the thread and
+/// closes the connection.
+fn manage(weak: &Weak<Shared>) {
+    let (wake_tx, wake_rx) = mpsc::channel::<()>();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut down_since: Option<Instant> = None;
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        shared.state.send_replace(ConnState::Connecting);
+        let live = match connect(&shared, &wake_tx) {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                if down_since.is_none() {
+                    tracing::warn!(uri = %shared.uri, error = %e, "cannot connect to libvirt; heartbeats report the hypervisor unavailable; retrying with backoff");
+                    down_since = Some(Instant::now());
+                } else {
+                    tracing::debug!(uri = %shared.uri, error = %e, retry_in_ms = delay.as_millis() as u64, "libvirt still unreachable");
                 }
-                Err(e) => {
-                    last_error = e.message().to_string();
-                    tracing::warn!(uri, error = %last_error, retry_in_ms = delay.as_millis() as u64, "cannot connect to libvirt");
-                    next_attempt = Instant::now() + delay;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
+                shared.state.send_replace(ConnState::Down(e));
+                drop(shared);
+                std::thread::sleep(delay);
+                continue;
             }
+        };
+        backoff.reset();
+        match down_since.take() {
+            Some(t) => {
+                tracing::info!(uri = %shared.uri, down_ms = t.elapsed().as_millis() as u64, "reconnected to libvirt; events re-subscribed")
+            }
+            None => tracing::info!(uri = %shared.uri, "connected to libvirt"),
         }
-        match conn.as_ref() {
-            Some(c) => job(Ok(c)),
-            None => job(Err(HvError::Unavailable {
-                uri: uri.to_string(),
-                reason: last_error.clone(),
-            })),
+        // Anything may have changed while we were away.
+        lock(&shared.facts).clear();
+        while wake_rx.try_recv().is_ok() {}
+        shared.state.send_replace(ConnState::Up(Arc::clone(&live)));
+        let _ = shared.events.send(HvEvent::Connected);
+        drop(shared);
+        let Some(reason) = watch_until_lost(&live, &wake_rx, weak) else {
+            return;
+        };
+        let Some(shared) = weak.upgrade() else { return };
+        tracing::warn!(uri = %shared.uri, reason = %reason, "libvirt connection lost; reconnecting with backoff (running VMs are not touched)");
+        down_since = Some(Instant::now());
+        shared.state.send_replace(ConnState::Down(reason.clone()));
+        let _ = shared.events.send(HvEvent::Disconnected { reason });
+        // Calls still holding it finish (or fail) on their own; the last
+        // one closes it.
+        drop(live);
+    }
+}
+
+fn connect(shared: &Shared, wake: &mpsc::Sender<()>) -> Result<Live, String> {
+    let conn = Connect::open(Some(&shared.uri)).map_err(|e| e.message().to_string())?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let facts = Arc::clone(&shared.facts);
+    let sink = Arc::new(events::Forward {
+        events: shared.events.clone(),
+        closed: Arc::clone(&closed),
+        wake: wake.clone(),
+        on_domain: Arc::new(move |uuid: &str| {
+            lock(&facts).remove(uuid);
+        }),
+    });
+    match ffi::subscribe(&conn, sink) {
+        Ok(sub) => Ok(Live {
+            sub: Some(sub),
+            conn: Some(conn),
+            closed,
+        }),
+        Err(e) => {
+            ffi::close_quietly(conn);
+            Err(e)
         }
     }
+}
+
+/// Returns why the connection is gone: the close callback fired, or
+/// libvirt says it is no longer alive. None when every handle is gone.
+fn watch_until_lost(
+    live: &Live,
+    wake: &mpsc::Receiver<()>,
+    owner: &Weak<Shared>,
+) -> Option<String> {
+    loop {
+        let _ = wake.recv_timeout(ALIVE_CHECK);
+        if owner.strong_count() == 0 {
+            return None;
+        }
+        if live.closed.load(Ordering::SeqCst) {
+            return Some("libvirtd closed the connection (stopped, restarted or crashed)".into());
+        }
+        let alive = live
+            .conn
+            .as_ref()
+            .is_some_and(|c| c.is_alive().unwrap_or(false));
+        if !alive {
+            return Some("the connection is no longer alive".into());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A cache: a panic while holding it leaves consistent (if stale) data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -1,13 +1,18 @@
 //! Domain power states as the agent reports them.
 //!
 //! Owns the mapping from libvirt's states and reasons to csagent's
-//! `PowerState`, and the listing of domains. Runs on the connection thread.
+//! `PowerState`, and the listing of domains: the whole host from one bulk
+//! stats call, one domain by UUID. Runs on a blocking thread, never async.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use virt::connect::Connect;
-use virt::domain::{Domain, DomainState};
+use virt::domain::{Domain, DomainState, DomainStateEnum, DomainStateReasonEnum};
 use virt::enumutil::Enum;
+use virt::sys;
 
-use super::HvError;
+use super::{ffi, HvError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PowerState {
@@ -33,12 +38,105 @@ pub struct VmInfo {
     pub id: Option<u32>,
 }
 
-pub(super) fn list_all(conn: &Connect) -> Result<Vec<VmInfo>, HvError> {
-    let domains = conn
-        .list_all_domains(0)
-        .map_err(|e| HvError::libvirt("list_all_domains", e))?;
-    // A domain can vanish between the list and the info call; skip it.
-    Ok(domains.iter().filter_map(|d| info(d).ok()).collect())
+/// Facts about a domain cached between snapshots (see `Facts` in mod.rs).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Facts {
+    managed: bool,
+    vcpus: u32,
+    memory_kib: u64,
+}
+
+/// Groups read in the one bulk call: the state always; the balloon where the
+/// driver has it (QEMU), so memory stays current without extra calls.
+const GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE | sys::VIR_DOMAIN_STATS_BALLOON;
+
+/// Every domain from one virConnectGetAllDomainStats call. NOWAIT: a domain
+/// whose QEMU holds its job lock is reported from what libvirt has, instead
+/// of holding up the whole host's report. Facts are fetched only for domains
+/// not in the cache (new, or changed since: any event drops the entry).
+pub(super) fn list_all(
+    conn: &Connect,
+    facts: &Mutex<HashMap<String, Facts>>,
+) -> Result<Vec<VmInfo>, HvError> {
+    let stats = ffi::all_domain_stats(conn, GROUPS, sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
+        .map_err(|message| HvError::Libvirt {
+            call: "get_all_domain_stats",
+            message,
+        })?;
+    let known = super::lock(facts).clone();
+    let mut fetched = Vec::new();
+    let mut out = Vec::with_capacity(stats.len());
+    for s in stats {
+        let f = match known.get(&s.uuid) {
+            Some(f) => *f,
+            // A domain can vanish between the two calls; skip it.
+            None => match fetch_facts(conn, &s.uuid) {
+                Some(f) => {
+                    fetched.push((s.uuid.clone(), f));
+                    f
+                }
+                None => continue,
+            },
+        };
+        out.push(from_stats(s, &f));
+    }
+    // Entries dropped by events meanwhile stay dropped (refetched next time).
+    let present: HashSet<&str> = out.iter().map(|v| v.uuid.as_str()).collect();
+    let mut cache = super::lock(facts);
+    cache.retain(|k, _| present.contains(k.as_str()));
+    cache.extend(fetched);
+    Ok(out)
+}
+
+fn fetch_facts(conn: &Connect, uuid: &str) -> Option<Facts> {
+    let d = conn.lookup_domain_by_uuid_string(uuid).ok()?;
+    let i = d.info().ok()?;
+    Some(Facts {
+        managed: is_managed(&d),
+        vcpus: i.nr_virt_cpu,
+        memory_kib: i.memory,
+    })
+}
+
+fn from_stats(s: ffi::DomainStats, f: &Facts) -> VmInfo {
+    let raw_state = s.state.unwrap_or(sys::VIR_DOMAIN_NOSTATE as i32);
+    let state = map_state(DomainStateEnum::from_raw(raw_state as u32));
+    VmInfo {
+        reason: s
+            .reason
+            .map(|r| reason_text(&raw_reason(raw_state, r)))
+            .unwrap_or_default(),
+        uuid: s.uuid,
+        name: s.name,
+        state,
+        managed: f.managed,
+        vcpus: f.vcpus,
+        memory_kib: s.balloon_current_kib.unwrap_or(f.memory_kib),
+        // virDomainGetID answers -1 (as unsigned) for an inactive domain.
+        id: Some(s.id).filter(|&i| i != u32::MAX && i != 0),
+    }
+}
+
+/// The reason enum for a raw (state, reason) pair, as virDomainGetState's
+/// wrapper builds it.
+fn raw_reason(state: i32, reason: i32) -> DomainStateReasonEnum {
+    use virt::domain::{self as vd, DomainStateReason as R};
+    let r = reason as u32;
+    match DomainStateEnum::from_raw(state as u32) {
+        Enum::Known(k) => Enum::Known(match k {
+            DomainState::NoState => R::NoState(vd::DomainNoStateReasonEnum::from_raw(r)),
+            DomainState::Running => R::Running(vd::DomainRunningReasonEnum::from_raw(r)),
+            DomainState::Blocked => R::Blocked(vd::DomainBlockedReasonEnum::from_raw(r)),
+            DomainState::Paused => R::Paused(vd::DomainPausedReasonEnum::from_raw(r)),
+            DomainState::Shutdown => R::Shutdown(vd::DomainShutdownReasonEnum::from_raw(r)),
+            DomainState::Shutoff => R::Shutoff(vd::DomainShutoffReasonEnum::from_raw(r)),
+            DomainState::Crashed => R::Crashed(vd::DomainCrashedReasonEnum::from_raw(r)),
+            DomainState::PMSuspended => {
+                R::PMSuspended(vd::DomainPMSuspendedReasonEnum::from_raw(r))
+            }
+        }),
+        Enum::Unknown(_) => Enum::Unknown(reason),
+    }
 }
 
 pub(super) fn one(conn: &Connect, uuid: uuid::Uuid) -> Result<VmInfo, HvError> {

@@ -32,5 +32,7 @@ pub fn vm_power(v: &VmInfo) -> pb::VmPower {
     pb::VmPower {
         vm_uuid: v.uuid.clone(),
         state: power_state(v.state) as i32,
+        reason: v.reason.clone(),
+        managed: v.managed,
     }
 }

@@ -15,7 +15,6 @@ pub mod session;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::ClientConfig;
 use tokio::sync::watch;
@@ -56,6 +55,8 @@ pub struct VmSnapshot {
     /// False while libvirt is unreachable or hung; `vms` is then the last
     /// known list.
     pub available: bool,
+    /// Why `available` is false; empty while it is true.
+    pub status: String,
 }
 
 /// Everything a session needs, shared across sessions.
@@ -116,6 +117,7 @@ impl LinkCtx {
             vms: snap.vms.iter().map(convert::vm_power).collect(),
             health: Some(self.host.health()),
             hypervisor_available: snap.available,
+            hypervisor_status: snap.status.clone(),
             in_flight_commands: u32::try_from(self.dispatcher.in_flight().len())
                 .unwrap_or(u32::MAX),
         }
@@ -133,11 +135,13 @@ impl LinkCtx {
             Ok(vms) => VmSnapshot {
                 vms,
                 available: true,
+                status: String::new(),
             },
             Err(e) => {
                 tracing::warn!(error = %e, "registering with the last known VM list");
                 let mut s = self.vms.borrow().clone();
                 s.available = false;
+                s.status = e.to_string();
                 s
             }
         }
@@ -197,37 +201,6 @@ pub async fn run(ctx: Arc<LinkCtx>, mut policy: Policy, close: CancellationToken
                     tracing::warn!(error = %e, "management endpoint unavailable");
                 }
                 policy.endpoints.failed(was_up);
-            }
-        }
-    }
-}
-
-/// Refreshes the VM snapshot every `every` until `stop` fires.
-pub async fn poll_vms(
-    hv: Hypervisor,
-    tx: watch::Sender<VmSnapshot>,
-    every: Duration,
-    stop: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match hv.list_vms().await {
-            Ok(vms) => {
-                tx.send_replace(VmSnapshot {
-                    vms,
-                    available: true,
-                });
-            }
-            Err(e) => {
-                if tx.borrow().available {
-                    tracing::warn!(error = %e, "hypervisor unavailable; heartbeats say so until it answers");
-                }
-                tx.send_modify(|s| s.available = false);
             }
         }
     }

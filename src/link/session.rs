@@ -7,6 +7,7 @@
 //! row end the session even if TCP looks alive). It never touches VMs: a
 //! session ending, for whatever reason, only ends this stream.
 
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -125,6 +126,7 @@ async fn serve(
     let mut report = tokio::time::interval(report_every);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ack = Instant::now();
+    let mut report_job: Option<futures::future::BoxFuture<'_, pb::HostReport>> = None;
     loop {
         tokio::select! {
             _ = close.cancelled() => return Ok(Ended::Closed),
@@ -149,9 +151,19 @@ async fn serve(
                 // heartbeat then is right (the ack check above notices).
                 let _ = tx.try_send(agent_msg(pb::agent_message::Msg::Heartbeat(ctx.heartbeat())));
             }
-            _ = report.tick() => {
-                let report = ctx.host_report().await;
-                let _ = tx.try_send(agent_msg(pb::agent_message::Msg::HostReport(report)));
+            // The report may wait on a hung libvirtd (pool listing): it is
+            // built alongside, never in the way of heartbeats.
+            _ = report.tick(), if report_job.is_none() => {
+                report_job = Some(ctx.host_report().boxed());
+            }
+            r = async {
+                match report_job.as_mut() {
+                    Some(job) => job.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                report_job = None;
+                let _ = tx.try_send(agent_msg(pb::agent_message::Msg::HostReport(r)));
             }
         }
     }

@@ -132,6 +132,8 @@ impl Registry {
             .map(|v| pb::VmPower {
                 vm_uuid: v.vm_uuid.clone(),
                 state: v.state,
+                reason: v.reason.clone(),
+                managed: v.managed,
             })
             .collect();
         host.hypervisor_available = reg.hypervisor_available;

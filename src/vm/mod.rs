@@ -270,6 +270,8 @@ fn emit(ctx: &Ctx, uuid: &str, name: &str, state: pb::VmPowerState, reason: &str
             reason: reason.to_string(),
             at_unix_ms: crate::link::session::unix_ms(),
             command_id: ctx.command_id.clone(),
+            // Handlers only ever act on csagent's own domains.
+            managed: true,
         })),
     });
 }

@@ -365,3 +365,4 @@ pub fn workdir() -> TempDir {
         .tempdir()
         .unwrap()
 }
+pub mod vm_events;
