@@ -7,8 +7,10 @@
 //! A dead connection (libvirtd restarted) is reopened with backoff on the next
 //! call; the running VMs are not touched by any of this.
 
+pub mod devices;
 pub mod lifecycle;
 mod power;
+pub mod stats;
 
 use std::sync::mpsc;
 use std::sync::Arc;
