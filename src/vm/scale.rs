@@ -10,7 +10,7 @@
 use crate::domain::{self, KiB, VmSpec};
 use crate::error::{CommandError, ErrorKind};
 use crate::hypervisor::devices::{self, Scope};
-use crate::hypervisor::{Hypervisor, PowerState, VmInfo};
+use crate::hypervisor::{lifecycle, Hypervisor, PowerState, VmInfo};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScaleRequest {
@@ -112,7 +112,19 @@ fn shrink(vm: uuid::Uuid, what: &str, from: u64, to: u64) -> CommandError {
 
 pub async fn scale(h: &Hypervisor, req: ScaleRequest) -> Result<Scaled, CommandError> {
     let uuid = req.vm;
-    let xml = super::managed(h, uuid).await?;
+    super::managed(h, uuid).await?;
+    // The persistent definition holds the targets csagent set; the live
+    // balloon figure follows the guest's driver and can lag or be absent.
+    let xml = h
+        .call("get_xml_desc", move |c| lifecycle::xml(c, &uuid, true))
+        .await
+        .map_err(super::hv)?
+        .ok_or_else(|| {
+            CommandError::new(
+                ErrorKind::NotFound,
+                format!("VM {uuid} not found on this host"),
+            )
+        })?;
     let spec = domain::parse(&xml)
         .map_err(|e| {
             CommandError::new(
