@@ -720,7 +720,7 @@ pub struct Balloon {
 /// One device on its own, for attach, detach and update of a defined domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Device {
-    Disk(Disk),
+    Disk(Box<Disk>),
     Interface(Interface),
 }
 

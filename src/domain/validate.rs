@@ -723,7 +723,7 @@ pub fn validate_device(dev: &Device, machine: Option<&str>) -> Result<(), Domain
                 // libvirt adds the controller on attach when it is missing.
                 spec.devices.scsi_controller = Some(ScsiController::default());
             }
-            spec.devices.disks.push(d.clone());
+            spec.devices.disks.push(Disk::clone(d));
             ("disks[0].", "disk.")
         }
         Device::Interface(n) => {

@@ -39,7 +39,9 @@ pub fn attach_from_proto(m: &pb::AttachDevice) -> Result<(uuid::Uuid, Attach), C
     let uuid = vm(&m.vm_uuid)?;
     let bad = |e: domain::DomainError| CommandError::invalid(e.to_string());
     let a = match &m.device {
-        Some(D::Disk(d)) => Attach::Disk(domain::convert::disk_from_proto(d).map_err(bad)?),
+        Some(D::Disk(d)) => {
+            Attach::Disk(Box::new(domain::convert::disk_from_proto(d).map_err(bad)?))
+        }
         Some(D::Interface(n)) => {
             Attach::Interface(domain::convert::nic_from_proto(n).map_err(bad)?)
         }

@@ -16,7 +16,7 @@ use crate::hypervisor::{lifecycle, Hypervisor};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Attach {
-    Disk(Disk),
+    Disk(Box<Disk>),
     Interface(Interface),
     Iso(Iso),
 }
@@ -99,7 +99,7 @@ pub async fn attach(
 ) -> Result<DeviceChange, CommandError> {
     let v = views(h, uuid).await?;
     match a {
-        Attach::Disk(d) => attach_disk(h, uuid, &v, d).await,
+        Attach::Disk(d) => attach_disk(h, uuid, &v, *d).await,
         Attach::Interface(n) => attach_nic(h, uuid, &v, n).await,
         Attach::Iso(iso) => insert_iso(h, uuid, &v, iso).await,
     }
@@ -137,7 +137,7 @@ async fn attach_disk(
     v: &Views,
     d: Disk,
 ) -> Result<DeviceChange, CommandError> {
-    let dev = Device::Disk(d.clone());
+    let dev = Device::Disk(Box::new(d.clone()));
     let xml = render(&dev, v.machine())?;
     let name = format!("disk {}", d.target);
     let find = |s: &VmSpec| {
@@ -202,7 +202,7 @@ async fn detach_disk(
             format!("VM {uuid} has no disk with target {target:?}; nothing was changed"),
         ));
     };
-    let xml = render(&Device::Disk(disk), v.machine())?;
+    let xml = render(&Device::Disk(Box::new(disk)), v.machine())?;
     let scope = scope_where(v.running, live.is_some(), config.is_some(), false);
     let mut out = apply(h, uuid, format!("disk {target}"), xml, scope, Op::Detach).await?;
     if scope.live {
@@ -270,7 +270,7 @@ async fn insert_iso(
         if drive.source == media.source && live_same {
             return Ok(unchanged(name));
         }
-        let xml = render(&Device::Disk(media), v.machine())?;
+        let xml = render(&Device::Disk(Box::new(media)), v.machine())?;
         return apply(
             h,
             uuid,
@@ -312,7 +312,7 @@ async fn insert_iso(
         shareable: false,
         boot_order: None,
     };
-    let xml = render(&Device::Disk(drive), v.machine())?;
+    let xml = render(&Device::Disk(Box::new(drive)), v.machine())?;
     apply(
         h,
         uuid,
@@ -347,7 +347,7 @@ async fn eject_iso(
     }
     let mut empty = drive.clone();
     empty.source = DiskSource::Empty;
-    let xml = render(&Device::Disk(empty), v.machine())?;
+    let xml = render(&Device::Disk(Box::new(empty)), v.machine())?;
     apply(
         h,
         uuid,
