@@ -128,6 +128,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         monitor: Arc::clone(&monitor),
         storage,
         network,
+        vm_stats: Default::default(),
     });
     let dispatcher = Dispatcher::new(
         DispatchConfig {

@@ -290,6 +290,28 @@ fn decode(body: Option<pb::command::Body>) -> Result<(Request, Option<String>), 
             (Request::DestroyVm(vm), Some(vm.to_string()))
         }
         Body::GetHostFacts(_) => (Request::GetHostFacts, None),
+        Body::ScaleVm(m) => {
+            let r = crate::vm::convert::scale_from_proto(&m)?;
+            let key = r.vm.to_string();
+            (Request::ScaleVm(r), Some(key))
+        }
+        Body::AttachDevice(m) => {
+            let (vm, a) = crate::vm::convert::attach_from_proto(&m)?;
+            (Request::AttachDevice(vm, a), Some(vm.to_string()))
+        }
+        Body::DetachDevice(m) => {
+            let (vm, d) = crate::vm::convert::detach_from_proto(&m)?;
+            (Request::DetachDevice(vm, d), Some(vm.to_string()))
+        }
+        // Read-only and one bulk call for many VMs: not serialised per VM.
+        Body::GetVmStats(m) => {
+            let (collector, vms) = crate::vm::convert::stats_from_proto(&m)?;
+            (Request::GetVmStats { collector, vms }, None)
+        }
+        Body::GetConsole(m) => {
+            let vm = crate::vm::convert::vm_uuid(&m.vm_uuid)?;
+            (Request::GetConsole(vm), Some(vm.to_string()))
+        }
         // Storage and network bodies were taken above; this arm is only
         // reached if a body was added to the proto without a decoder.
         _ => {
@@ -341,6 +363,10 @@ fn encode(reply: Reply) -> pb::command_result::Result {
             R::StartVm(crate::vm::convert::start_result(&vm, vnc, &prepared))
         }
         Reply::Destroyed => R::VmDestroyed(pb::VmDestroyed {}),
+        Reply::Scaled(s) => R::ScaleVm(crate::vm::convert::scaled_to_proto(&s)),
+        Reply::Device(vm, d) => R::Device(crate::vm::convert::device_to_proto(&vm, &d)),
+        Reply::VmStats(v, at) => R::VmStats(crate::vm::convert::stats_to_proto(&v, at)),
+        Reply::Console(vm, c) => R::Console(crate::vm::convert::console_to_proto(&vm, &c)),
         // Taken by the storage and network encoders above.
         other => unreachable_reply(other),
     }

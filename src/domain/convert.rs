@@ -58,6 +58,30 @@ pub fn spec_from_proto(p: &pb::VmSpec) -> Result<VmSpec, DomainError> {
     Ok(spec)
 }
 
+/// Reads one proto disk (AttachDevice) into the model; paths read `disk.x`.
+pub fn disk_from_proto(d: &pb::VmDisk) -> Result<Disk, DomainError> {
+    one_device(|e| disk_from(e, 0, d), "disks[0].", "disk.")
+}
+
+/// Reads one proto NIC (AttachDevice) into the model; paths read `interface.x`.
+pub fn nic_from_proto(n: &pb::VmInterface) -> Result<Interface, DomainError> {
+    one_device(|e| nic_from(e, 0, n), "interfaces[0].", "interface.")
+}
+
+fn one_device<T>(
+    read: impl FnOnce(&mut Errors) -> Option<T>,
+    from: &str,
+    to: &str,
+) -> Result<T, DomainError> {
+    let mut e = Errors::default();
+    let out = read(&mut e);
+    for f in &mut e.0 {
+        f.field = f.field.replacen(from, to, 1);
+    }
+    e.finish()?;
+    out.ok_or_else(|| DomainError::Invalid(Vec::new()))
+}
+
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }

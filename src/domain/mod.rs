@@ -18,7 +18,7 @@ pub mod validate;
 
 pub use error::{DomainError, FieldError};
 pub use model::*;
-pub use validate::validate;
+pub use validate::{validate, validate_device};
 
 /// XML namespace of csagent's `<metadata>` element; its presence marks the
 /// domains csagent manages.
@@ -44,6 +44,15 @@ pub fn render(spec: &VmSpec) -> Result<String, DomainError> {
     let mut buf = Vec::with_capacity(4096);
     render_into(spec, &mut buf)?;
     // quick-xml writes only the &str pieces we give it, so this is UTF-8.
+    String::from_utf8(buf).map_err(|e| DomainError::Render(std::io::Error::other(e)))
+}
+
+/// Validates one device (see `validate_device`) and returns its XML
+/// fragment, e.g. `<disk ...>...</disk>`, for attach/detach/update.
+pub fn render_device(dev: &Device, machine: Option<&str>) -> Result<String, DomainError> {
+    validate_device(dev, machine)?;
+    let mut buf = Vec::with_capacity(512);
+    render::render_device_into(dev, &mut buf)?;
     String::from_utf8(buf).map_err(|e| DomainError::Render(std::io::Error::other(e)))
 }
 

@@ -721,6 +721,13 @@ pub struct Balloon {
     pub stats_period: Option<u32>,
 }
 
+/// One device on its own, for attach, detach and update of a defined domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Device {
+    Disk(Box<Disk>),
+    Interface(Interface),
+}
+
 /// What the parser made of a domain, and what it had to leave out.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Parsed {

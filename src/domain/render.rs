@@ -188,6 +188,18 @@ pub(crate) fn render_into(spec: &VmSpec, buf: &mut Vec<u8>) -> Res {
     Ok(())
 }
 
+/// Appends one device element (`<disk>` or `<interface>`), written by the
+/// same code as inside a full domain. The device must be validated.
+pub(crate) fn render_device_into(dev: &Device, buf: &mut Vec<u8>) -> Res {
+    let mut o = Out::new(buf);
+    match dev {
+        Device::Disk(d) => disk_el(&mut o, d)?,
+        Device::Interface(n) => interface(&mut o, n)?,
+    }
+    o.w.get_mut().push(b'\n');
+    Ok(())
+}
+
 fn identity(o: &mut Out, spec: &VmSpec) -> Res {
     o.tag("name").text(&spec.name)?;
     let mut uuid = uuid::Uuid::encode_buffer();

@@ -733,3 +733,34 @@ fn boot_orders(d: &Devices, e: &mut Errors) {
         }
     }
 }
+
+/// Validates one device by the rules it would meet inside a full domain on
+/// `machine` (the domain's machine type, for the q35/IDE rule). Field paths
+/// read `disk.target`, `interface.mac`.
+pub fn validate_device(dev: &Device, machine: Option<&str>) -> Result<(), DomainError> {
+    // A one-device domain runs the very same checks as StartVm.
+    let mut spec = VmSpec::new("device", VmUuid(uuid::Uuid::from_u128(1)));
+    spec.memory.size = KiB(1);
+    spec.os.machine = machine.map(str::to_string);
+    let prefix = match dev {
+        Device::Disk(d) => {
+            if d.bus == DiskBus::Scsi {
+                // libvirt adds the controller on attach when it is missing.
+                spec.devices.scsi_controller = Some(ScsiController::default());
+            }
+            spec.devices.disks.push(Disk::clone(d));
+            ("disks[0].", "disk.")
+        }
+        Device::Interface(n) => {
+            spec.devices.interfaces.push(n.clone());
+            ("interfaces[0].", "interface.")
+        }
+    };
+    let mut e = Errors::default();
+    disks(&spec, &mut e);
+    interfaces(&spec.devices.interfaces, &mut e);
+    for f in &mut e.0 {
+        f.field = f.field.replacen(prefix.0, prefix.1, 1);
+    }
+    e.finish()
+}

@@ -39,6 +39,14 @@ pub enum Request {
     DestroyVm(uuid::Uuid),
     Storage(storage::StorageOp),
     Network(network::NetworkOp),
+    ScaleVm(crate::vm::scale::ScaleRequest),
+    AttachDevice(uuid::Uuid, crate::vm::devices::Attach),
+    DetachDevice(uuid::Uuid, crate::vm::devices::Detach),
+    GetVmStats {
+        collector: String,
+        vms: Vec<uuid::Uuid>,
+    },
+    GetConsole(uuid::Uuid),
 }
 
 impl Request {
@@ -55,6 +63,11 @@ impl Request {
             Request::DestroyVm(_) => "destroy_vm",
             Request::Storage(_) => "storage",
             Request::Network(_) => "network",
+            Request::ScaleVm(_) => "scale_vm",
+            Request::AttachDevice(..) => "attach_device",
+            Request::DetachDevice(..) => "detach_device",
+            Request::GetVmStats { .. } => "get_vm_stats",
+            Request::GetConsole(_) => "get_console",
         }
     }
 }
@@ -79,6 +92,11 @@ pub enum Reply {
     SecurityGroupApplied(bool),
     SecurityGroupRemoved,
     Counters(crate::network::TrafficReport),
+    Scaled(crate::vm::scale::Scaled),
+    Device(uuid::Uuid, crate::vm::devices::DeviceChange),
+    /// The VMs' figures and when they were taken (Unix ms).
+    VmStats(Vec<crate::vm::stats::VmStat>, i64),
+    Console(uuid::Uuid, crate::vm::console::Console),
 }
 
 /// What a running command may use besides its request.
@@ -97,6 +115,8 @@ pub struct Handlers {
     pub storage: Arc<crate::storage::Storage>,
     /// None when netlink could not be opened (the agent still runs VMs).
     pub network: Option<crate::network::Network>,
+    /// Previous samples per collector and unresponsive VMs, for GetVmStats.
+    pub vm_stats: Arc<crate::vm::stats::VmStatsService>,
 }
 
 impl Handlers {
@@ -133,6 +153,7 @@ impl Handlers {
             }
             Request::Storage(op) => storage::handle(&self.storage, op, ctx).await,
             Request::Network(op) => network::handle(self.network.as_ref(), op).await,
+            other => self.vm_ops(other).await,
         }
     }
 }
@@ -174,6 +195,39 @@ impl Handlers {
         if let Err(e) = n.release_vm(crate::network::VmUuid(vm)).await {
             tracing::warn!(command_id = %ctx.command_id, vm = %vm, error = %e,
                 "destroyed VM's bridges could not be released");
+        }
+    }
+}
+
+impl Handlers {
+    /// Scale, devices, stats and console (src/vm/).
+    async fn vm_ops(&self, req: Request) -> Result<Reply, CommandError> {
+        let h = &self.hypervisor;
+        match req {
+            Request::ScaleVm(r) => crate::vm::scale::scale(h, r).await.map(Reply::Scaled),
+            Request::AttachDevice(vm, a) => crate::vm::devices::attach(h, vm, a)
+                .await
+                .map(|d| Reply::Device(vm, d)),
+            Request::DetachDevice(vm, d) => crate::vm::devices::detach(h, vm, d)
+                .await
+                .map(|d| Reply::Device(vm, d)),
+            Request::GetVmStats { collector, vms } => {
+                let v = self.vm_stats.collect(h, &collector, &vms).await?;
+                Ok(Reply::VmStats(v, crate::link::session::unix_ms()))
+            }
+            Request::GetConsole(vm) => {
+                let host = crate::vm::convert::host_address(&self.monitor.facts());
+                crate::vm::console::console(h, vm, host)
+                    .await
+                    .map(|c| Reply::Console(vm, c))
+            }
+            other => Err(CommandError::new(
+                ErrorKind::Internal,
+                format!(
+                    "request {} reached the VM handlers by mistake",
+                    other.name()
+                ),
+            )),
         }
     }
 }

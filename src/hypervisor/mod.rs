@@ -10,10 +10,12 @@
 //! connection at once (close callback) or by polling, and reconnects with
 //! backoff; the running VMs are not touched by any of this.
 
+pub mod devices;
 mod events;
 mod ffi;
 pub mod lifecycle;
 mod power;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

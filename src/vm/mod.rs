@@ -7,8 +7,12 @@
 //! same UUID with another definition is CONFLICT. Domains csagent did not
 //! define are never changed.
 
+pub mod console;
 pub mod convert;
+pub mod devices;
 pub mod prepare;
+pub mod scale;
+pub mod stats;
 
 use std::time::Duration;
 

@@ -148,6 +148,7 @@ pub fn foreign_xml(name: &str, uuid: &uuid::Uuid, domain_type: &str) -> String {
 pub async fn start_vm(plane: &Plane, host: &uuid::Uuid, spec: &pb::VmSpec) {
     let body = pb::command::Body::StartVm(pb::StartVm {
         spec: Some(spec.clone()),
+        ..Default::default()
     });
     let r = super::call(
         plane,

@@ -10,7 +10,7 @@ use crate::error::CommandError;
 use crate::proto::v1 as pb;
 use crate::storage::CreateFromTemplate;
 
-use super::prepare::{NetworkPrep, Prepared, StartRequest, VolumePrep};
+use crate::vm::prepare::{NetworkPrep, Prepared, StartRequest, VolumePrep};
 
 /// Decodes and validates a StartVm; nothing has happened yet.
 pub fn start_request(m: &pb::StartVm) -> Result<StartRequest, CommandError> {
