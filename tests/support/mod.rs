@@ -363,3 +363,4 @@ pub fn workdir() -> TempDir {
         .tempdir()
         .unwrap()
 }
+pub mod identity;
