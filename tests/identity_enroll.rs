@@ -30,13 +30,15 @@ async fn enrollment_end_to_end_with_the_real_binary() {
     let cfg_path = work.path().join("agent.toml");
     std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
     let token = p.token(&host, Duration::from_secs(60));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_csagent"))
+    // Async: the plane runs on this test's runtime.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_csagent"))
         .args(["enroll", "--config", cfg_path.to_str().unwrap()])
         .args(["--plane", &p.endpoint(), "--token", &token])
         .output()
+        .await
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains(&host.to_string()), "{text}");
     let mode = std::fs::metadata(&files.key).unwrap().permissions().mode() & 0o777;
@@ -240,7 +242,10 @@ async fn revoked_host_is_cut_off_refused_and_shown_revoked() {
         .unwrap()
         .into_inner()
         .hosts;
-    let h = hosts.iter().find(|h| h.host_uuid == host.to_string()).unwrap();
+    let h = hosts
+        .iter()
+        .find(|h| h.host_uuid == host.to_string())
+        .unwrap();
     assert!(h.revoked, "{h:?}");
     // No new token for it, and the revocation survives a plane restart
     // (it is in the state directory).
@@ -252,10 +257,9 @@ async fn revoked_host_is_cut_off_refused_and_shown_revoked() {
         .await
         .unwrap_err();
     assert!(e.message().contains("revoked"), "{e:?}");
-    let reopened = csagent::mgmt::revocation::Revocations::open(
-        p.state.path().join("state/revoked.json"),
-    )
-    .unwrap();
+    let reopened =
+        csagent::mgmt::revocation::Revocations::open(p.state.path().join("state/revoked.json"))
+            .unwrap();
     assert!(reopened.is_revoked(&host.to_string()));
     agent.stop().await;
     p.plane.stop().await;

@@ -93,9 +93,10 @@ async fn renewal_under_load_loses_no_command_and_keeps_the_stream() {
 
     // The next connection uses the new certificate, which then replaces the
     // old one; commands keep flowing across the reconnect.
-    p.plane
-        .registry
-        .close(&host.to_string(), tonic::Status::unavailable("test: reconnect"));
+    p.plane.registry.close(
+        &host.to_string(),
+        tonic::Status::unavailable("test: reconnect"),
+    );
     assert!(
         wait_for(Duration::from_secs(10), || {
             is_up(&p.plane, &host) && peer(&p, &host) != first_peer
@@ -104,8 +105,10 @@ async fn renewal_under_load_loses_no_command_and_keeps_the_stream() {
         "agent did not come back"
     );
     assert!(
-        wait_for(Duration::from_secs(5), || std::fs::read_to_string(&files.cert)
-            .unwrap()
+        wait_for(Duration::from_secs(5), || std::fs::read_to_string(
+            &files.cert
+        )
+        .unwrap()
             != original)
         .await,
         "the renewed certificate was not promoted after it connected"
@@ -139,12 +142,8 @@ async fn renewal_asking_for_another_identity_is_refused() {
             pb::RenewCertificate { csr_pem: csr },
         )),
     };
-    let none = csagent::mgmt::identity_link::intercept(
-        Some(p.authority()),
-        &host.to_string(),
-        &tx,
-        msg,
-    );
+    let none =
+        csagent::mgmt::identity_link::intercept(Some(p.authority()), &host.to_string(), &tx, msg);
     assert!(none.is_none());
     let mut rx = _rx;
     let Some(Ok(pb::PlaneMessage {
@@ -169,7 +168,12 @@ async fn ca_rotation_with_agents_connected_drops_none() {
     let mut agents = Vec::new();
     for (h, d) in hosts.iter().zip(&dirs) {
         let f = p.enroll(h, d.path()).await;
-        agents.push(run_in_process(agent_config(h, &f, &[p.endpoint()], d.path())));
+        agents.push(run_in_process(agent_config(
+            h,
+            &f,
+            &[p.endpoint()],
+            d.path(),
+        )));
         files.push(f);
     }
     // Enrolled before the rotation, started after it: it knows only the old CA.
@@ -208,9 +212,10 @@ async fn ca_rotation_with_agents_connected_drops_none() {
     }
     // Reconnecting, they use the new bundle and the new CA's certificate.
     for h in &hosts {
-        p.plane
-            .registry
-            .close(&h.to_string(), tonic::Status::unavailable("test: reconnect"));
+        p.plane.registry.close(
+            &h.to_string(),
+            tonic::Status::unavailable("test: reconnect"),
+        );
     }
     for (i, h) in hosts.iter().enumerate() {
         assert!(
