@@ -17,6 +17,7 @@ use crate::handlers::Handlers;
 use crate::host::{self, HostCollector, SysRoots};
 use crate::hypervisor::Hypervisor;
 use crate::hypervisor::PowerState;
+use crate::identity::Credentials;
 use crate::link::backoff::Backoff;
 use crate::link::connector::DialOptions;
 use crate::link::endpoints::{Endpoint, Endpoints};
@@ -35,6 +36,8 @@ pub enum AgentError {
     Identity(#[from] host::HostIdError),
     #[error("management.hosts: {0}")]
     Endpoint(String),
+    #[error(transparent)]
+    Certificate(#[from] crate::identity::IdentityError),
 }
 
 /// How often sensors and the clock are re-read for heartbeats' health.
@@ -70,11 +73,14 @@ async fn restore_network(handlers: Arc<Handlers>, mut vms: watch::Receiver<VmSna
 pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError> {
     let host_uuid = host::host_uuid(&cfg.agent.state_dir, Some(&cfg.agent.guid))?;
     let m = &cfg.management;
-    let tls = tls::client_config(&TlsFiles {
+    let files = TlsFiles {
         ca: m.ca_file.clone(),
         cert: m.cert_file.clone(),
         key: m.key_file.clone(),
-    })?;
+    };
+    crate::identity::enroll::at_start(m, &host_uuid, &files).await?;
+    let credentials = Credentials::load(files, host_uuid, m.renew_at)?;
+    let tls = credentials.client_config().0;
     let list = m
         .hosts
         .iter()
@@ -148,28 +154,31 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         Duration::from_millis(cfg.hypervisor.poll_interval_ms),
         background.clone(),
     ));
-    let ctx = Arc::new(LinkCtx::new(
-        Identity {
-            host_uuid: host_uuid.to_string(),
-            zone: cfg.agent.zone.clone(),
-            pod: cfg.agent.pod.clone(),
-            cluster: cfg.agent.cluster.clone(),
-            host_tags: cfg.agent.host_tags.clone(),
-        },
-        tls,
-        DialOptions {
-            connect_timeout: m.connect_timeout(),
-            keepalive_interval: Duration::from_millis(m.keepalive_interval_ms),
-            keepalive_timeout: Duration::from_millis(m.keepalive_timeout_ms),
-        },
-        m.max_message_bytes,
-        m.ping_retries,
-        Arc::clone(&dispatcher),
-        outbox,
-        hv,
-        vm_rx,
-        monitor,
-    ));
+    let ctx = Arc::new(
+        LinkCtx::new(
+            Identity {
+                host_uuid: host_uuid.to_string(),
+                zone: cfg.agent.zone.clone(),
+                pod: cfg.agent.pod.clone(),
+                cluster: cfg.agent.cluster.clone(),
+                host_tags: cfg.agent.host_tags.clone(),
+            },
+            tls,
+            DialOptions {
+                connect_timeout: m.connect_timeout(),
+                keepalive_interval: Duration::from_millis(m.keepalive_interval_ms),
+                keepalive_timeout: Duration::from_millis(m.keepalive_timeout_ms),
+            },
+            m.max_message_bytes,
+            m.ping_retries,
+            Arc::clone(&dispatcher),
+            outbox,
+            hv,
+            vm_rx,
+            monitor,
+        )
+        .with_credentials(credentials),
+    );
     tracing::info!(host_uuid = %host_uuid, endpoints = ?m.hosts, version = env!("CARGO_PKG_VERSION"), "csagent starting");
     let close = CancellationToken::new();
     let link_task = tokio::spawn(link::run(ctx, policy, close.clone()));

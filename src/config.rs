@@ -123,6 +123,13 @@ pub struct ManagementSection {
     pub ping_retries: u32,
     /// Largest message accepted from the plane.
     pub max_message_bytes: usize,
+    /// SHA-256 of the plane's CA certificate, hex: pinned at enrollment.
+    pub ca_fingerprint: String,
+    /// A file holding a one-time enrollment token: with no certificate yet,
+    /// the agent enrolls with it at start. Empty: no enrollment at start.
+    pub enroll_token_file: PathBuf,
+    /// Renew the certificate once this fraction of its lifetime has passed.
+    pub renew_at: f64,
 }
 
 impl Default for ManagementSection {
@@ -141,6 +148,9 @@ impl Default for ManagementSection {
             keepalive_timeout_ms: 2000,
             ping_retries: 4,
             max_message_bytes: 16 * 1024 * 1024,
+            ca_fingerprint: String::new(),
+            enroll_token_file: PathBuf::new(),
+            renew_at: 0.66,
         }
     }
 }
@@ -338,6 +348,19 @@ impl Config {
             return Err((
                 "management.max_message_bytes",
                 "must be at least 65536".into(),
+            ));
+        }
+        if !(m.renew_at > 0.0 && m.renew_at < 1.0) {
+            return Err((
+                "management.renew_at",
+                format!("{} is not a fraction between 0 and 1", m.renew_at),
+            ));
+        }
+        let fp = crate::pki::normalize_fingerprint(&m.ca_fingerprint);
+        if !fp.is_empty() && (fp.len() != 64 || !fp.chars().all(|c| c.is_ascii_hexdigit())) {
+            return Err((
+                "management.ca_fingerprint",
+                "must be a SHA-256 in hex (64 digits, colons allowed)".into(),
             ));
         }
         if self.hypervisor.uri.is_empty() {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod handlers;
 pub mod host;
 pub mod hypervisor;
+pub mod identity;
 pub mod link;
 pub mod logging;
 pub mod mgmt;

@@ -33,6 +33,22 @@ enum Cmd {
         #[arg(short, long, env = "CSAGENT_CONFIG", default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Get this host's first certificate from the plane with a one-time
+    /// token (csagent-mgmt token create). Writes the configured ca_file,
+    /// cert_file and key_file (mode 0600); the key never leaves the host.
+    Enroll {
+        #[arg(short, long, env = "CSAGENT_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The plane's agent port, HOST:PORT.
+        #[arg(long)]
+        plane: String,
+        /// The one-time enrollment token.
+        #[arg(long, env = "CSAGENT_ENROLL_TOKEN")]
+        token: String,
+        /// SHA-256 of the plane's CA certificate (default: management.ca_fingerprint).
+        #[arg(long)]
+        ca_fingerprint: Option<String>,
+    },
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -79,6 +95,12 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run { config } => run(&config),
         Cmd::Check { config } => preflight(&config),
+        Cmd::Enroll {
+            config,
+            plane,
+            token,
+            ca_fingerprint,
+        } => enroll(&config, &plane, &token, ca_fingerprint),
         Cmd::Config { cmd } => config_cmd(cmd),
         Cmd::Domain { cmd } => domain_cmd(cmd),
     };
@@ -123,6 +145,46 @@ fn preflight(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn enroll(
+    path: &std::path::Path,
+    plane: &str,
+    token: &str,
+    fingerprint: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(path)?;
+    let m = &cfg.management;
+    let host = csagent::host::host_uuid(&cfg.agent.state_dir, Some(&cfg.agent.guid))?;
+    let files = csagent::tls::TlsFiles {
+        ca: m.ca_file.clone(),
+        cert: m.cert_file.clone(),
+        key: m.key_file.clone(),
+    };
+    let fingerprint = fingerprint.unwrap_or_else(|| m.ca_fingerprint.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let done = rt.block_on(csagent::identity::enroll(csagent::identity::EnrollParams {
+        plane,
+        default_port: m.port,
+        token,
+        ca_fingerprint: &fingerprint,
+        host,
+        files: &files,
+        connect_timeout: m.connect_timeout(),
+    }))?;
+    let until = time::OffsetDateTime::from_unix_timestamp(done.not_after_unix_ms / 1000)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    println!(
+        "enrolled host {host}\ncertificate: {} (valid until {until}; renewed automatically)\nkey:         {} (mode 0600)\nCA bundle:   {}",
+        files.cert.display(),
+        files.key.display(),
+        files.ca.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGTERM (systemctl stop) and SIGINT (Ctrl-C) both start a clean shutdown.

@@ -32,6 +32,10 @@ pub enum PkiError {
     },
     #[error("invalid subject {0:?}: {1}")]
     Subject(String, String),
+    #[error("certificate signing request refused: {0}")]
+    Csr(String),
+    #[error("no certificate in the PEM text")]
+    NoCertificate,
 }
 
 /// A certificate and its private key, both PEM.
@@ -50,10 +54,13 @@ pub struct Validity {
 
 impl Validity {
     /// Valid from a minute ago (tolerates small clock skew) for `lifetime`.
+    /// Very short lifetimes (tests) are backdated by a tenth of it instead,
+    /// so the renewal point stays inside the lifetime asked for.
     pub fn for_lifetime(lifetime: Duration) -> Self {
         let now = OffsetDateTime::now_utc();
+        let back = Duration::from_secs(60).min(lifetime / 10);
         Validity {
-            not_before: now - time::Duration::minutes(1),
+            not_before: now - back,
             not_after: now + lifetime,
         }
     }
@@ -74,16 +81,7 @@ impl Ca {
     /// Makes a new self-signed CA.
     pub fn generate(name: &str, validity: Validity) -> Result<Ca, PkiError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = dn(name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.not_before = validity.not_before;
-        params.not_after = validity.not_after;
+        let params = ca_params(name, validity)?;
         let cert = params.self_signed(&key)?;
         let pem = Pem {
             cert: cert.pem(),
@@ -95,10 +93,13 @@ impl Ca {
         })
     }
 
-    /// Loads a CA from its PEM certificate and key.
+    /// Loads a CA from its PEM certificate and key. `cert` may be a bundle:
+    /// the first certificate is the one that signs (the newest CA during a
+    /// rotation), the others are only trusted.
     pub fn from_pem(cert: &str, key: &str) -> Result<Ca, PkiError> {
         let signing = KeyPair::from_pem(key)?;
-        let issuer = Issuer::from_ca_cert_pem(cert, signing)?;
+        let first = first_cert_pem(cert)?;
+        let issuer = Issuer::from_ca_cert_pem(&first, signing)?;
         let pem = Pem {
             cert: cert.to_string(),
             key: key.to_string(),
@@ -121,14 +122,63 @@ impl Ca {
 
     /// Issues an agent (client) certificate whose identity is the host UUID.
     pub fn issue_agent(&self, host_uuid: &uuid::Uuid, validity: Validity) -> Result<Pem, PkiError> {
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = dn(&host_uuid.to_string());
-        let urn = format!("urn:uuid:{host_uuid}");
-        let urn = rcgen::string::Ia5String::try_from(urn.as_str())
-            .map_err(|e| PkiError::Subject(urn.clone(), e.to_string()))?;
-        params.subject_alt_names.push(SanType::URI(urn));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        self.sign(params, validity)
+        self.sign(agent_params(host_uuid)?, validity)
+    }
+
+    /// The certificate this CA signs with (the first of its PEM), PEM.
+    pub fn signing_cert_pem(&self) -> Result<String, PkiError> {
+        first_cert_pem(&self.pem.cert)
+    }
+
+    /// SHA-256 of the signing certificate (DER), lowercase hex: what a host
+    /// pins at enrollment.
+    pub fn fingerprint(&self) -> Result<String, PkiError> {
+        Ok(fingerprints(&self.pem.cert)?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
+    }
+
+    /// Signs an agent's CSR for `host_uuid`. Only the CSR's public key is
+    /// taken: usages, lifetime and identity are the CA's decision, and a CSR
+    /// naming any other identity (CN or URI SAN) is refused.
+    pub fn sign_agent_csr(
+        &self,
+        csr_pem: &str,
+        host_uuid: &uuid::Uuid,
+        validity: Validity,
+    ) -> Result<String, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Csr(format!("cannot parse or verify the CSR: {e}")))?;
+        check_csr_identity(&csr.params, host_uuid)?;
+        let mut params = agent_params(host_uuid)?;
+        params.not_before = validity.not_before;
+        params.not_after = validity.not_after;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(cert.pem())
+    }
+
+    /// A successor CA, plus the successor's certificate cross-signed by this
+    /// one: served in the plane's chain during the overlap, it lets hosts that
+    /// still trust only this CA verify a server certificate from the new one.
+    pub fn successor(&self, name: &str, validity: Validity) -> Result<(Ca, String), PkiError> {
+        let key = KeyPair::generate()?;
+        let params = ca_params(name, validity)?;
+        let cert = params.self_signed(&key)?;
+        let cross = params.signed_by(&key, &self.issuer)?;
+        let pem = Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        };
+        Ok((
+            Ca {
+                pem,
+                issuer: Issuer::new(params, key),
+            },
+            cross.pem(),
+        ))
     }
 
     fn sign(&self, mut params: CertificateParams, validity: Validity) -> Result<Pem, PkiError> {
@@ -143,6 +193,138 @@ impl Ca {
             key: key.serialize_pem(),
         })
     }
+}
+
+fn ca_params(name: &str, validity: Validity) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = dn(name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = validity.not_before;
+    params.not_after = validity.not_after;
+    Ok(params)
+}
+
+/// An agent certificate's identity: the host UUID as CN and `urn:uuid:` SAN.
+fn agent_params(host_uuid: &uuid::Uuid) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = dn(&host_uuid.to_string());
+    let urn = format!("urn:uuid:{host_uuid}");
+    let urn = rcgen::string::Ia5String::try_from(urn.as_str())
+        .map_err(|e| PkiError::Subject(urn.clone(), e.to_string()))?;
+    params.subject_alt_names.push(SanType::URI(urn));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
+}
+
+/// A CSR for a fresh key pair whose identity is the host UUID; returns the
+/// CSR and the private key, both PEM. Runs on the host: the key stays there.
+pub fn agent_csr(host_uuid: &uuid::Uuid) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let csr = agent_params(host_uuid)?.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// Every name the CSR asks for must be the host UUID, and it must ask for it.
+fn check_csr_identity(params: &CertificateParams, host: &uuid::Uuid) -> Result<(), PkiError> {
+    let want = host.to_string();
+    let mut named = false;
+    for (ty, value) in params.distinguished_name.iter() {
+        if *ty == DnType::CommonName {
+            let cn = dn_text(value);
+            if !cn.eq_ignore_ascii_case(&want) {
+                return Err(PkiError::Csr(format!(
+                    "it asks for identity {cn:?}, the token is for host {want}"
+                )));
+            }
+            named = true;
+        }
+    }
+    for san in &params.subject_alt_names {
+        match san {
+            SanType::URI(uri)
+                if uri
+                    .as_str()
+                    .strip_prefix("urn:uuid:")
+                    .is_some_and(|u| u.eq_ignore_ascii_case(&want)) =>
+            {
+                named = true
+            }
+            other => {
+                return Err(PkiError::Csr(format!(
+                    "it asks for name {other:?}, only urn:uuid:{want} is allowed"
+                )))
+            }
+        }
+    }
+    if named {
+        Ok(())
+    } else {
+        Err(PkiError::Csr(format!(
+            "it does not name host {want} (CN or urn:uuid: SAN)"
+        )))
+    }
+}
+
+fn dn_text(v: &rcgen::DnValue) -> String {
+    match v {
+        rcgen::DnValue::Utf8String(s) => s.clone(),
+        rcgen::DnValue::PrintableString(s) => s.as_str().to_string(),
+        rcgen::DnValue::Ia5String(s) => s.as_str().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The first certificate of a PEM text, as PEM.
+pub fn first_cert_pem(pem: &str) -> Result<String, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or(PkiError::NoCertificate)?
+        .map_err(|_| PkiError::NoCertificate)?;
+    Ok(der_to_pem(der.as_ref()))
+}
+
+/// PEM text of one DER certificate.
+pub fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// SHA-256 fingerprints (lowercase hex) of every certificate in a PEM text,
+/// in order.
+pub fn fingerprints(pem: &str) -> Result<Vec<String>, PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    use sha2::Digest;
+    let mut out = Vec::new();
+    for der in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let der = der.map_err(|_| PkiError::NoCertificate)?;
+        out.push(hex::encode(sha2::Sha256::digest(der.as_ref())));
+    }
+    if out.is_empty() {
+        return Err(PkiError::NoCertificate);
+    }
+    Ok(out)
+}
+
+/// A fingerprint as an operator may type it ("AB:CD:..", upper case) in the
+/// form `fingerprints` returns.
+pub fn normalize_fingerprint(text: &str) -> String {
+    text.chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 fn dn(cn: &str) -> DistinguishedName {
@@ -176,12 +358,18 @@ pub fn write_pair(dir: &Path, stem: &str, pem: &Pem) -> Result<(PathBuf, PathBuf
     Ok((cert_path, key_path))
 }
 
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+/// Writes a file atomically (temporary file in the same directory, fsync,
+/// rename), created with its final mode.
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     let io = |source| PkiError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("tmp");
+    // Appended, not replacing the extension: agent.pem and agent.key must
+    // not share a temporary file.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -118,8 +118,27 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
 /// Server side (the plane): TLS 1.3 only, a client certificate chaining to
 /// the CA bundle is required.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(files, false)
+}
+
+/// Server side for a plane that also enrolls hosts: a client may come
+/// without a certificate (it can reach only the Enrollment service; AgentLink
+/// refuses a stream without a verified identity), but a certificate it does
+/// present must chain to the CA bundle.
+pub fn server_config_enrolling(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(files, true)
+}
+
+fn server_config_with(
+    files: &TlsFiles,
+    anonymous_allowed: bool,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let roots = roots(&files.ca)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    if anonymous_allowed {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
@@ -131,6 +150,27 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             read_key(&files.key)?,
         )
         .map_err(|e| TlsError::Config(format!("{}: {e}", files.cert.display())))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Client side without a client certificate, trusting only `roots` (the
+/// CA an operator pinned): what enrollment uses before the host has a
+/// certificate.
+pub fn anonymous_client_config(
+    roots: Vec<CertificateDer<'static>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut store = RootCertStore::empty();
+    for cert in roots {
+        store
+            .add(cert)
+            .map_err(|e| TlsError::Config(format!("pinned CA: {e}")))?;
+    }
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(store)
+        .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio_stream::StreamExt;
 
 use csagent::config::LogFormat;
-use csagent::mgmt::{admin, Liveness, Plane, PlaneConfig};
+use csagent::mgmt::{admin, IdentityConfig, Liveness, Plane, PlaneConfig};
 use csagent::pki::{self, Ca, Validity};
 use csagent::proto::v1 as pb;
 use csagent::tls::TlsFiles;
@@ -80,6 +80,36 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_ADMIN)]
         admin_socket: PathBuf,
     },
+    /// One-time enrollment tokens for hosts.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Revoke a host: its stream is closed at once and its identity refused
+    /// from then on (shown as REVOKED in `hosts`).
+    Revoke {
+        #[arg(long, default_value = DEFAULT_ADMIN)]
+        admin_socket: PathBuf,
+        /// Host UUID.
+        #[arg(long)]
+        host: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a token for one host UUID; prints it with the CA fingerprint
+    /// the host must pin and the command to run there.
+    Create {
+        #[arg(long, default_value = DEFAULT_ADMIN)]
+        admin_socket: PathBuf,
+        /// Host UUID the token enrolls (and nothing else).
+        #[arg(long)]
+        host: String,
+        /// Lifetime of the token, seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -107,6 +137,15 @@ struct ServeArgs {
     max_message_bytes: usize,
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormatArg,
+    /// Where enrollment tokens and revocations are kept. Host identity
+    /// (enrollment, renewal, revocation, CA rotation) is on when --tls-dir
+    /// holds the CA key (ca.key).
+    #[arg(long, default_value = "/var/lib/csagent-mgmt")]
+    state_dir: PathBuf,
+    /// Lifetime of the host certificates this plane signs, seconds
+    /// (default 7 days: short, so renewal is routine).
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    cert_lifetime_secs: u64,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -139,6 +178,17 @@ enum PkiCmd {
         #[arg(long, default_value_t = 30)]
         days: u64,
     },
+    /// Print the SHA-256 fingerprint of DIR's signing CA (what hosts pin).
+    Fingerprint {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Rotate the running plane's CA: a new CA signs from now on, the old one
+    /// stays trusted, connected hosts receive the new bundle and renew.
+    RotateCa {
+        #[arg(long, default_value = DEFAULT_ADMIN)]
+        admin_socket: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -165,7 +215,19 @@ fn main() -> ExitCode {
 async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Serve(a) => serve(a).await,
+        Cmd::Pki {
+            cmd: PkiCmd::RotateCa { admin_socket },
+        } => rotate_ca(&admin_socket).await,
         Cmd::Pki { cmd } => pki_cmd(cmd),
+        Cmd::Token {
+            cmd:
+                TokenCmd::Create {
+                    admin_socket,
+                    host,
+                    ttl,
+                },
+        } => token_create(&admin_socket, host, ttl).await,
+        Cmd::Revoke { admin_socket, host } => revoke(&admin_socket, host).await,
         Cmd::Hosts { admin_socket, json } => hosts(&admin_socket, json).await,
         Cmd::Send {
             admin_socket,
@@ -190,23 +252,31 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         LogFormatArg::Json => LogFormat::Json,
     };
     csagent::logging::init(format, "info");
-    let plane = Plane::start(PlaneConfig {
-        listen: a.listen,
-        tls: TlsFiles {
-            ca: a.tls_dir.join("ca.pem"),
-            cert: a.tls_dir.join("server.pem"),
-            key: a.tls_dir.join("server.key"),
+    let identity = a.tls_dir.join("ca.key").exists().then(|| IdentityConfig {
+        tls_dir: a.tls_dir.clone(),
+        state_dir: a.state_dir.clone(),
+        leaf_lifetime: Duration::from_secs(a.cert_lifetime_secs.max(60)),
+    });
+    let plane = Plane::start_with(
+        PlaneConfig {
+            listen: a.listen,
+            tls: TlsFiles {
+                ca: a.tls_dir.join("ca.pem"),
+                cert: a.tls_dir.join("server.pem"),
+                key: a.tls_dir.join("server.key"),
+            },
+            admin_socket: Some(a.admin_socket),
+            liveness: Liveness {
+                heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),
+                alert_after: Duration::from_millis(a.alert_after_ms),
+                down_after: Duration::from_millis(a.down_after_ms),
+                host_report_interval: Duration::from_millis(a.host_report_interval_ms),
+            },
+            plane_id: a.plane_id,
+            max_message_bytes: a.max_message_bytes,
         },
-        admin_socket: Some(a.admin_socket),
-        liveness: Liveness {
-            heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),
-            alert_after: Duration::from_millis(a.alert_after_ms),
-            down_after: Duration::from_millis(a.down_after_ms),
-            host_report_interval: Duration::from_millis(a.host_report_interval_ms),
-        },
-        plane_id: a.plane_id,
-        max_message_bytes: a.max_message_bytes,
-    })
+        identity,
+    )
     .await?;
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -227,6 +297,7 @@ fn pki_cmd(cmd: PkiCmd) -> anyhow::Result<ExitCode> {
             let server = ca.issue_server(&names, Validity::for_lifetime(days_to(days)))?;
             let (srv, _) = pki::write_pair(&dir, "server", &server)?;
             println!("CA:     {}", ca_pem.display());
+            println!("CA fingerprint (SHA-256): {}", ca.fingerprint()?);
             println!("server: {} (names: {})", srv.display(), names.join(", "));
             Ok(ExitCode::SUCCESS)
         }
@@ -249,6 +320,11 @@ fn pki_cmd(cmd: PkiCmd) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        PkiCmd::Fingerprint { dir } => {
+            println!("{}", load_ca(&dir)?.fingerprint()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        PkiCmd::RotateCa { .. } => bail!("rotate-ca talks to the running plane"),
     }
 }
 
@@ -278,15 +354,20 @@ async fn hosts(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<36}  {:<6} {:<9} {:>4}  {:<22} HYPERVISOR",
+        "{:<36}  {:<7} {:<9} {:>4}  {:<22} HYPERVISOR",
         "HOST", "STATE", "CONNECTED", "VMS", "PEER"
     );
     for h in hosts {
         let state = pb::HostState::try_from(h.state).unwrap_or_default();
+        let state = if h.revoked {
+            "REVOKED"
+        } else {
+            state.as_str_name().trim_start_matches("HOST_STATE_")
+        };
         println!(
-            "{:<36}  {:<6} {:<9} {:>4}  {:<22} {}",
+            "{:<36}  {:<7} {:<9} {:>4}  {:<22} {}",
             h.host_uuid,
-            state.as_str_name().trim_start_matches("HOST_STATE_"),
+            state,
             if h.connected { "yes" } else { "no" },
             h.vms.len(),
             h.peer_address,
@@ -380,4 +461,74 @@ async fn place(socket: &Path, vcpus: u32, memory_mib: u64) -> anyhow::Result<Exi
         }
         Err(s) => bail!("{}", s.message()),
     }
+}
+
+async fn token_create(socket: &Path, host: String, ttl: u64) -> anyhow::Result<ExitCode> {
+    let mut client = admin::connect(socket)
+        .await
+        .with_context(|| format!("cannot reach the plane at {}", socket.display()))?;
+    let r = client
+        .create_token(pb::CreateTokenRequest {
+            host_uuid: host.clone(),
+            ttl_secs: ttl,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let until = time::OffsetDateTime::from_unix_timestamp(r.expires_unix_ms / 1000)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    println!("token:          {}", r.token);
+    println!("host:           {host}");
+    println!("expires:        {until} (usable once)");
+    println!("CA fingerprint: {}", r.ca_fingerprint);
+    println!(
+        "on the host:    csagent enroll --plane PLANE:PORT --token {} --ca-fingerprint {}",
+        r.token, r.ca_fingerprint
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn revoke(socket: &Path, host: String) -> anyhow::Result<ExitCode> {
+    let mut client = admin::connect(socket)
+        .await
+        .with_context(|| format!("cannot reach the plane at {}", socket.display()))?;
+    let r = client
+        .revoke_host(pb::RevokeHostRequest {
+            host_uuid: host.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!(
+        "host {host}: {}{}",
+        if r.newly_revoked {
+            "revoked"
+        } else {
+            "was already revoked"
+        },
+        if r.disconnected {
+            "; its stream was closed"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rotate_ca(socket: &Path) -> anyhow::Result<ExitCode> {
+    let mut client = admin::connect(socket)
+        .await
+        .with_context(|| format!("cannot reach the plane at {}", socket.display()))?;
+    let r = client
+        .rotate_ca(pb::RotateCaRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    println!("new CA fingerprint: {}", r.ca_fingerprint);
+    println!(
+        "bundle (new and old CA) sent to {} connected host(s); they renew now",
+        r.notified_hosts
+    );
+    Ok(ExitCode::SUCCESS)
 }

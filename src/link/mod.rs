@@ -71,6 +71,9 @@ pub struct LinkCtx {
     pub hypervisor: Hypervisor,
     pub vms: watch::Receiver<VmSnapshot>,
     pub host: Arc<HostMonitor>,
+    /// The host's certificate and its renewal (identity/); None: `tls` is
+    /// used as given and never renewed.
+    pub credentials: Option<Arc<crate::identity::Credentials>>,
     heartbeat_seq: std::sync::atomic::AtomicU64,
     /// Send time (Unix ms) of the latest heartbeat, to measure clock skew
     /// when its ack arrives.
@@ -102,9 +105,16 @@ impl LinkCtx {
             hypervisor,
             vms,
             host,
+            credentials: None,
             heartbeat_seq: std::sync::atomic::AtomicU64::new(0),
             last_heartbeat_sent: AtomicI64::new(0),
         }
+    }
+
+    /// Dial with, and renew, these credentials instead of the fixed `tls`.
+    pub fn with_credentials(mut self, c: Arc<crate::identity::Credentials>) -> LinkCtx {
+        self.credentials = Some(c);
+        self
     }
 
     pub fn heartbeat(&self) -> pb::Heartbeat {
@@ -120,6 +130,7 @@ impl LinkCtx {
             hypervisor_status: snap.status.clone(),
             in_flight_commands: u32::try_from(self.dispatcher.in_flight().len())
                 .unwrap_or(u32::MAX),
+            cert_not_after_unix_ms: self.cert_not_after_unix_ms(),
         }
     }
 

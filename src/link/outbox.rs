@@ -84,6 +84,7 @@ fn kind(m: &AgentMessage) -> &'static str {
         Some(Msg::HostReport(_)) => "host_report",
         Some(Msg::Register(_)) => "register",
         Some(Msg::Heartbeat(_)) => "heartbeat",
+        Some(Msg::RenewCertificate(_)) => "renew_certificate",
         None => "empty",
     }
 }

@@ -47,7 +47,35 @@ pub async fn run(
     close: &CancellationToken,
     established: impl FnOnce(&pb::RegisterAck),
 ) -> Result<Ended, LinkError> {
-    let channel = dial(ep, Arc::clone(&ctx.tls), &ctx.dial).await?;
+    // The certificate to dial with: a renewed one is tried first and kept
+    // only once the plane accepted it (identity/credentials.rs).
+    let (tls, generation) = ctx.dial_tls();
+    let opened = open(ep, ctx, tls).await;
+    ctx.dial_outcome(generation, opened.is_ok());
+    let (tx, mut inbound, ack) = opened?;
+    established(&ack);
+    let forwarder = tokio::spawn(forward_outbox(Arc::clone(&ctx.outbox), tx.clone()));
+    let result = serve(ep, ctx, close, &ack, &tx, &mut inbound).await;
+    forwarder.abort();
+    if matches!(result, Ok(Ended::Closed)) {
+        flush_and_close(ctx, tx, &mut inbound).await;
+    }
+    result
+}
+
+type Opened = (
+    mpsc::Sender<pb::AgentMessage>,
+    Streaming<pb::PlaneMessage>,
+    pb::RegisterAck,
+);
+
+/// Dial, Register, RegisterAck.
+async fn open(
+    ep: &Endpoint,
+    ctx: &LinkCtx,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Opened, LinkError> {
+    let channel = dial(ep, tls, &ctx.dial).await?;
     let mut client = AgentLinkClient::new(channel)
         .max_decoding_message_size(ctx.max_message_bytes)
         .max_encoding_message_size(ctx.max_message_bytes);
@@ -73,14 +101,7 @@ pub async fn run(
     .map_err(stream_err)?
     .into_inner();
     let ack = wait_register_ack(ep, &mut inbound, ctx.dial.connect_timeout * 2).await?;
-    established(&ack);
-    let forwarder = tokio::spawn(forward_outbox(Arc::clone(&ctx.outbox), tx.clone()));
-    let result = serve(ep, ctx, close, &ack, &tx, &mut inbound).await;
-    forwarder.abort();
-    if matches!(result, Ok(Ended::Closed)) {
-        flush_and_close(ctx, tx, &mut inbound).await;
-    }
-    result
+    Ok((tx, inbound, ack))
 }
 
 async fn wait_register_ack(
@@ -150,6 +171,9 @@ async fn serve(
                 // A full buffer means the plane is not reading; skipping a
                 // heartbeat then is right (the ack check above notices).
                 let _ = tx.try_send(agent_msg(pb::agent_message::Msg::Heartbeat(ctx.heartbeat())));
+                if let Some(renew) = ctx.renewal_request() {
+                    let _ = tx.try_send(renew);
+                }
             }
             // The report may wait on a hung libvirtd (pool listing): it is
             // built alongside, never in the way of heartbeats.
@@ -176,6 +200,8 @@ fn on_plane_message(ctx: &LinkCtx, m: pb::PlaneMessage) {
         Some(Msg::Cancel(c)) => ctx.dispatcher.cancel(&c.command_id),
         Some(Msg::HeartbeatAck(a)) => ctx.note_server_time(a.server_time_unix_ms),
         Some(Msg::RegisterAck(_)) => tracing::warn!("unexpected second RegisterAck ignored"),
+        Some(Msg::CertificateIssued(c)) => ctx.on_certificate(c),
+        Some(Msg::TrustBundle(b)) => ctx.on_trust_bundle(b),
         None => tracing::warn!("empty or unknown message from the plane ignored (newer plane?)"),
     }
 }

@@ -17,6 +17,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use super::authority::Authority;
 use super::registry::Registry;
 use crate::proto::v1 as pb;
 use crate::proto::v1::plane_admin_client::PlaneAdminClient;
@@ -24,6 +25,7 @@ use crate::proto::v1::plane_admin_server::{PlaneAdmin, PlaneAdminServer};
 
 pub struct AdminService {
     pub registry: Arc<Registry>,
+    pub authority: Option<Arc<Authority>>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -34,9 +36,37 @@ impl PlaneAdmin for AdminService {
         &self,
         _: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
-        Ok(Response::new(pb::ListHostsResponse {
-            hosts: self.registry.list(),
-        }))
+        let mut hosts = self.registry.list();
+        if let Some(a) = &self.authority {
+            super::identity_admin::mark_revoked(a, &mut hosts);
+        }
+        Ok(Response::new(pb::ListHostsResponse { hosts }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let a = super::identity_admin::enabled(&self.authority)?;
+        super::identity_admin::create_token(a, req.into_inner()).map(Response::new)
+    }
+
+    async fn revoke_host(
+        &self,
+        req: Request<pb::RevokeHostRequest>,
+    ) -> Result<Response<pb::RevokeHostResponse>, Status> {
+        let a = super::identity_admin::enabled(&self.authority)?;
+        super::identity_admin::revoke(a, &self.registry, req.into_inner()).map(Response::new)
+    }
+
+    async fn rotate_ca(
+        &self,
+        _: Request<pb::RotateCaRequest>,
+    ) -> Result<Response<pb::RotateCaResponse>, Status> {
+        let a = super::identity_admin::enabled(&self.authority)?;
+        super::identity_admin::rotate_ca(a, &self.registry)
+            .await
+            .map(Response::new)
     }
 
     type SendCommandStream = BoxStream<pb::CommandUpdate>;
@@ -111,8 +141,14 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListenerStream> {
     Ok(UnixListenerStream::new(listener))
 }
 
-pub fn server(registry: Arc<Registry>) -> PlaneAdminServer<AdminService> {
-    PlaneAdminServer::new(AdminService { registry })
+pub fn server(
+    registry: Arc<Registry>,
+    authority: Option<Arc<Authority>>,
+) -> PlaneAdminServer<AdminService> {
+    PlaneAdminServer::new(AdminService {
+        registry,
+        authority,
+    })
 }
 
 /// Connects to a plane's admin socket.

@@ -6,8 +6,15 @@
 //! management server speaks the protocol.
 
 pub mod admin;
+pub mod authority;
+pub mod enroll;
+pub mod identity_admin;
+pub mod identity_link;
 pub mod registry;
+pub mod revocation;
 pub mod server;
+pub mod statefile;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::tls::{self, TlsFiles};
+pub use authority::{Authority, IdentityConfig};
 pub use registry::{Liveness, Registry};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +44,8 @@ pub enum PlaneError {
     },
     #[error("server failed: {0}")]
     Serve(String),
+    #[error("host identity: {0}")]
+    Identity(#[from] authority::IdentityError),
 }
 
 pub struct PlaneConfig {
@@ -50,6 +60,8 @@ pub struct PlaneConfig {
 /// A running plane.
 pub struct Plane {
     pub registry: Arc<Registry>,
+    /// Enrollment, renewal, revocation and CA rotation, when enabled.
+    pub authority: Option<Arc<Authority>>,
     pub addr: SocketAddr,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -58,7 +70,21 @@ pub struct Plane {
 impl Plane {
     /// Binds and starts serving; returns once the port is open.
     pub async fn start(cfg: PlaneConfig) -> Result<Plane, PlaneError> {
-        let tls = tls::server_config(&cfg.tls)?;
+        Plane::start_with(cfg, None).await
+    }
+
+    /// As `start`, and with `identity` the plane also enrolls hosts (on the
+    /// same port: a client without a certificate reaches only Enrollment),
+    /// renews their certificates, revokes and rotates its CA.
+    pub async fn start_with(
+        cfg: PlaneConfig,
+        identity: Option<IdentityConfig>,
+    ) -> Result<Plane, PlaneError> {
+        let authority = identity.map(Authority::open).transpose()?.map(Arc::new);
+        let tls = match &authority {
+            Some(a) => a.server_tls(),
+            None => Arc::new(std::sync::RwLock::new(tls::server_config(&cfg.tls)?)),
+        };
         let listener =
             TcpListener::bind(cfg.listen)
                 .await
@@ -76,14 +102,17 @@ impl Plane {
         let incoming = server::accept_loop(listener, tls, stop.clone());
         let link = server::LinkService {
             registry: Arc::clone(&registry),
+            authority: authority.clone(),
         }
         .into_server(cfg.max_message_bytes);
+        let enrollment = authority.clone().map(enroll::server);
         let s = stop.clone();
         tasks.push(tokio::spawn(async move {
             let res = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(5)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(5)))
                 .add_service(link)
+                .add_optional_service(enrollment)
                 .serve_with_incoming_shutdown(incoming, s.cancelled())
                 .await;
             if let Err(e) = res {
@@ -95,7 +124,7 @@ impl Plane {
                 path: path.clone(),
                 source,
             })?;
-            let svc = admin::server(Arc::clone(&registry));
+            let svc = admin::server(Arc::clone(&registry), authority.clone());
             let s = stop.clone();
             tasks.push(tokio::spawn(async move {
                 let res = tonic::transport::Server::builder()
@@ -121,6 +150,7 @@ impl Plane {
         tracing::info!(%addr, plane = %cfg.plane_id, "management plane listening");
         Ok(Plane {
             registry,
+            authority,
             addr,
             stop,
             tasks,

@@ -68,6 +68,8 @@ struct Host {
     pending: HashMap<String, Pending>,
     /// Results of commands this plane did not send, newest last.
     late: VecDeque<pb::CommandResult>,
+    /// Expiry of the host's certificate from its heartbeats, Unix ms.
+    cert_not_after_unix_ms: i64,
 }
 
 /// Late results kept per host.
@@ -196,6 +198,8 @@ impl Registry {
             Some(Msg::Register(_)) => {
                 tracing::warn!(host = %uuid, "second Register on one stream ignored")
             }
+            // Answered by the server (identity_link.rs) before it gets here.
+            Some(Msg::RenewCertificate(_)) => {}
             None => tracing::warn!(host = %uuid, "empty or unknown message from agent ignored"),
         }
     }
@@ -209,6 +213,7 @@ impl Registry {
         host.vms = hb.vms;
         host.health = hb.health;
         host.skew_ms = now_ms - hb.sent_at_unix_ms;
+        host.cert_not_after_unix_ms = hb.cert_not_after_unix_ms;
         if let Some(c) = &host.conn {
             let ack = pb::HeartbeatAck {
                 seq: hb.seq,
@@ -307,6 +312,33 @@ impl Registry {
             let _ =
                 c.tx.try_send(Ok(plane(pb::plane_message::Msg::Cancel(msg))));
         }
+    }
+
+    /// Ends a host's live stream with `status` (e.g. on revocation); true if
+    /// it had one. Its pending commands stay queued.
+    pub fn close(&self, uuid: &str, status: tonic::Status) -> bool {
+        let mut hosts = self.lock();
+        let Some(conn) = hosts.get_mut(uuid).and_then(|h| h.conn.take()) else {
+            return false;
+        };
+        // Ending the response stream with an error is what the agent sees;
+        // the queue is huge, so a full one means a stuck agent: dropping our
+        // sender ends the stream all the same.
+        let _ = conn.tx.try_send(Err(status));
+        tracing::info!(host = %uuid, conn = conn.id, "host stream closed by the plane");
+        true
+    }
+
+    /// Sends one message to every connected host; returns how many got it.
+    pub fn broadcast(&self, msg: &pb::PlaneMessage) -> u32 {
+        let hosts = self.lock();
+        let mut n = 0;
+        for c in hosts.values().filter_map(|h| h.conn.as_ref()) {
+            if c.tx.try_send(Ok(msg.clone())).is_ok() {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Stops tracking a command nobody waits for any more.
@@ -414,6 +446,8 @@ fn summary(uuid: &str, h: &Host) -> pb::HostSummary {
         clock_skew_ms: h.skew_ms,
         pending_commands: u32::try_from(h.pending.len()).unwrap_or(u32::MAX),
         late_results: u32::try_from(h.late.len()).unwrap_or(u32::MAX),
+        revoked: false,
+        cert_not_after_unix_ms: h.cert_not_after_unix_ms,
     }
 }
 

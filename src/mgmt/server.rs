@@ -4,7 +4,11 @@
 //! client certificate from the plane's CA within a time limit (garbage bytes,
 //! plaintext and foreign or expired certificates are dropped there, costing
 //! other agents nothing), and a stream is served only if its Register names
-//! the host its certificate names.
+//! the host its certificate names. With host identity enabled (issue 8) a
+//! client without a certificate completes the handshake too, but it can only
+//! reach the Enrollment service: a stream here still needs a verified
+//! identity, which must not be revoked, and certificate renewals arriving on
+//! the stream are signed for that identity only.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::authority::{Authority, ServerTls};
 use super::registry::Registry;
 use crate::proto::v1 as pb;
 use crate::proto::v1::agent_link_server::{AgentLink, AgentLinkServer};
@@ -82,11 +87,10 @@ impl AsyncWrite for PeerStream {
 /// under a time limit, handing verified connections to tonic.
 pub fn accept_loop(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
+    tls: ServerTls,
     stop: CancellationToken,
 ) -> ReceiverStream<std::io::Result<PeerStream>> {
     let (tx, rx) = mpsc::channel(128);
-    let acceptor = TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
@@ -100,7 +104,10 @@ pub fn accept_loop(
                     }
                 },
             };
-            let acceptor = acceptor.clone();
+            // The configuration of the moment: a CA rotation swaps it.
+            let config: Arc<ServerConfig> =
+                Arc::clone(&tls.read().unwrap_or_else(|p| p.into_inner()));
+            let acceptor = TlsAcceptor::from(config);
             let tx = tx.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
@@ -129,6 +136,9 @@ pub fn accept_loop(
 
 pub struct LinkService {
     pub registry: Arc<Registry>,
+    /// Set when the plane manages host identity (enrollment, renewal,
+    /// revocation).
+    pub authority: Option<Arc<Authority>>,
 }
 
 impl LinkService {
@@ -164,14 +174,42 @@ impl AgentLink for LinkService {
                 reg.host_uuid
             )));
         }
+        let authority = self.authority.clone();
+        if let Some(a) = &authority {
+            if a.revoked.is_revoked(&identity) {
+                tracing::warn!(host = %identity, "register refused: host is revoked");
+                return Err(Status::permission_denied(format!(
+                    "host {identity} is revoked; its certificate is refused"
+                )));
+            }
+        }
         let (tx, rx) = mpsc::channel(TO_AGENT_QUEUE);
         let peer = info.addr.map(|a| a.to_string()).unwrap_or_default();
-        let conn = self.registry.connect(reg, tx, peer);
+        let conn = self.registry.connect(reg, tx.clone(), peer);
+        if let Some(a) = &authority {
+            super::identity_link::send_bundle(a, &tx, false);
+        }
         let registry = Arc::clone(&self.registry);
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
-                    Ok(Some(msg)) => registry.on_message(&identity, msg),
+                    Ok(Some(msg)) => {
+                        let Some(msg) = super::identity_link::intercept(
+                            authority.as_deref(),
+                            &identity,
+                            &tx,
+                            msg,
+                        ) else {
+                            continue;
+                        };
+                        if authority
+                            .as_ref()
+                            .is_some_and(|a| a.revoked.is_revoked(&identity))
+                        {
+                            break;
+                        }
+                        registry.on_message(&identity, msg)
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(host = %identity, error = %e, "agent stream error");

@@ -365,4 +365,5 @@ pub fn workdir() -> TempDir {
         .tempdir()
         .unwrap()
 }
+pub mod identity;
 pub mod vm_events;
