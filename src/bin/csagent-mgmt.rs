@@ -32,6 +32,9 @@ struct Cli {
 enum Cmd {
     /// Serve agents over mutual TLS, and operators on a local socket.
     Serve(ServeArgs),
+    /// Write man pages and shell completions into DIR (package builds).
+    #[command(hide = true)]
+    GenAssets { dir: PathBuf },
     /// Make a CA, a server certificate and agent certificates.
     Pki {
         #[command(subcommand)]
@@ -143,6 +146,16 @@ enum PkiCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::GenAssets { dir } = &cli.cmd {
+        use clap::CommandFactory;
+        return match csagent::assets::write(Cli::command(), dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("csagent-mgmt: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -165,6 +178,8 @@ fn main() -> ExitCode {
 async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Serve(a) => serve(a).await,
+        // Handled before the runtime starts.
+        Cmd::GenAssets { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Pki { cmd } => pki_cmd(cmd),
         Cmd::Hosts { admin_socket, json } => hosts(&admin_socket, json).await,
         Cmd::Send {
