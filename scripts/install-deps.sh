@@ -15,6 +15,10 @@ packages=(
   nftables
   iproute2
   kmod                   # modprobe: tests load 8021q where the kernel has it as a module
+  dpkg-dev               # dpkg-shlibdeps: cargo-deb computes the .deb's library Depends
+  rpm                    # rpm -qpl/-qpR: package-test inspects the .rpm
+  systemd                # systemd-analyze verify on the unit (works without systemd as PID 1)
+  man-db                 # man: systemd-analyze verify resolves the unit's Documentation=
 )
 
 missing=()
