@@ -71,7 +71,9 @@ check "rpm Provides cloudstack-agent" grep -qw cloudstack-agent <<<"$(rpm -qp --
 check "rpm Conflicts cloudstack-agent" grep -qw cloudstack-agent <<<"$(rpm -qp --conflicts "$rpm" 2>/dev/null)"
 check "rpm Obsoletes cloudstack-agent" grep -qw cloudstack-agent <<<"$(rpm -qp --obsoletes "$rpm" 2>/dev/null)"
 check "rpm marks agent.toml as config" grep -qx /etc/csagent/agent.toml <<<"$(rpm -qpc "$rpm" 2>/dev/null)"
-check "rpm has %post and %preun" grep -q "postinstall scriptlet" <<<"$(rpm -qp --scripts "$rpm" 2>/dev/null)"
+rscripts=$(rpm -qp --scripts "$rpm" 2>/dev/null)
+check "rpm %post creates /etc/csagent, /var/lib/csagent" grep -q "install -d -m 0750" <<<"$rscripts"
+check "rpm %preun stops and disables on erase" grep -q "disable --now csagent.service" <<<"$rscripts"
 
 # --- the .deb, installed on this machine -------------------------------------
 if dpkg-query -W -f='${Status}' csagent 2>/dev/null | grep -q installed || [ -e /etc/csagent ] || [ -e /var/lib/csagent ]; then
