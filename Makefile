@@ -32,5 +32,9 @@ demo: services
 bench: services
 	$(CARGO) bench
 
+# A .deb and an .rpm of the release build in target/package/.
+package: deps
+	bash scripts/package.sh
+
 clean:
 	$(CARGO) clean

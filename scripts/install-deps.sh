@@ -20,6 +20,10 @@ packages=(
   swtpm-tools            # swtpm_setup: libvirt creates a vTPM's state with it
   busybox-static         # scripts/guest-image.sh: the test guest's userland
   cpio                   # scripts/guest-image.sh: packs the test guest's initramfs
+  dpkg-dev               # dpkg-shlibdeps: cargo-deb computes the .deb's library Depends
+  rpm                    # rpm -qpl/-qpR: package-test inspects the .rpm
+  systemd                # systemd-analyze verify on the unit (works without systemd as PID 1)
+  man-db                 # man: systemd-analyze verify resolves the unit's Documentation=
 )
 
 missing=()

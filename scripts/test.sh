@@ -11,6 +11,14 @@ cargo test --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '; [0-9]+ failed' "$log" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
+# Packages: build both from the binaries just tested, inspect, install,
+# purge (scripts/package-test.sh); its checks join the totals.
+bash scripts/package-test.sh 2>&1 | tee "$log"
+pkg_status=${PIPESTATUS[0]}
+[ "$pkg_status" -eq 0 ] || status=$pkg_status
+read -r pkg_passed pkg_failed < <(sed -nE 's/^package-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$log" | tail -1)
+passed=$((passed + ${pkg_passed:-0}))
+failed=$((failed + ${pkg_failed:-1}))
 echo
 echo "${passed} passed, ${failed} failed"
 exit "$status"

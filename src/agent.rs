@@ -154,6 +154,14 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         Duration::from_millis(cfg.hypervisor.poll_interval_ms),
         background.clone(),
     ));
+    let ops_sources = |ctx: &LinkCtx| crate::status::Sources {
+        host_uuid: host_uuid.to_string(),
+        started: std::time::Instant::now(),
+        link: Arc::clone(&ctx.status),
+        dispatcher: Arc::clone(&ctx.dispatcher),
+        vms: ctx.vms.clone(),
+        host: Arc::clone(&ctx.host),
+    };
     let ctx = Arc::new(
         LinkCtx::new(
             Identity {
@@ -181,8 +189,11 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
     );
     tracing::info!(host_uuid = %host_uuid, endpoints = ?m.hosts, version = env!("CARGO_PKG_VERSION"), "csagent starting");
     let close = CancellationToken::new();
+    let sources = ops_sources(&ctx);
     let link_task = tokio::spawn(link::run(ctx, policy, close.clone()));
+    let ops = crate::ops::start(&cfg, sources, link_task.abort_handle(), stop.clone()).await;
     stop.cancelled().await;
+    ops.stopping();
     tracing::info!("shutdown requested: no new commands; finishing in-flight ones");
     dispatcher
         .shutdown(Duration::from_secs(cfg.agent.shutdown_grace_secs))

@@ -44,6 +44,8 @@ pub struct Config {
     pub guest: GuestSection,
     pub migration: MigrationSection,
     pub log: LogSection,
+    pub status: StatusSection,
+    pub metrics: MetricsSection,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -287,6 +289,41 @@ impl Default for LogSection {
     }
 }
 
+/// The operator's local status socket (`csagent status`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusSection {
+    /// Unix socket answering `csagent status`; created mode 0600, root only.
+    /// Empty: no status socket.
+    pub socket: PathBuf,
+}
+
+impl Default for StatusSection {
+    fn default() -> Self {
+        StatusSection {
+            socket: PathBuf::from("/run/csagent/status.sock"),
+        }
+    }
+}
+
+/// The Prometheus text endpoint, on loopback only.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub enabled: bool,
+    /// Port on 127.0.0.1; never bound on other addresses.
+    pub port: u16,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: false,
+            port: 9469,
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -374,6 +411,12 @@ impl Config {
             "hypervisor.poll_interval_ms",
             self.hypervisor.poll_interval_ms,
         )?;
+        if self.metrics.enabled {
+            positive("metrics.port", u64::from(self.metrics.port))?;
+        }
+        if !self.status.socket.as_os_str().is_empty() && !self.status.socket.is_absolute() {
+            return Err(("status.socket", "must be an absolute path or empty".into()));
+        }
         if self
             .log
             .level

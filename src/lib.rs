@@ -5,6 +5,7 @@
 //! drive the same code.
 
 pub mod agent;
+pub mod assets;
 pub mod check;
 pub mod config;
 pub mod dispatch;
@@ -16,11 +17,15 @@ pub mod hypervisor;
 pub mod identity;
 pub mod link;
 pub mod logging;
+pub mod metrics;
 pub mod mgmt;
 pub mod monitor;
 pub mod network;
+pub mod notify;
+pub mod ops;
 pub mod pki;
 pub mod proto;
+pub mod status;
 pub mod storage;
 pub mod tls;
 pub mod vm;

@@ -49,6 +49,19 @@ enum Cmd {
         #[arg(long)]
         ca_fingerprint: Option<String>,
     },
+    /// Show what the running agent is doing: link state, endpoint, last
+    /// heartbeat, in-flight commands, VMs, host health. Root only (it reads
+    /// the agent's status socket, status.socket in the config).
+    Status {
+        #[arg(short, long, env = "CSAGENT_CONFIG", default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// The status socket, instead of the one named in the config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -59,6 +72,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DomainCmd,
     },
+    /// Write man pages and shell completions into DIR (package builds).
+    #[command(hide = true)]
+    GenAssets { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -103,6 +119,17 @@ fn main() -> ExitCode {
         } => enroll(&config, &plane, &token, ca_fingerprint),
         Cmd::Config { cmd } => config_cmd(cmd),
         Cmd::Domain { cmd } => domain_cmd(cmd),
+        Cmd::Status {
+            config,
+            socket,
+            json,
+        } => status(&config, socket, json),
+        Cmd::GenAssets { dir } => {
+            use clap::CommandFactory;
+            csagent::assets::write(Cli::command(), &dir)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(code) => code,
@@ -185,6 +212,41 @@ fn enroll(
         files.ca.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the running agent's status document and prints it.
+fn status(
+    config: &std::path::Path,
+    socket: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let socket = socket.unwrap_or_else(|| status_socket_of(config));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (doc, raw) = rt.block_on(csagent::status::server::fetch(&socket))?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = if json {
+        out.write_all(&raw).and_then(|()| writeln!(out))
+    } else {
+        let now = csagent::link::session::unix_ms();
+        out.write_all(csagent::status::render::text(&doc, now).as_bytes())
+    };
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The socket named by the config file, read leniently: `csagent status`
+/// must work on a host whose config would not pass validation (that is
+/// often why an operator looks). No file or no key: the default.
+fn status_socket_of(config: &std::path::Path) -> PathBuf {
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Value>(&t).ok())
+        .and_then(|v| v.get("status")?.get("socket")?.as_str().map(PathBuf::from))
+        .unwrap_or_else(|| csagent::config::StatusSection::default().socket)
 }
 
 /// SIGTERM (systemctl stop) and SIGINT (Ctrl-C) both start a clean shutdown.

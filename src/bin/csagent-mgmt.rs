@@ -32,6 +32,9 @@ struct Cli {
 enum Cmd {
     /// Serve agents over mutual TLS, and operators on a local socket.
     Serve(ServeArgs),
+    /// Write man pages and shell completions into DIR (package builds).
+    #[command(hide = true)]
+    GenAssets { dir: PathBuf },
     /// Make a CA, a server certificate and agent certificates.
     Pki {
         #[command(subcommand)]
@@ -193,6 +196,16 @@ enum PkiCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::GenAssets { dir } = &cli.cmd {
+        use clap::CommandFactory;
+        return match csagent::assets::write(Cli::command(), dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("csagent-mgmt: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -218,6 +231,8 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Pki {
             cmd: PkiCmd::RotateCa { admin_socket },
         } => rotate_ca(&admin_socket).await,
+        // Handled before the runtime starts.
+        Cmd::GenAssets { .. } => Ok(ExitCode::SUCCESS),
         Cmd::Pki { cmd } => pki_cmd(cmd),
         Cmd::Token {
             cmd:

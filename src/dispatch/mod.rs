@@ -158,7 +158,9 @@ impl Dispatcher {
         token: CancellationToken,
         deadline: Instant,
     ) -> Result<Reply, CommandError> {
+        let started = Instant::now();
         let (req, vm) = decode(cmd.body)?;
+        let kind = req.name();
         let span = tracing::info_span!("command", command_id = %cmd.id, vm = %vm.as_deref().unwrap_or("-"), kind = req.name());
         let ctx = Ctx {
             command_id: cmd.id.clone(),
@@ -182,6 +184,7 @@ impl Dispatcher {
                 _ = token.cancelled() => Err(cancelled(accepting)),
                 r = tokio::time::timeout_at(deadline.into(), work) => r.unwrap_or_else(|_| Err(deadline_exceeded())),
             };
+            crate::metrics::record_command(kind, &outcome, started.elapsed());
             match &outcome {
                 Ok(_) => tracing::info!("done"),
                 Err(e) => tracing::warn!(code = ?e.kind, error = %e.message, "failed"),

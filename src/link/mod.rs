@@ -74,6 +74,8 @@ pub struct LinkCtx {
     /// The host's certificate and its renewal (identity/); None: `tls` is
     /// used as given and never renewed.
     pub credentials: Option<Arc<crate::identity::Credentials>>,
+    /// What operators see of the link (`csagent status`, metrics).
+    pub status: Arc<crate::status::LinkStatus>,
     heartbeat_seq: std::sync::atomic::AtomicU64,
     /// Send time (Unix ms) of the latest heartbeat, to measure clock skew
     /// when its ack arrives.
@@ -106,6 +108,7 @@ impl LinkCtx {
             vms,
             host,
             credentials: None,
+            status: Arc::default(),
             heartbeat_seq: std::sync::atomic::AtomicU64::new(0),
             last_heartbeat_sent: AtomicI64::new(0),
         }
@@ -121,8 +124,10 @@ impl LinkCtx {
         let snap = self.vms.borrow();
         let sent = session::unix_ms();
         self.last_heartbeat_sent.store(sent, Ordering::Relaxed);
+        let seq = self.heartbeat_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.status.heartbeat_sent(seq, sent);
         pb::Heartbeat {
-            seq: self.heartbeat_seq.fetch_add(1, Ordering::Relaxed) + 1,
+            seq,
             sent_at_unix_ms: sent,
             vms: snap.vms.iter().map(convert::vm_power).collect(),
             health: Some(self.host.health()),
@@ -162,6 +167,7 @@ impl LinkCtx {
     /// interval is seconds), so its send time pairs with the plane's clock.
     fn note_server_time(&self, server_ms: i64) {
         let sent = self.last_heartbeat_sent.load(Ordering::Relaxed);
+        self.status.heartbeat_acked(session::unix_ms());
         self.host.record_skew(sent, server_ms, session::unix_ms());
     }
 }
@@ -193,18 +199,22 @@ pub async fn run(ctx: Arc<LinkCtx>, mut policy: Policy, close: CancellationToken
         first = false;
         let ep = policy.endpoints.current().clone();
         tracing::debug!(endpoint = %ep, "dialing management endpoint");
+        ctx.status.dialing(&ep.to_string());
         let mut was_up = false;
         let outcome = session::run(&ep, &ctx, &close, |ack| {
             was_up = true;
+            ctx.status.connected(&ep.to_string(), &ack.plane_id);
             tracing::info!(endpoint = %ep, plane = %ack.plane_id, heartbeat_ms = ack.heartbeat_interval_ms, "registered with management plane");
         })
         .await;
         match outcome {
             Ok(session::Ended::Closed) => {
                 tracing::info!(endpoint = %ep, "stream closed cleanly");
+                ctx.status.closed();
                 return;
             }
             Err(e) => {
+                ctx.status.failed(&e.to_string());
                 if was_up {
                     tracing::warn!(error = %e, "lost the management plane; failing over");
                     policy.backoff.reset();

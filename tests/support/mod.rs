@@ -99,6 +99,7 @@ pub fn agent_config(
     let mut cfg = Config::default();
     cfg.agent.guid = host.to_string();
     cfg.agent.state_dir = state.to_path_buf();
+    cfg.status.socket = state.join("status.sock");
     cfg.agent.shutdown_grace_secs = 5;
     cfg.management.hosts = endpoints.to_vec();
     cfg.management.order = EndpointOrder::Static;
