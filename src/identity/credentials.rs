@@ -221,6 +221,11 @@ impl Credentials {
         s.saturating_mul(1000)
     }
 
+    /// Start of validity (Unix s) of the certificate in use.
+    pub fn not_before_unix_s(&self) -> i64 {
+        self.lock().current.not_before
+    }
+
     /// Renew at the next heartbeat, whatever the certificate's age.
     pub fn force_renewal(&self) {
         self.lock().forced = true;

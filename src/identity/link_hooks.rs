@@ -13,6 +13,17 @@ use super::{convert, IdentityError};
 use crate::link::LinkCtx;
 use crate::proto::v1 as pb;
 
+/// What to tell the plane when the certificate (valid from `not_before`,
+/// Unix s) is not valid yet at `now`: the host clock is behind.
+fn not_yet_valid(not_before: i64, now: i64) -> Option<String> {
+    let behind = not_before - now;
+    (behind > 0).then(|| {
+        format!(
+            "certificate not valid for another {behind} s by this host's clock: the clock is behind; synchronise it (chrony / systemd-timesyncd)"
+        )
+    })
+}
+
 impl LinkCtx {
     pub fn dial_tls(&self) -> (Arc<ClientConfig>, Generation) {
         match &self.credentials {
@@ -43,6 +54,29 @@ impl LinkCtx {
             .map_or(0, |c| c.not_after_unix_ms())
     }
 
+    /// The host's health for a heartbeat, with a clock finding when the
+    /// certificate in use is not valid yet by this host's clock: the clock
+    /// is behind, and the next connection would fail. Said in every
+    /// heartbeat, like the skew measured against the plane.
+    pub fn health_with_certificate(&self, mut health: pb::HostHealth) -> pb::HostHealth {
+        let Some(c) = &self.credentials else {
+            return health;
+        };
+        let now = crate::link::session::unix_ms() / 1000;
+        if let Some(message) = not_yet_valid(c.not_before_unix_s(), now) {
+            health.reasons.push(message.clone());
+            health.findings.push(pb::HealthFinding {
+                source: "clock".into(),
+                state: pb::HealthState::Warning.into(),
+                message,
+            });
+            if health.state < i32::from(pb::HealthState::Warning) {
+                health.state = pb::HealthState::Warning.into();
+            }
+        }
+        health
+    }
+
     pub fn on_certificate(&self, m: pb::CertificateIssued) {
         let Some(c) = &self.credentials else {
             tracing::warn!(
@@ -68,5 +102,16 @@ impl LinkCtx {
         if let Err(e) = c.on_bundle(&m.ca_bundle_pem, m.renew_now) {
             tracing::error!(error = %e, "CA bundle from the plane not stored; the current one stays in use");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_certificate_from_the_future_means_the_clock_is_behind() {
+        let m = super::not_yet_valid(1_000_090, 1_000_000).unwrap();
+        assert!(m.contains("90 s") && m.contains("clock is behind"), "{m}");
+        assert!(super::not_yet_valid(1_000_000, 1_000_000).is_none());
+        assert!(super::not_yet_valid(999_000, 1_000_000).is_none());
     }
 }

@@ -130,7 +130,7 @@ impl LinkCtx {
             seq,
             sent_at_unix_ms: sent,
             vms: snap.vms.iter().map(convert::vm_power).collect(),
-            health: Some(self.host.health()),
+            health: Some(self.health_with_certificate(self.host.health())),
             hypervisor_available: snap.available,
             hypervisor_status: snap.status.clone(),
             in_flight_commands: u32::try_from(self.dispatcher.in_flight().len())
