@@ -25,8 +25,22 @@ use super::VmUuid;
 
 pub const TABLE: &str = "csagent";
 
+/// An object from (key, value) pairs, moving the values in. `json!` would
+/// re-serialise every interpolated `Value` (a deep copy at each nesting
+/// level), which made rendering a 100-rule group cost milliseconds.
+fn obj<const N: usize>(pairs: [(&str, Value); N]) -> Value {
+    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+/// One `(bridge . address) : jump chain` element of a forward dispatch map.
+fn dispatch_entry(bridge: &str, addr: &str, chain: &str) -> Value {
+    let key = obj([("concat", Value::Array(vec![bridge.into(), addr.into()]))]);
+    Value::Array(vec![key, jump(chain)])
+}
 fn m(op: &str, left: Value, right: Value) -> Value {
-    json!({"match": {"op": op, "left": left, "right": right}})
+    obj([(
+        "match",
+        obj([("op", op.into()), ("left", left), ("right", right)]),
+    )])
 }
 fn payload(proto: &str, field: &str) -> Value {
     json!({"payload": {"protocol": proto, "field": field}})
@@ -35,7 +49,7 @@ fn meta(key: &str) -> Value {
     json!({"meta": {"key": key}})
 }
 fn set(items: Vec<Value>) -> Value {
-    json!({"set": items})
+    obj([("set", Value::Array(items))])
 }
 fn verdict(v: &str) -> Value {
     json!({ v: null })
@@ -79,8 +93,13 @@ impl Doc {
             .push(json!({"add": {"chain": {"family": family, "table": TABLE, "name": name}}}));
     }
     fn rule(&mut self, family: &str, chain: &str, expr: Vec<Value>) {
-        self.cmds.push(json!({"add": {"rule": {
-            "family": family, "table": TABLE, "chain": chain, "expr": expr}}}));
+        let rule = obj([
+            ("family", family.into()),
+            ("table", TABLE.into()),
+            ("chain", chain.into()),
+            ("expr", Value::Array(expr)),
+        ]);
+        self.cmds.push(obj([("add", obj([("rule", rule)]))]));
     }
 }
 
@@ -92,7 +111,7 @@ pub fn render_delete() -> Value {
         cmds.push(json!({"add": {"table": t.clone()}}));
         cmds.push(json!({"delete": {"table": t}}));
     }
-    json!({ "nftables": cmds })
+    obj([("nftables", Value::Array(cmds))])
 }
 
 /// The whole csagent ruleset for `vms`, as one transaction.
@@ -100,7 +119,7 @@ pub fn render(vms: &BTreeMap<VmUuid, VmRules>) -> Value {
     let mut d = Doc { cmds: Vec::new() };
     render_bridge(&mut d, vms);
     render_inet(&mut d, vms);
-    json!({ "nftables": d.cmds })
+    obj([("nftables", Value::Array(d.cmds))])
 }
 
 /// The transaction that replaces only `v`'s two inet chains (flush and
@@ -117,7 +136,7 @@ pub fn render_vm_update(v: &VmRules) -> Value {
             d.rule("inet", &name, e);
         }
     }
-    json!({ "nftables": d.cmds })
+    obj([("nftables", Value::Array(d.cmds))])
 }
 
 fn render_bridge(d: &mut Doc, vms: &BTreeMap<VmUuid, VmRules>) {
@@ -137,11 +156,12 @@ fn render_bridge(d: &mut Doc, vms: &BTreeMap<VmUuid, VmRules>) {
         for e in to_own_addresses(p) {
             d.rule("bridge", &inn, e);
         }
-        from_tap.push(json!([p.tap.as_str(), jump(&out)]));
-        to_tap.push(json!([p.tap.as_str(), jump(&inn)]));
+        from_tap.push(Value::Array(vec![p.tap.as_str().into(), jump(&out)]));
+        to_tap.push(Value::Array(vec![p.tap.as_str().into(), jump(&inn)]));
     }
     if !ports.is_empty() {
-        let vmap = |key: &str, items| json!({"vmap": {"key": meta(key), "data": set(items)}});
+        let vmap =
+            |key: &str, items| obj([("vmap", obj([("key", meta(key)), ("data", set(items))]))]);
         d.rule("bridge", "prerouting", vec![vmap("iifname", from_tap)]);
         d.rule("bridge", "forward", vec![vmap("oifname", to_tap)]);
     }
@@ -251,20 +271,12 @@ fn render_inet(d: &mut Doc, vms: &BTreeMap<VmUuid, VmRules>) {
         for p in &v.ports {
             let br = p.bridge.as_str();
             for a in p.ipv4() {
-                egress
-                    .0
-                    .push(json!([{"concat": [br, a.to_string()]}, jump(&out)]));
-                ingress
-                    .0
-                    .push(json!([{"concat": [br, a.to_string()]}, jump(&inn)]));
+                egress.0.push(dispatch_entry(br, &a.to_string(), &out));
+                ingress.0.push(dispatch_entry(br, &a.to_string(), &inn));
             }
             for a in p.ipv6() {
-                egress
-                    .1
-                    .push(json!([{"concat": [br, a.to_string()]}, jump(&out)]));
-                ingress
-                    .1
-                    .push(json!([{"concat": [br, a.to_string()]}, jump(&inn)]));
+                egress.1.push(dispatch_entry(br, &a.to_string(), &out));
+                ingress.1.push(dispatch_entry(br, &a.to_string(), &inn));
             }
         }
     }
@@ -278,11 +290,14 @@ fn render_inet(d: &mut Doc, vms: &BTreeMap<VmUuid, VmRules>) {
         if items.is_empty() {
             continue;
         }
-        let key = json!({"concat": [meta(dev), payload(field.0, field.1)]});
+        let key = obj([(
+            "concat",
+            Value::Array(vec![meta(dev), payload(field.0, field.1)]),
+        )]);
         d.rule(
             "inet",
             "forward",
-            vec![json!({"vmap": {"key": key, "data": set(items)}})],
+            vec![obj([("vmap", obj([("key", key), ("data", set(items))]))])],
         );
     }
 }
@@ -293,7 +308,7 @@ fn vm_chain(v: &VmRules, dir: Direction) -> Vec<Vec<Value>> {
         Direction::Ingress => ("accept", true),
         Direction::Egress => ("return", v.has_egress_rules()),
     };
-    let ct = |states: Vec<Value>| m("in", json!({"ct": {"key": "state"}}), json!(states));
+    let ct = |states: Vec<Value>| m("in", json!({"ct": {"key": "state"}}), Value::Array(states));
     let mut r = vec![
         vec![
             ct(vec![json!("established"), json!("related")]),
