@@ -187,11 +187,16 @@ impl Handlers {
 }
 
 impl Handlers {
-    /// A destroyed VM no longer holds its bridges; the last user's leaving
-    /// removes a bridge csagent made. A failure here is logged, not returned:
-    /// the VM is gone either way.
+    /// A destroyed VM no longer holds its bridges nor its security group:
+    /// its rules go, and the last user's leaving removes a bridge csagent
+    /// made. A failure here is logged, not returned: the VM is gone either
+    /// way.
     async fn release_networks(&self, vm: uuid::Uuid, ctx: &Ctx) {
         let Some(n) = &self.network else { return };
+        if let Err(e) = n.remove_security_group(crate::network::VmUuid(vm)).await {
+            tracing::warn!(command_id = %ctx.command_id, vm = %vm, error = %e,
+                "destroyed VM's security group could not be removed");
+        }
         if let Err(e) = n.release_vm(crate::network::VmUuid(vm)).await {
             tracing::warn!(command_id = %ctx.command_id, vm = %vm, error = %e,
                 "destroyed VM's bridges could not be released");
