@@ -70,8 +70,30 @@ async fn metrics_count_commands_heartbeats_sessions_and_vms() {
     )
     .await;
     assert_eq!(bad.status, pb::CommandStatus::Error as i32);
+    let undecodable = call(
+        &f.plane,
+        &f.host,
+        cmd(
+            "m-undecodable",
+            0,
+            pb::command::Body::GetVmState(pb::GetVmState {
+                vm_uuid: "not-a-uuid".into(),
+            }),
+        ),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(undecodable.status, pb::CommandStatus::Error as i32);
 
     let text = scrape(port).await;
+    assert_eq!(
+        sample(
+            &text,
+            "csagent_commands_total{type=\"undecodable\",outcome=\"invalid_argument\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert_eq!(
         sample(
             &text,

@@ -159,7 +159,16 @@ impl Dispatcher {
         deadline: Instant,
     ) -> Result<Reply, CommandError> {
         let started = Instant::now();
-        let (req, vm) = decode(cmd.body)?;
+        let (req, vm) = match decode(cmd.body) {
+            Ok(d) => d,
+            Err(e) => {
+                // Refused before it had a type: still a command the plane
+                // sent, counted so a misbehaving plane shows in metrics.
+                let refused = Err(e);
+                crate::metrics::record_command("undecodable", &refused, started.elapsed());
+                return refused;
+            }
+        };
         let kind = req.name();
         let span = tracing::info_span!("command", command_id = %cmd.id, vm = %vm.as_deref().unwrap_or("-"), kind = req.name());
         let ctx = Ctx {
