@@ -194,17 +194,29 @@ pub fn all_domain_stats(
     if n < 0 {
         return Err(last_error());
     }
-    let mut out = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
-    for i in 0..usize::try_from(n).unwrap_or(0) {
+    Ok(take_records(n, list, read_record))
+}
+
+/// Reads the `n` records libvirt returned in `list` with `read`, then frees
+/// the list. Shared by every bulk-stats call (the snapshot's and
+/// GetVmStats'): one place owns the record list's lifetime.
+pub(super) fn take_records<T>(
+    n: i32,
+    list: *mut sys::virDomainStatsRecordPtr,
+    read: impl Fn(&sys::virDomainStatsRecord) -> T,
+) -> Vec<T> {
+    let n = usize::try_from(n).unwrap_or(0);
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
         // SAFETY: i < n, the array holds n valid record pointers.
         let rec = unsafe { &**list.add(i) };
-        out.push(read_record(rec));
+        out.push(read(rec));
     }
     if !list.is_null() {
-        // SAFETY: list came from virConnectGetAllDomainStats and is freed once.
+        // SAFETY: list came from libvirt's stats call and is freed once.
         unsafe { sys::virDomainStatsRecordListFree(list) };
     }
-    Ok(out)
+    out
 }
 
 fn read_record(rec: &sys::virDomainStatsRecord) -> DomainStats {
@@ -240,7 +252,7 @@ fn read_record(rec: &sys::virDomainStatsRecord) -> DomainStats {
 }
 
 /// UUID and name from the local domain object (no daemon round trip).
-fn ident(dom: sys::virDomainPtr) -> (String, String) {
+pub(super) fn ident(dom: sys::virDomainPtr) -> (String, String) {
     let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
     // SAFETY: dom is valid for the duration of the callback/record; buf has
     // the VIR_UUID_STRING_BUFLEN bytes the call writes.

@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::ffi::CStr;
-use std::os::raw::c_char;
 
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -173,31 +172,16 @@ fn take_records(
         let e = virt::error::Error::last_error();
         return Err(HvError::libvirt(call, e));
     }
-    let mut out = Vec::with_capacity(n as usize);
-    for i in 0..n as usize {
-        // SAFETY: libvirt returned `n` valid record pointers.
-        let rec = unsafe { &**recs.add(i) };
-        out.push(record(rec));
-    }
-    // SAFETY: `recs` came from libvirt and is freed exactly once.
-    unsafe { sys::virDomainStatsRecordListFree(recs) };
-    Ok(out)
+    Ok(super::ffi::take_records(n, recs, record))
 }
 
 fn record(rec: &sys::virDomainStatsRecord) -> DomainStats {
-    let mut s = DomainStats::default();
-    // SAFETY: rec.dom is valid while the record list lives; libvirt writes
-    // a NUL-terminated UUID string into the 37-byte buffer.
-    unsafe {
-        let mut buf = [0 as c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
-        if sys::virDomainGetUUIDString(rec.dom, buf.as_mut_ptr()) == 0 {
-            s.uuid = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
-        }
-        let name = sys::virDomainGetName(rec.dom);
-        if !name.is_null() {
-            s.name = CStr::from_ptr(name).to_string_lossy().into_owned();
-        }
-    }
+    let (uuid, name) = super::ffi::ident(rec.dom);
+    let mut s = DomainStats {
+        uuid,
+        name,
+        ..DomainStats::default()
+    };
     let n = usize::try_from(rec.nparams).unwrap_or(0);
     let mut seen_monitor = false;
     for i in 0..n {
