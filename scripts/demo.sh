@@ -108,7 +108,7 @@ cat >"$STATE/vm.json" <<JSON
              "initrd": "$GUEST_DIR/initramfs.cpio.gz", "cmdline": "console=ttyS0 quiet"},
     "features": {"acpi": true},
     "disks": [{"source_type": "file", "target": "vda", "bus": "virtio"}],
-    "graphics": [{"type": "vnc", "autoport": true, "listen": "127.0.0.1"}],
+    "graphics": [{"type": "vnc", "autoport": true, "listen": "127.0.0.1", "passwd": "demo-vnc"}],
     "serial_console": true,
     "serial_console_log": "$CONSOLE"
   },
@@ -133,10 +133,14 @@ grep -E "^CSAGENT-" "$CONSOLE" || { echo "no marker yet; the console so far:"; c
 step "the VM's state through the agent"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"get_vm_state\":{\"vm_uuid\":\"$VM_UUID\"}}"
 
-step "the VM's stats"
-# STATS: GetVmStats (another branch) is wired here by the lead, e.g.
-#   "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"get_vm_stats\":{\"vm_uuid\":\"$VM_UUID\"}}"
-echo "(GetVmStats not wired yet)"
+step "the VM's stats: two samples a second apart by one collector (CPU % needs the collector's previous sample)"
+STATS="{\"get_vm_stats\":{\"collector\":\"demo\",\"vm_uuids\":[\"$VM_UUID\"]}}"
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "$STATS" >/dev/null
+sleep 1
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "$STATS"
+
+step "its console, as a viewer would reach it"
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"get_console\":{\"vm_uuid\":\"$VM_UUID\"}}"
 
 step "stop it gracefully: ACPI power button, the guest's acpid powers it off"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \

@@ -45,6 +45,13 @@ fn spec_errors_name_the_field() {
             "cpu.current_vcpus: 3 must be between 1 and vcpus (2)",
         ),
         (
+            Box::new(|v| {
+                v["memory"]["max_kib"] = json!(8 << 20);
+                v["memory"]["slots"] = json!(4)
+            }),
+            "cpu.numa: memory.max_kib (memory hotplug) needs at least one NUMA cell",
+        ),
+        (
             Box::new(|v| v["serial_console_log"] = json!("/etc/shadow")),
             "serial_console_log: \"/etc/shadow\" does not end in .log",
         ),

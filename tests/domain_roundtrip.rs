@@ -450,6 +450,10 @@ fn gen_spec(seed: u64, texts: &[String]) -> VmSpec {
     });
     spec.memory = gen_memory(&mut rng);
     gen_cpu(&mut rng, &mut spec);
+    if spec.cpu.as_ref().is_none_or(|c| c.numa.is_empty()) {
+        // Memory hotplug needs a NUMA cell (libvirt's rule, and ours).
+        spec.memory.max = None;
+    }
     gen_os(&mut rng, &mut spec, &texts[3]);
     gen_devices(&mut rng, &mut spec, &texts[3]);
     spec

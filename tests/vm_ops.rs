@@ -269,6 +269,53 @@ async fn scale_within_the_defined_maximums_only() {
     a.stop().await;
 }
 
+/// Memory past `<memory>`: a VM defined for hotplug (maxMemory, slots, a
+/// NUMA cell) gets a DIMM, live and in its definition, up to maxMemory.
+#[tokio::test]
+async fn memory_grows_by_dimm_up_to_max_memory() {
+    let mut g = Guard::default();
+    let (f, a) = agent().await;
+    let (uuid, mut s) = spec(&mut g);
+    s.memory = Some(pb::VmMemory {
+        size_kib: 128 * 1024,
+        max_kib: 512 * 1024,
+        slots: 1,
+        ..Default::default()
+    });
+    s.cpu.as_mut().unwrap().numa = vec![pb::VmNumaCell {
+        id: 0,
+        cpus: "0-3".into(),
+        memory_kib: 128 * 1024,
+    }];
+    start(&f, &s).await;
+
+    // 200,000 KiB needs 68,928 more: a 69,632 KiB module (2 MiB steps).
+    let Some(pb::command_result::Result::ScaleVm(r)) =
+        Some(ok(&f, scale(&uuid, None, Some(200_000))).await)
+    else {
+        panic!()
+    };
+    assert!(r.changed && r.max_memory_kib == 512 * 1024, "{r:?}");
+    for inactive in [false, true] {
+        let x = xml(&uuid, inactive);
+        assert!(x.contains("model='dimm'"), "{x}");
+        assert!(x.contains("<size unit='KiB'>69632</size>"), "{x}");
+        assert!(x.contains("<memory unit='KiB'>200704</memory>"), "{x}");
+    }
+    // (Live, the balloon figure follows the guest's driver; no OS here.)
+    let def = xml(&uuid, true);
+    assert!(def.contains("<currentMemory unit='KiB'>200000<"), "{def}");
+    // Past maxMemory, or with no slot left: refused, nothing changed.
+    let r = run(&f, scale(&uuid, None, Some(600 * 1024))).await;
+    assert_eq!(r.error_code, pb::ErrorCode::InvalidArgument as i32, "{r:?}");
+    assert!(r.message.contains("maxMemory"), "{}", r.message);
+    let r = run(&f, scale(&uuid, None, Some(300 * 1024))).await;
+    assert_eq!(r.error_code, pb::ErrorCode::Conflict as i32, "{r:?}");
+    assert!(r.message.contains("slot"), "{}", r.message);
+    assert_eq!(xml(&uuid, false).matches("model='dimm'").count(), 1);
+    a.stop().await;
+}
+
 fn attach(uuid: &uuid::Uuid, d: pb::attach_device::Device) -> pb::command::Body {
     pb::command::Body::AttachDevice(pb::AttachDevice {
         vm_uuid: uuid.to_string(),

@@ -726,6 +726,23 @@ pub struct Balloon {
 pub enum Device {
     Disk(Box<Disk>),
     Interface(Interface),
+    /// Memory hot-add: one DIMM into a domain defined with `<maxMemory>`.
+    Dimm(Dimm),
+}
+
+/// `<memory model='dimm'>`: a memory module plugged into a NUMA node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Dimm {
+    pub size: KiB,
+    /// The guest NUMA cell id it joins.
+    pub node: u32,
+}
+
+impl Dimm {
+    /// QEMU on x86 plugs DIMMs in 2 MiB steps; libvirt rounds the live
+    /// module up to it but keeps the persistent one as written, so csagent
+    /// asks for aligned sizes and both agree.
+    pub const ALIGN: KiB = KiB(2048);
 }
 
 /// What the parser made of a domain, and what it had to leave out.

@@ -195,9 +195,19 @@ pub(crate) fn render_device_into(dev: &Device, buf: &mut Vec<u8>) -> Res {
     match dev {
         Device::Disk(d) => disk_el(&mut o, d)?,
         Device::Interface(n) => interface(&mut o, n)?,
+        Device::Dimm(d) => dimm(&mut o, d)?,
     }
     o.w.get_mut().push(b'\n');
     Ok(())
+}
+
+fn dimm(o: &mut Out, d: &Dimm) -> Res {
+    o.tag("memory").a("model", "dimm").open()?;
+    o.tag("target").open()?;
+    o.tag("size").a("unit", "KiB").num_text(d.size.0)?;
+    o.tag("node").num_text(d.node)?;
+    o.close("target")?;
+    o.close("memory")
 }
 
 fn identity(o: &mut Out, spec: &VmSpec) -> Res {

@@ -12,6 +12,7 @@ pub fn validate(spec: &VmSpec) -> Result<(), DomainError> {
     let mut e = Errors::default();
     identity(spec, &mut e);
     memory(&spec.memory, &mut e);
+    hotplug_numa(spec, &mut e);
     cpu(spec, &mut e);
     boot(spec, &mut e);
     clock(&spec.clock, &mut e);
@@ -102,6 +103,18 @@ fn identity(spec: &VmSpec, e: &mut Errors) {
                 "is empty; csagent identifies its VMs by it",
             );
         }
+    }
+}
+
+/// libvirt refuses to define a domain with `<maxMemory>` but no guest NUMA
+/// cell: hot-added DIMMs have to join a node.
+fn hotplug_numa(spec: &VmSpec, e: &mut Errors) {
+    let has_cells = spec.cpu.as_ref().is_some_and(|c| !c.numa.is_empty());
+    if spec.memory.max.is_some() && !has_cells {
+        e.push(
+            "cpu.numa",
+            "memory.max_kib (memory hotplug) needs at least one NUMA cell for the DIMMs to join",
+        );
     }
 }
 
@@ -734,6 +747,21 @@ fn boot_orders(d: &Devices, e: &mut Errors) {
     }
 }
 
+fn dimm(d: &Dimm) -> Result<(), DomainError> {
+    let mut e = Errors::default();
+    if d.size.0 == 0 || !d.size.0.is_multiple_of(Dimm::ALIGN.0) {
+        e.push(
+            "dimm.size_kib",
+            format!(
+                "{} KiB is not a positive multiple of {} KiB",
+                d.size.0,
+                Dimm::ALIGN.0
+            ),
+        );
+    }
+    e.finish()
+}
+
 /// Validates one device by the rules it would meet inside a full domain on
 /// `machine` (the domain's machine type, for the q35/IDE rule). Field paths
 /// read `disk.target`, `interface.mac`.
@@ -755,6 +783,7 @@ pub fn validate_device(dev: &Device, machine: Option<&str>) -> Result<(), Domain
             spec.devices.interfaces.push(n.clone());
             ("interfaces[0].", "interface.")
         }
+        Device::Dimm(d) => return dimm(d),
     };
     let mut e = Errors::default();
     disks(&spec, &mut e);

@@ -2,12 +2,19 @@
 //! defined with.
 //!
 //! Owns the limits and their order: every check passes before anything is
-//! changed, memory (reversible) goes before vCPUs, and a failed vCPU step
-//! puts the memory back. A running VM is changed live and in its definition,
-//! and only grown; a stopped VM only in its definition. Domains csagent did
-//! not define are refused. libvirt calls live in hypervisor/devices.rs.
+//! changed. Memory moves the balloon target within `<memory>`; beyond it, a
+//! VM defined for hotplug (`<maxMemory slots>` and a NUMA cell) gets a DIMM,
+//! up to `<maxMemory>`. Reversible steps go first: the balloon, then vCPUs
+//! (a failed vCPU step puts the balloon back), then the DIMM, which cannot be
+//! pulled out of a running guest. A running VM is changed live and in its
+//! definition, and only grown; a stopped VM only in its definition. Domains
+//! csagent did not define are refused. libvirt calls live in
+//! hypervisor/devices.rs.
 
-use crate::domain::{self, KiB, VmSpec};
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+use crate::domain::{self, Device, Dimm, KiB, VmSpec};
 use crate::error::{CommandError, ErrorKind};
 use crate::hypervisor::devices::{self, Scope};
 use crate::hypervisor::{lifecycle, Hypervisor, PowerState, VmInfo};
@@ -16,7 +23,8 @@ use crate::hypervisor::{lifecycle, Hypervisor, PowerState, VmInfo};
 pub struct ScaleRequest {
     pub vm: uuid::Uuid,
     pub vcpus: Option<u32>,
-    /// New balloon target (currentMemory).
+    /// New memory of the VM: the balloon target (currentMemory), growing
+    /// `<memory>` by a DIMM when it passes it.
     pub memory: Option<KiB>,
 }
 
@@ -32,7 +40,10 @@ pub struct Scaled {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub vcpus: Option<u32>,
+    /// New balloon target; set after the DIMM when there is one.
     pub memory: Option<KiB>,
+    /// A module to hot-add, when the request passes `<memory>`.
+    pub dimm: Option<Dimm>,
     /// The values before, to put memory back when the vCPU step fails.
     pub old_memory: KiB,
 }
@@ -43,13 +54,33 @@ pub struct Current {
     pub running: bool,
     pub vcpus: u32,
     pub max_vcpus: u32,
+    /// The balloon target.
     pub memory: KiB,
+    /// `<memory>`: what the VM has, DIMMs included.
     pub max_memory: KiB,
     pub balloon: bool,
+    /// Set when the VM was defined for memory hotplug.
+    pub hotplug: Option<Hotplug>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hotplug {
+    /// `<maxMemory>`.
+    pub ceiling: KiB,
+    /// DIMM slots still free.
+    pub free_slots: u32,
+    /// The NUMA cell new DIMMs join.
+    pub node: u32,
 }
 
 impl Current {
-    pub fn of(spec: &VmSpec, running: bool) -> Current {
+    pub fn of(spec: &VmSpec, running: bool, dimms: u32) -> Current {
+        let node = spec.cpu.as_ref().and_then(|c| c.numa.first()).map(|c| c.id);
+        let hotplug = spec.memory.max.zip(node).map(|(max, node)| Hotplug {
+            ceiling: max.size,
+            free_slots: max.slots.saturating_sub(dimms),
+            node,
+        });
         Current {
             running,
             vcpus: spec.vcpu.current.unwrap_or(spec.vcpu.max),
@@ -57,7 +88,13 @@ impl Current {
             memory: spec.memory.current.unwrap_or(spec.memory.size),
             max_memory: spec.memory.size,
             balloon: spec.devices.balloon.is_some(),
+            hotplug,
         }
+    }
+
+    /// The most memory a request may ask for.
+    pub fn ceiling(&self) -> KiB {
+        self.hotplug.map_or(self.max_memory, |h| h.ceiling)
     }
 }
 
@@ -81,26 +118,66 @@ pub fn plan(req: &ScaleRequest, cur: &Current) -> Result<Plan, CommandError> {
         p.vcpus = (n != cur.vcpus).then_some(n);
     }
     if let Some(m) = req.memory {
-        if m.0 == 0 || m > cur.max_memory {
-            return Err(CommandError::invalid(format!(
-                "VM {vm}: {} KiB of memory is outside 1..{} KiB (the <memory> maximum it was defined with); redefine the VM to raise it",
-                m.0, cur.max_memory.0
-            )));
-        }
-        if cur.running && m < cur.memory {
-            return Err(shrink(vm, "memory KiB", cur.memory.0, m.0));
-        }
-        if m != cur.memory {
-            if cur.running && !cur.balloon {
-                return Err(CommandError::new(
-                    ErrorKind::Conflict,
-                    format!("VM {vm} has no balloon device (memballoon model none), so its memory can change only while it is stopped"),
-                ));
-            }
-            p.memory = Some(m);
-        }
+        plan_memory(vm, m, cur, &mut p)?;
     }
     Ok(p)
+}
+
+fn plan_memory(vm: uuid::Uuid, m: KiB, cur: &Current, p: &mut Plan) -> Result<(), CommandError> {
+    let ceiling = cur.ceiling();
+    if m.0 == 0 || m > ceiling {
+        let what = if cur.hotplug.is_some() {
+            "the <maxMemory> hotplug ceiling"
+        } else {
+            "the <memory> maximum; define it with maxMemory and a NUMA cell for hotplug"
+        };
+        return Err(CommandError::invalid(format!(
+            "VM {vm}: {} KiB of memory is outside 1..{} KiB ({what} it was defined with); redefine the VM to raise it",
+            m.0, ceiling.0
+        )));
+    }
+    if cur.running && m < cur.memory {
+        return Err(shrink(vm, "memory KiB", cur.memory.0, m.0));
+    }
+    if let Some(h) = cur.hotplug.filter(|_| m > cur.max_memory) {
+        p.dimm = Some(dimm_for(vm, m, cur.max_memory, h)?);
+        // libvirt raises the balloon target with the module; bring it to
+        // the figure asked for (the module is rounded up to 2 MiB).
+        p.memory = (cur.balloon || !cur.running).then_some(m);
+        return Ok(());
+    }
+    if m != cur.memory {
+        if cur.running && !cur.balloon {
+            return Err(CommandError::new(
+                ErrorKind::Conflict,
+                format!("VM {vm} has no balloon device (memballoon model none), so its memory can change only while it is stopped"),
+            ));
+        }
+        p.memory = Some(m);
+    }
+    Ok(())
+}
+
+/// The DIMM that takes `<memory>` from `have` to at least `want`.
+fn dimm_for(vm: uuid::Uuid, want: KiB, have: KiB, h: Hotplug) -> Result<Dimm, CommandError> {
+    let step = Dimm::ALIGN.0;
+    let size = (want.0 - have.0).div_ceil(step) * step;
+    if have.0 + size > h.ceiling.0 {
+        return Err(CommandError::invalid(format!(
+            "VM {vm}: reaching {} KiB needs a {size} KiB DIMM (QEMU plugs 2 MiB steps), which would pass <maxMemory> ({} KiB)",
+            want.0, h.ceiling.0
+        )));
+    }
+    if h.free_slots == 0 {
+        return Err(CommandError::new(
+            ErrorKind::Conflict,
+            format!("VM {vm}: every memory slot of <maxMemory> is in use; redefine the VM with more slots"),
+        ));
+    }
+    Ok(Dimm {
+        size: KiB(size),
+        node: h.node,
+    })
 }
 
 fn shrink(vm: uuid::Uuid, what: &str, from: u64, to: u64) -> CommandError {
@@ -135,42 +212,116 @@ pub async fn scale(h: &Hypervisor, req: ScaleRequest) -> Result<Scaled, CommandE
         .spec;
     let info = h.vm(uuid).await.map_err(super::hv)?;
     let running = info.state != PowerState::Stopped && info.id.is_some();
-    let cur = Current::of(&spec, running);
+    let cur = Current::of(&spec, running, count_dimms(&xml));
     let p = plan(&req, &cur)?;
-    let scope = Scope::for_running(running);
-    if let Some(m) = p.memory {
-        h.call("set_memory", move |c| {
-            devices::set_memory(c, &uuid, m.0, scope)
-        })
-        .await
-        .map_err(super::hv)?;
+    apply(
+        h,
+        uuid,
+        &p,
+        Scope::for_running(running),
+        spec.os.machine.as_deref(),
+    )
+    .await?;
+    Ok(Scaled {
+        info: h.vm(uuid).await.map_err(super::hv)?,
+        max_vcpus: cur.max_vcpus,
+        max_memory: cur.ceiling(),
+        changed: p.vcpus.is_some() || p.memory.is_some() || p.dimm.is_some(),
+    })
+}
+
+async fn apply(
+    h: &Hypervisor,
+    uuid: uuid::Uuid,
+    p: &Plan,
+    scope: Scope,
+    machine: Option<&str>,
+) -> Result<(), CommandError> {
+    let balloon_first = p.dimm.is_none();
+    if balloon_first {
+        if let Some(m) = p.memory {
+            set_memory(h, uuid, m, scope).await?;
+        }
     }
     if let Some(n) = p.vcpus {
         let r = h
             .call("set_vcpus", move |c| devices::set_vcpus(c, &uuid, n, scope))
             .await;
         if let Err(e) = r {
-            if p.memory.is_some() {
-                let old = p.old_memory.0;
+            if balloon_first && p.memory.is_some() {
                 // Best effort: the error below is what the plane must see.
-                let _ = h
-                    .call("set_memory", move |c| {
-                        devices::set_memory(c, &uuid, old, scope)
-                    })
-                    .await;
+                let _ = set_memory(h, uuid, p.old_memory, scope).await;
             }
             return Err(CommandError::new(
                 e.kind(),
-                format!("VM {uuid}: setting {n} vCPUs failed (memory was put back): {e}"),
+                format!("VM {uuid}: setting {n} vCPUs failed (memory is as it was): {e}"),
             ));
         }
     }
-    Ok(Scaled {
-        info: h.vm(uuid).await.map_err(super::hv)?,
-        max_vcpus: cur.max_vcpus,
-        max_memory: cur.max_memory,
-        changed: p.vcpus.is_some() || p.memory.is_some(),
+    if let Some(d) = p.dimm {
+        add_dimm(h, uuid, d, scope, machine).await.map_err(|e| {
+            let vcpus = p
+                .vcpus
+                .map_or(String::new(), |n| format!(" ({n} vCPUs are set)"));
+            CommandError::new(e.kind, format!("{}{vcpus}", e.message))
+        })?;
+        if let Some(m) = p.memory {
+            set_memory(h, uuid, m, scope).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn set_memory(
+    h: &Hypervisor,
+    uuid: uuid::Uuid,
+    m: KiB,
+    scope: Scope,
+) -> Result<(), CommandError> {
+    h.call("set_memory", move |c| {
+        devices::set_memory(c, &uuid, m.0, scope)
     })
+    .await
+    .map_err(super::hv)
+}
+
+async fn add_dimm(
+    h: &Hypervisor,
+    uuid: uuid::Uuid,
+    d: Dimm,
+    scope: Scope,
+    machine: Option<&str>,
+) -> Result<(), CommandError> {
+    let xml = domain::render_device(&Device::Dimm(d), machine)
+        .map_err(|e| CommandError::invalid(format!("VM {uuid}: {e}")))?;
+    h.call("attach_device", move |c| {
+        devices::attach(c, &uuid, &xml, scope)
+    })
+    .await
+    .map_err(|e| {
+        CommandError::new(
+            e.kind(),
+            format!("VM {uuid}: adding a {} KiB DIMM failed: {e}", d.size.0),
+        )
+    })
+}
+
+/// DIMMs in `<devices>` (the model keeps no list of them).
+fn count_dimms(xml: &str) -> u32 {
+    let mut r = Reader::from_str(xml);
+    let (mut depth, mut n) = (0u32, 0u32);
+    loop {
+        match r.read_event() {
+            Ok(Event::Start(e)) => {
+                depth += 1;
+                n += u32::from(depth == 3 && e.name().as_ref() == b"memory");
+            }
+            Ok(Event::Empty(e)) => n += u32::from(depth == 2 && e.name().as_ref() == b"memory"),
+            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Event::Eof) | Err(_) => return n,
+            Ok(_) => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +336,7 @@ mod tests {
             memory: KiB(65536),
             max_memory: KiB(131072),
             balloon: true,
+            hotplug: None,
         }
     }
 
@@ -228,5 +380,30 @@ mod tests {
         c.balloon = false;
         let e = plan(&req(None, Some(100000)), &c).unwrap_err();
         assert!(e.message.contains("balloon"), "{}", e.message);
+    }
+
+    #[test]
+    fn past_memory_hotplug_adds_an_aligned_dimm() {
+        let mut c = cur(true);
+        c.hotplug = Some(Hotplug {
+            ceiling: KiB(1 << 20),
+            free_slots: 1,
+            node: 0,
+        });
+        let p = plan(&req(None, Some(131072 + 100_000)), &c).unwrap();
+        assert_eq!(p.dimm.map(|d| d.size), Some(KiB(100_352)));
+        assert_eq!(p.memory, Some(KiB(231_072)));
+        let e = plan(&req(None, Some((1 << 20) + 1)), &c).unwrap_err();
+        assert!(e.message.contains("maxMemory"), "{}", e.message);
+        c.hotplug = c.hotplug.map(|h| Hotplug { free_slots: 0, ..h });
+        let e = plan(&req(None, Some(200_000)), &c).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert!(e.message.contains("slot"), "{}", e.message);
+    }
+
+    #[test]
+    fn dimms_are_counted_in_devices_only() {
+        let xml = "<domain><memory unit='KiB'>1</memory><devices><memory model='dimm'><target/></memory><memory model='dimm'/><disk/></devices></domain>";
+        assert_eq!(count_dimms(xml), 2);
     }
 }
