@@ -127,22 +127,32 @@ impl Drop for DomainGuard {
     }
 }
 
-fn domain_xml(name: &str, disk: &Path) -> String {
+fn domain_xml(name: &str, disks: &[PathBuf]) -> String {
     // Test fixture only; the agent renders domain XML in src/domain/.
+    let disks: String = disks
+        .iter()
+        .zip(["vda", "vdb"])
+        .map(|(d, dev)| {
+            format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+                 <source file='{}'/><target dev='{dev}' bus='virtio'/></disk>",
+                d.display()
+            )
+        })
+        .collect();
     format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
          <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
-         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-         <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+         <devices>{disks}\
          <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
-         </devices></domain>",
-        disk.display()
+         </devices></domain>"
     )
 }
 
 /// A pool whose qcow2 volume "root" starts with 64 KiB of 0xaa, and a
-/// running TCG domain (no OS) on it, undefined on drop.
-async fn vm_on_root(tag: &str) -> (TestPool, DomainGuard, virt::domain::Domain) {
+/// running TCG domain (no OS) on it and on the qcow2 images `extra`
+/// (written the same way), undefined on drop.
+async fn vm_on_root(tag: &str, extra: &[PathBuf]) -> (TestPool, DomainGuard, virt::domain::Domain) {
     let p = TestPool::new(tag).await;
     std::fs::set_permissions(&p.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let req = CreateVolume {
@@ -155,13 +165,15 @@ async fn vm_on_root(tag: &str) -> (TestPool, DomainGuard, virt::domain::Domain) 
         .create_volume(req, CallOpts::default())
         .await
         .unwrap();
-    assert!(qemu_io(&p.dir.join("root"), "write -P 0xaa 0 64k"));
+    let mut disks = vec![p.dir.join("root")];
+    disks.extend_from_slice(extra);
+    for d in &disks {
+        assert!(qemu_io(d, "write -P 0xaa 0 64k"));
+    }
     let name = format!("csat-snp-{tag}-{:08x}", rand::random::<u32>());
     let g = DomainGuard(name.clone());
     let c = virt::connect::Connect::open(Some(URI)).unwrap();
-    let dom = c
-        .define_domain_xml(&domain_xml(&name, &p.dir.join("root")))
-        .unwrap();
+    let dom = c.define_domain_xml(&domain_xml(&name, &disks)).unwrap();
     dom.create().unwrap();
     (p, g, dom)
 }
@@ -194,7 +206,7 @@ fn agent_reverts(dom: &virt::domain::Domain) -> bool {
 
 #[tokio::test]
 async fn external_snapshot_of_running_vm() {
-    let (p, _g, dom) = vm_on_root("xsnap").await;
+    let (p, _g, dom) = vm_on_root("xsnap", &[]).await;
     let s = &p.storage;
     let name = dom.name().unwrap();
 
@@ -283,7 +295,7 @@ async fn external_snapshot_of_running_vm() {
 
 #[tokio::test]
 async fn revert_external_snapshot_once_the_vm_is_stopped() {
-    let (p, _g, dom) = vm_on_root("rsnap").await;
+    let (p, _g, dom) = vm_on_root("rsnap", &[]).await;
     let s = &p.storage;
     let target = SnapshotTarget::Domain {
         domain: dom.name().unwrap(),
@@ -399,4 +411,64 @@ fn assert_agent_revert_kept(dir: &Path, disk: &Path, before: &std::fs::Metadata)
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(left.is_empty(), "temp files left: {left:?}");
+}
+
+/// Fills the filesystem of `dir` with a file until writes fail.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let p = dir.join("filler");
+    let mut f = std::fs::File::create(&p).unwrap();
+    for chunk in [1 << 16, 512] {
+        while f.write_all(&vec![0u8; chunk]).is_ok() {}
+    }
+    p
+}
+
+#[tokio::test]
+async fn failed_revert_of_one_disk_leaves_every_disk_as_it_was() {
+    let c = virt::connect::Connect::open(Some(URI)).unwrap();
+    if c.lib_version().unwrap() >= 9_009_000 {
+        println!("skipped: libvirt >= 9.9 reverts external snapshots itself");
+        return;
+    }
+    // vdb lives on a tiny tmpfs, so its new overlay cannot be made once
+    // that is full, after vda's already was.
+    let fs = Tmpfs::new(4);
+    std::fs::set_permissions(fs.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = fs.path().join("data");
+    qemu_img(&["create", "-q", "-f", "qcow2", data.to_str().unwrap(), "4M"]);
+    let (p, _g, dom) = vm_on_root("fsnap", std::slice::from_ref(&data)).await;
+    let s = &p.storage;
+    let target = SnapshotTarget::Domain {
+        domain: dom.name().unwrap(),
+    };
+    let revert = || s.revert_snapshot(target.clone(), snap("s1"), CallOpts::default());
+    s.create_snapshot(target.clone(), snap("s1"), CallOpts::default())
+        .await
+        .unwrap();
+    dom.destroy().unwrap();
+    let overlays = [p.dir.join("root.s1"), fs.path().join("data.s1")];
+    for o in &overlays {
+        assert!(qemu_io(o, "write -P 0xbb 0 64k"));
+    }
+    let filler = fill(fs.path());
+    let before: Vec<_> = overlays.iter().map(|o| file_state(o)).collect();
+    let e = revert().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InsufficientCapacity, "{e}");
+    let after: Vec<_> = overlays.iter().map(|o| file_state(o)).collect();
+    assert!(after == before, "a failed revert changed an overlay");
+    assert_eq!(list(&p.dir), vec!["root", "root.s1"]);
+    assert_eq!(list(fs.path()), vec!["data", "data.s1", "filler"]);
+
+    std::fs::remove_file(filler).unwrap();
+    revert().await.unwrap();
+    for o in &overlays {
+        assert!(
+            qemu_io(o, "read -P 0xaa 0 64k"),
+            "{} not reverted",
+            o.display()
+        );
+    }
+    dom.create().unwrap();
+    dom.destroy().unwrap();
 }
