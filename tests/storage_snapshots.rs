@@ -1,10 +1,12 @@
 //! Snapshots: qcow2 internal snapshots on a stopped VM's volume (create,
 //! list, revert restores the data, delete); an external disk-only snapshot
-//! of a running TCG domain on qemu:///system through libvirt.
+//! of a running TCG domain on qemu:///system through libvirt, and its
+//! revert once the VM is stopped (by the agent where libvirt < 9.9).
 
 mod storage_common;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use csagent::storage::{
@@ -12,7 +14,7 @@ use csagent::storage::{
 };
 use storage_common::*;
 
-fn qemu_io(path: &std::path::Path, cmd: &str) -> bool {
+fn qemu_io(path: &Path, cmd: &str) -> bool {
     Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", cmd])
         .arg(path)
@@ -125,38 +127,88 @@ impl Drop for DomainGuard {
     }
 }
 
-fn domain_xml(name: &str, disk: &std::path::Path) -> String {
+fn domain_xml(name: &str, disks: &[PathBuf]) -> String {
     // Test fixture only; the agent renders domain XML in src/domain/.
+    let disks: String = disks
+        .iter()
+        .zip(["vda", "vdb"])
+        .map(|(d, dev)| {
+            format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+                 <source file='{}'/><target dev='{dev}' bus='virtio'/></disk>",
+                d.display()
+            )
+        })
+        .collect();
     format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>\
          <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>\
-         <devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-         <source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+         <devices>{disks}\
          <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\
-         </devices></domain>",
-        disk.display()
+         </devices></domain>"
     )
 }
 
-#[tokio::test]
-async fn external_snapshot_of_running_vm() {
-    let p = TestPool::new("xsnap").await;
+/// A pool whose qcow2 volume "root" starts with 64 KiB of 0xaa, and a
+/// running TCG domain (no OS) on it and on the qcow2 images `extra`
+/// (written the same way), undefined on drop.
+async fn vm_on_root(tag: &str, extra: &[PathBuf]) -> (TestPool, DomainGuard, virt::domain::Domain) {
+    let p = TestPool::new(tag).await;
     std::fs::set_permissions(&p.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let s = &p.storage;
     let req = CreateVolume {
         pool: p.name.clone(),
         name: VolumeName::new("root").unwrap(),
         format: ImageFormat::Qcow2,
         size: Bytes(16 << 20),
     };
-    s.create_volume(req, CallOpts::default()).await.unwrap();
-    let name = unique("vm");
-    let _g = DomainGuard(name.clone());
-    let c = virt::connect::Connect::open(Some(URI)).unwrap();
-    let dom = c
-        .define_domain_xml(&domain_xml(&name, &p.dir.join("root")))
+    p.storage
+        .create_volume(req, CallOpts::default())
+        .await
         .unwrap();
+    let mut disks = vec![p.dir.join("root")];
+    disks.extend_from_slice(extra);
+    for d in &disks {
+        assert!(qemu_io(d, "write -P 0xaa 0 64k"));
+    }
+    let name = format!("csat-snp-{tag}-{:08x}", rand::random::<u32>());
+    let g = DomainGuard(name.clone());
+    let c = virt::connect::Connect::open(Some(URI)).unwrap();
+    let dom = c.define_domain_xml(&domain_xml(&name, &disks)).unwrap();
     dom.create().unwrap();
+    (p, g, dom)
+}
+
+/// The VM's persistent disk source.
+fn disk_source(dom: &virt::domain::Domain) -> PathBuf {
+    let x = dom.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE).unwrap();
+    let nodes = csagent::storage::xml::nodes(&x, "test").unwrap();
+    let src = csagent::storage::xml::find(&nodes, "domain/devices/disk/source").unwrap();
+    PathBuf::from(src.attr("file").unwrap())
+}
+
+/// Identity and content of a file, to prove "nothing changed".
+fn file_state(p: &Path) -> (u64, Vec<u8>) {
+    (
+        std::fs::metadata(p).unwrap().ino(),
+        std::fs::read(p).unwrap(),
+    )
+}
+
+fn names(list: &[csagent::storage::SnapshotInfo]) -> Vec<&str> {
+    list.iter().map(|x| x.name.as_str()).collect()
+}
+
+/// libvirt reverts external snapshots itself from 9.9 on; before, the
+/// agent does (and refuses what it cannot do safely).
+fn agent_reverts(dom: &virt::domain::Domain) -> bool {
+    dom.connect().unwrap().lib_version().unwrap() < 9_009_000
+}
+
+#[tokio::test]
+async fn external_snapshot_of_running_vm() {
+    let (p, _g, dom) = vm_on_root("xsnap", &[]).await;
+    let s = &p.storage;
+    let name = dom.name().unwrap();
 
     // The running VM holds qemu's write lock: qemu-img must not touch it.
     let vol = SnapshotTarget::Volume {
@@ -208,15 +260,6 @@ async fn external_snapshot_of_running_vm() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
-    // libvirt < 9.9 cannot revert to an external snapshot: a clear refusal
-    // that changed nothing. Newer libvirt reverts.
-    if let Err(e) = s
-        .revert_snapshot(target.clone(), snap("s1"), CallOpts::default())
-        .await
-    {
-        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
-        assert!(e.to_string().contains("not supported"), "{e}");
-    }
     dom.destroy().unwrap();
     dom.create().unwrap();
     s.create_snapshot(target.clone(), snap("s3"), CallOpts::default())
@@ -225,14 +268,11 @@ async fn external_snapshot_of_running_vm() {
     s.delete_snapshot(target.clone(), snap("s3"), CallOpts::default())
         .await
         .unwrap();
-    let names: Vec<String> = s
+    let list = s
         .list_snapshots(target.clone(), CallOpts::default())
         .await
-        .unwrap()
-        .into_iter()
-        .map(|x| x.name)
-        .collect();
-    assert!(!names.contains(&"s3".to_string()), "{names:?}");
+        .unwrap();
+    assert!(!names(&list).contains(&"s3"), "{list:?}");
     // A stopped VM is snapshotted through its volumes instead.
     dom.destroy().unwrap();
     let e = s
@@ -243,7 +283,7 @@ async fn external_snapshot_of_running_vm() {
     let e = s
         .create_snapshot(
             SnapshotTarget::Domain {
-                domain: "csat-sto-no-such-vm".into(),
+                domain: "csat-snp-no-such-vm".into(),
             },
             snap("s"),
             CallOpts::default(),
@@ -251,4 +291,184 @@ async fn external_snapshot_of_running_vm() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn revert_external_snapshot_once_the_vm_is_stopped() {
+    let (p, _g, dom) = vm_on_root("rsnap", &[]).await;
+    let s = &p.storage;
+    let target = SnapshotTarget::Domain {
+        domain: dom.name().unwrap(),
+    };
+    let revert = || s.revert_snapshot(target.clone(), snap("s1"), CallOpts::default());
+    s.create_snapshot(target.clone(), snap("s1"), CallOpts::default())
+        .await
+        .unwrap();
+    let overlay = p.dir.join("root.s1");
+
+    // Running: a disk-only snapshot has no memory to go back to. Refused
+    // whatever libvirt's version, and nothing changed.
+    let before = file_state(&overlay);
+    let e = revert().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert!(e.to_string().contains("stop the VM first"), "{e}");
+    assert!(dom.is_active().unwrap());
+    assert_eq!(file_state(&overlay), before);
+
+    // Stopped, the disk gets data the revert must discard.
+    dom.destroy().unwrap();
+    assert!(qemu_io(&overlay, "write -P 0xbb 0 64k"));
+    let agent = agent_reverts(&dom);
+    if agent {
+        later_snapshot_blocks_revert(s, &target, &dom, &overlay).await;
+    }
+    let meta = std::fs::metadata(&overlay).unwrap();
+
+    revert().await.unwrap();
+    let disk = disk_source(&dom);
+    assert!(
+        qemu_io(&disk, "read -P 0xaa 0 64k"),
+        "revert did not restore the snapshot's data"
+    );
+    if agent {
+        assert_agent_revert_kept(&p.dir, &disk, &meta);
+    }
+
+    // The VM runs from the reverted disk; s1 is still known and deletable.
+    dom.create().unwrap();
+    let list = s
+        .list_snapshots(target.clone(), CallOpts::default())
+        .await
+        .unwrap();
+    assert_eq!(names(&list), vec!["s1"]);
+    s.delete_snapshot(target.clone(), snap("s1"), CallOpts::default())
+        .await
+        .unwrap();
+    let list = s
+        .list_snapshots(target.clone(), CallOpts::default())
+        .await
+        .unwrap();
+    assert!(list.is_empty(), "{list:?}");
+    dom.destroy().unwrap();
+    assert_eq!(disk_source(&dom), p.dir.join("root"));
+    assert!(qemu_io(&p.dir.join("root"), "read -P 0xaa 0 64k"));
+    let e = revert().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+}
+
+/// With s2 taken after s1, reverting s1 is refused and changes nothing;
+/// deleting s2 (merged into s1's overlay) makes s1 the newest again.
+async fn later_snapshot_blocks_revert(
+    s: &csagent::storage::Storage,
+    target: &SnapshotTarget,
+    dom: &virt::domain::Domain,
+    overlay: &Path,
+) {
+    dom.create().unwrap();
+    s.create_snapshot(target.clone(), snap("s2"), CallOpts::default())
+        .await
+        .unwrap();
+    dom.destroy().unwrap();
+    let top = disk_source(dom);
+    let before = (file_state(overlay), file_state(&top));
+    let e = s
+        .revert_snapshot(target.clone(), snap("s1"), CallOpts::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert!(
+        e.to_string().contains("delete the later snapshots first"),
+        "{e}"
+    );
+    assert_eq!((file_state(overlay), file_state(&top)), before);
+    assert_eq!(disk_source(dom), top);
+    dom.create().unwrap();
+    s.delete_snapshot(target.clone(), snap("s2"), CallOpts::default())
+        .await
+        .unwrap();
+    dom.destroy().unwrap();
+    assert_eq!(disk_source(dom), overlay);
+    assert!(qemu_io(overlay, "read -P 0xbb 0 64k"));
+}
+
+/// The agent replaced the overlay in place: same path, owner, mode and
+/// backing file, and no temp file left beside it.
+fn assert_agent_revert_kept(dir: &Path, disk: &Path, before: &std::fs::Metadata) {
+    assert_eq!(disk, dir.join("root.s1"));
+    let m = std::fs::metadata(disk).unwrap();
+    assert_ne!(m.ino(), before.ino(), "the overlay was not replaced");
+    assert_eq!(
+        (m.mode(), m.uid(), m.gid()),
+        (before.mode(), before.uid(), before.gid())
+    );
+    let j = info_json(disk);
+    assert_eq!(j["backing-filename"], dir.join("root").to_str().unwrap());
+    assert_eq!(j["backing-filename-format"], "qcow2");
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "temp files left: {left:?}");
+}
+
+/// Fills the filesystem of `dir` with a file until writes fail.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let p = dir.join("filler");
+    let mut f = std::fs::File::create(&p).unwrap();
+    for chunk in [1 << 16, 512] {
+        while f.write_all(&vec![0u8; chunk]).is_ok() {}
+    }
+    p
+}
+
+#[tokio::test]
+async fn failed_revert_of_one_disk_leaves_every_disk_as_it_was() {
+    let c = virt::connect::Connect::open(Some(URI)).unwrap();
+    if c.lib_version().unwrap() >= 9_009_000 {
+        println!("skipped: libvirt >= 9.9 reverts external snapshots itself");
+        return;
+    }
+    // vdb lives on a tiny tmpfs, so its new overlay cannot be made once
+    // that is full, after vda's already was.
+    let fs = Tmpfs::new(4);
+    std::fs::set_permissions(fs.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = fs.path().join("data");
+    qemu_img(&["create", "-q", "-f", "qcow2", data.to_str().unwrap(), "4M"]);
+    let (p, _g, dom) = vm_on_root("fsnap", std::slice::from_ref(&data)).await;
+    let s = &p.storage;
+    let target = SnapshotTarget::Domain {
+        domain: dom.name().unwrap(),
+    };
+    let revert = || s.revert_snapshot(target.clone(), snap("s1"), CallOpts::default());
+    s.create_snapshot(target.clone(), snap("s1"), CallOpts::default())
+        .await
+        .unwrap();
+    dom.destroy().unwrap();
+    let overlays = [p.dir.join("root.s1"), fs.path().join("data.s1")];
+    for o in &overlays {
+        assert!(qemu_io(o, "write -P 0xbb 0 64k"));
+    }
+    let filler = fill(fs.path());
+    let before: Vec<_> = overlays.iter().map(|o| file_state(o)).collect();
+    let e = revert().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InsufficientCapacity, "{e}");
+    let after: Vec<_> = overlays.iter().map(|o| file_state(o)).collect();
+    assert!(after == before, "a failed revert changed an overlay");
+    assert_eq!(list(&p.dir), vec!["root", "root.s1"]);
+    assert_eq!(list(fs.path()), vec!["data", "data.s1", "filler"]);
+
+    std::fs::remove_file(filler).unwrap();
+    revert().await.unwrap();
+    for o in &overlays {
+        assert!(
+            qemu_io(o, "read -P 0xaa 0 64k"),
+            "{} not reverted",
+            o.display()
+        );
+    }
+    dom.create().unwrap();
+    dom.destroy().unwrap();
 }

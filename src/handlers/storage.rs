@@ -112,6 +112,7 @@ pub fn storage_error(e: StorageError) -> CommandError {
         K::InvalidArgument => ErrorKind::InvalidArgument,
         K::NotFound => ErrorKind::NotFound,
         K::AlreadyExists => ErrorKind::AlreadyExists,
+        K::Conflict => ErrorKind::Conflict,
         K::InsufficientCapacity => ErrorKind::InsufficientCapacity,
         K::Unavailable => ErrorKind::Unavailable,
         K::DeadlineExceeded => ErrorKind::DeadlineExceeded,

@@ -302,6 +302,7 @@ impl From<ErrorKind> for pb::ErrorCode {
             ErrorKind::InvalidArgument => pb::ErrorCode::InvalidArgument,
             ErrorKind::NotFound => pb::ErrorCode::NotFound,
             ErrorKind::AlreadyExists => pb::ErrorCode::AlreadyExists,
+            ErrorKind::Conflict => pb::ErrorCode::Conflict,
             ErrorKind::InsufficientCapacity => pb::ErrorCode::InsufficientCapacity,
             ErrorKind::Unavailable => pb::ErrorCode::Unavailable,
             ErrorKind::DeadlineExceeded => pb::ErrorCode::DeadlineExceeded,

@@ -13,6 +13,9 @@ pub enum ErrorKind {
     InvalidArgument,
     NotFound,
     AlreadyExists,
+    /// The object is in a state that forbids the operation (a running VM,
+    /// later snapshots in the way); the message says what to change first.
+    Conflict,
     InsufficientCapacity,
     Unavailable,
     DeadlineExceeded,
@@ -30,6 +33,9 @@ pub enum StorageError {
 
     #[error("{what} already exists; delete it first or pick another name")]
     AlreadyExists { what: String },
+
+    #[error("{what} refused: {reason}; nothing was changed")]
+    Conflict { what: String, reason: String },
 
     #[error(
         "Insufficient capacity on pool {pool}: {needed} bytes needed, {available} bytes available"
@@ -110,6 +116,7 @@ impl StorageError {
             }
             E::NotFound { .. } => ErrorKind::NotFound,
             E::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            E::Conflict { .. } => ErrorKind::Conflict,
             E::InsufficientCapacity { .. } | E::DiskFull { .. } => ErrorKind::InsufficientCapacity,
             E::Unavailable { .. } | E::Http { .. } => ErrorKind::Unavailable,
             E::Timeout { .. } => ErrorKind::DeadlineExceeded,
@@ -122,6 +129,13 @@ impl StorageError {
 
     pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
         StorageError::InvalidArgument {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn conflict(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        StorageError::Conflict {
             what: what.into(),
             reason: reason.into(),
         }

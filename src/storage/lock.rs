@@ -2,10 +2,12 @@
 //! this agent, and publish-by-hard-link so that even another process racing
 //! on the same directory can never see two files or a half-written one.
 //!
-//! Owns: temp names of files being made and their atomic publication. Must
+//! Owns: temp names of files being made and their atomic publication (as a
+//! new name, or replacing a file by rename). Must
 //! not: run qemu-img or decide what a volume holds.
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -61,8 +63,27 @@ impl VolumeLocks {
 /// Hidden temp name next to the final file (same filesystem, so the
 /// hard link below is atomic). The random part keeps two agents apart.
 pub fn temp_path(root: &Path, name: &VolumeName) -> PathBuf {
+    hidden_temp(root, OsStr::new(name.as_str()))
+}
+
+/// Temp name beside an existing file, in `temp_path`'s form, for files
+/// that replace it (same directory, so rename(2) is atomic).
+pub fn temp_path_beside(path: &Path) -> Result<PathBuf, StorageError> {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => Ok(hidden_temp(dir, name)),
+        _ => Err(StorageError::invalid(
+            format!("path {}", path.display()),
+            "names no file in a directory",
+        )),
+    }
+}
+
+fn hidden_temp(dir: &Path, name: &OsStr) -> PathBuf {
     let tag: u64 = rand::random();
-    root.join(format!(".{}.part-{tag:016x}", name.as_str()))
+    let mut n = OsString::from(".");
+    n.push(name);
+    n.push(format!(".part-{tag:016x}"));
+    dir.join(n)
 }
 
 /// True for names made by `temp_path`: ".<name>.part-<16 hex>".
@@ -115,6 +136,23 @@ impl TempFile {
             Err(e) => Err(StorageError::io("publish volume", dst, e)),
         }
     }
+
+    /// Puts the temp file in place of `dst` with one rename(2): a reader
+    /// sees the old file or the new one, never neither. On failure the temp
+    /// file is still removed on drop.
+    pub fn replace(mut self, dst: &Path) -> Result<(), StorageError> {
+        let Some(tmp) = self.path.take() else {
+            return Err(StorageError::Internal {
+                step: "replace file",
+                reason: "temp file already published".into(),
+            });
+        };
+        if let Err(e) = std::fs::rename(&tmp, dst) {
+            self.path = Some(tmp);
+            return Err(StorageError::io("replace file", dst, e));
+        }
+        Ok(())
+    }
 }
 
 impl Drop for TempFile {
@@ -139,6 +177,11 @@ mod tests {
         let p = temp_path(Path::new("/pool"), &n);
         let f = p.file_name().unwrap().to_str().unwrap();
         assert!(is_temp_name(f), "{f}");
+        let b = temp_path_beside(Path::new("/pool/root.s1")).unwrap();
+        assert_eq!(b.parent(), Some(Path::new("/pool")));
+        let f = b.file_name().unwrap().to_str().unwrap();
+        assert!(f.starts_with(".root.s1.part-") && is_temp_name(f), "{f}");
+        assert!(temp_path_beside(Path::new("/")).is_err());
         for other in ["vm-root", ".hidden", ".x.part-zz", ".part-0123456789abcdef"] {
             assert!(!is_temp_name(other), "{other}");
         }

@@ -18,6 +18,7 @@ pub mod pool_def;
 pub mod probe;
 pub mod qemu_img;
 pub mod snapshot;
+mod snapshot_revert;
 pub mod template;
 pub mod virt_conn;
 pub mod volume;
@@ -246,6 +247,7 @@ mod tests {
         send(&s.delete_volume(&pool, &vol, o()));
         let t = SnapshotTarget::Domain { domain: "d".into() };
         send(&s.create_snapshot(t.clone(), SnapshotName::new("s").unwrap(), o()));
+        send(&s.revert_snapshot(t.clone(), SnapshotName::new("s").unwrap(), o()));
         send(&s.list_snapshots(t, o()));
     }
 }

@@ -1,6 +1,7 @@
 //! Volume snapshots. A stopped VM's qcow2 volume gets internal snapshots
 //! through `qemu-img snapshot`; a running VM gets an external disk-only
 //! snapshot through libvirt (guest agent quiesced when one answers).
+//! Reverting a VM snapshot is snapshot_revert.rs's (libvirt < 9.9 cannot).
 //!
 //! Owns: snapshot XML and the choice of mechanism. Must not: snapshot a
 //! volume a running VM writes to with qemu-img (qemu's image lock refuses
@@ -88,6 +89,10 @@ impl Storage {
         name: SnapshotName,
         opts: CallOpts,
     ) -> Result<(), StorageError> {
+        if let SnapshotTarget::Domain { domain } = target {
+            let ctl = self.ctl(Op::Snapshot, &opts);
+            return self.revert_domain_snapshot(domain, name, &ctl).await;
+        }
         self.internal_or_domain(target, name, opts, SnapshotOp::Apply)
             .await
     }
@@ -294,7 +299,10 @@ fn create(
         .map_err(|e| StorageError::libvirt("create snapshot", d, e))
 }
 
-fn lookup_domain(conn: &virt::connect::Connect, d: &str) -> Result<Domain, StorageError> {
+pub(super) fn lookup_domain(
+    conn: &virt::connect::Connect,
+    d: &str,
+) -> Result<Domain, StorageError> {
     let r = if uuid::Uuid::parse_str(d).is_ok() {
         conn.lookup_domain_by_uuid_string(d)
     } else {

@@ -125,3 +125,46 @@ fn push(out: &mut Vec<Node>, stack: &[usize], s: &BytesStart<'_>) -> Result<usiz
 pub fn find<'a>(nodes: &'a [Node], path: &str) -> Option<&'a Node> {
     nodes.iter().find(|n| n.path == path)
 }
+
+/// Each element at `path` with its descendants, the element first. In the
+/// flat view (document order) they are one contiguous run.
+pub fn groups<'a>(nodes: &'a [Node], path: &str) -> Vec<&'a [Node]> {
+    let inside = format!("{path}/");
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < nodes.len() {
+        if nodes[i].path != path {
+            i += 1;
+            continue;
+        }
+        let len = nodes[i + 1..]
+            .iter()
+            .take_while(|n| n.path.starts_with(&inside))
+            .count();
+        out.push(&nodes[i..=i + len]);
+        i += len + 1;
+    }
+    out
+}
+
+/// Attribute `attr` of the first descendant at `path` inside `group`.
+pub fn group_attr<'a>(group: &'a [Node], path: &str, attr: &str) -> Option<&'a str> {
+    find(group, path).and_then(|n| n.attr(attr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_elements_with_their_descendants() {
+        let x = "<d><disk n='a'><source file='/a'/><b><source file='/x'/></b></disk>\
+                 <other/><disk n='b'/><disk n='c'><source file='/c'/></disk></d>";
+        let nodes = nodes(x, "test").unwrap();
+        let g = groups(&nodes, "d/disk");
+        assert_eq!(g.iter().map(|g| g.len()).collect::<Vec<_>>(), vec![4, 1, 2]);
+        assert_eq!(group_attr(g[0], "d/disk/source", "file"), Some("/a"));
+        assert_eq!(group_attr(g[1], "d/disk/source", "file"), None);
+        assert_eq!(group_attr(g[2], "d/disk/source", "file"), Some("/c"));
+    }
+}
