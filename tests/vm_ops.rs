@@ -229,6 +229,14 @@ async fn scale_within_the_defined_maximums_only() {
     };
     assert!(r.changed && r.max_vcpus == 4, "{r:?}");
     assert_eq!(vcpus_live(&uuid), "2");
+    // The host-wide list (the heartbeat's source) is not left stale.
+    let Some(pb::command_result::Result::VmList(l)) =
+        Some(ok(&f, pb::command::Body::ListVms(pb::ListVms {})).await)
+    else {
+        panic!()
+    };
+    let listed = l.vms.iter().find(|v| v.vm_uuid == uuid.to_string());
+    assert_eq!(listed.map(|v| v.vcpus), Some(2), "{l:?}");
     assert!(
         xml(&uuid, true).contains("current='2'"),
         "{}",

@@ -188,6 +188,7 @@ impl ffi::Sink for Forward {
 pub fn translate(raw: &RawEvent) -> Option<EventKind> {
     match raw {
         RawEvent::Reboot => Some(EventKind::Rebooted),
+        RawEvent::BalloonChange => None,
         RawEvent::IoError {
             device,
             action,

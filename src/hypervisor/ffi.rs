@@ -27,6 +27,8 @@ pub enum RawEvent {
         action: i32,
         reason: String,
     },
+    /// The balloon moved: not a power change, but cached memory is stale.
+    BalloonChange,
 }
 
 /// Receives callbacks. Implementations must return quickly and never block.
@@ -63,7 +65,7 @@ pub fn subscribe(conn: &Connect, sink: SinkRef) -> Result<Subscription, String> 
         ids: Vec::new(),
         close_cb: false,
     };
-    let table: [(u32, sys::virConnectDomainEventGenericCallback); 3] = [
+    let table: [(u32, sys::virConnectDomainEventGenericCallback); 4] = [
         (
             sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
             // SAFETY: libvirt calls a LIFECYCLE callback with exactly this
@@ -83,6 +85,21 @@ pub fn subscribe(conn: &Connect, sink: SinkRef) -> Result<Subscription, String> 
             }),
         ),
         (sys::VIR_DOMAIN_EVENT_ID_REBOOT, Some(on_reboot)),
+        (
+            sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE,
+            // SAFETY: as above, for the BALLOON_CHANGE signature.
+            Some(unsafe {
+                std::mem::transmute::<
+                    unsafe extern "C" fn(
+                        sys::virConnectPtr,
+                        sys::virDomainPtr,
+                        std::ffi::c_ulonglong,
+                        *mut c_void,
+                    ),
+                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
+                >(on_balloon)
+            }),
+        ),
         (
             sys::VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
             // SAFETY: as above, for the IO_ERROR_REASON signature.
@@ -177,8 +194,6 @@ pub struct DomainStats {
     pub id: u32,
     pub state: Option<i32>,
     pub reason: Option<i32>,
-    pub balloon_current_kib: Option<u64>,
-    pub vcpu_current: Option<u32>,
 }
 
 /// One virConnectGetAllDomainStats call.
@@ -239,12 +254,6 @@ fn read_record(rec: &sys::virDomainStatsRecord) -> DomainStats {
         match (field.to_bytes(), p.type_ as u32) {
             (b"state.state", sys::VIR_TYPED_PARAM_INT) => s.state = Some(unsafe { p.value.i }),
             (b"state.reason", sys::VIR_TYPED_PARAM_INT) => s.reason = Some(unsafe { p.value.i }),
-            (b"balloon.current", sys::VIR_TYPED_PARAM_ULLONG) => {
-                s.balloon_current_kib = Some(unsafe { p.value.ul })
-            }
-            (b"vcpu.current", sys::VIR_TYPED_PARAM_UINT) => {
-                s.vcpu_current = Some(unsafe { p.value.ui })
-            }
             _ => {}
         }
     }
@@ -325,6 +334,19 @@ unsafe extern "C" fn on_reboot(
         let (uuid, name) = ident(dom);
         // SAFETY: libvirt passes the opaque it was registered with.
         unsafe { sink(opaque) }.domain(uuid, name, RawEvent::Reboot);
+    });
+}
+
+unsafe extern "C" fn on_balloon(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _actual_kib: std::ffi::c_ulonglong,
+    opaque: *mut c_void,
+) {
+    guarded("balloon-change", || {
+        let (uuid, name) = ident(dom);
+        // SAFETY: libvirt passes the opaque it was registered with.
+        unsafe { sink(opaque) }.domain(uuid, name, RawEvent::BalloonChange);
     });
 }
 

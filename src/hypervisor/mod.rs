@@ -234,6 +234,12 @@ impl Hypervisor {
             .await
     }
 
+    /// Drops what the snapshot cached about a domain (vCPUs, memory) after
+    /// a change no libvirt event announces, such as a vCPU hotplug.
+    pub fn forget_facts(&self, uuid: &uuid::Uuid) {
+        lock(&self.shared.facts).remove(&uuid.to_string());
+    }
+
     /// One domain, by UUID.
     pub async fn vm(&self, uuid: uuid::Uuid) -> Result<VmInfo, HvError> {
         self.call("lookup_domain_by_uuid", move |c| power::one(c, uuid))

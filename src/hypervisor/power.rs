@@ -46,9 +46,11 @@ pub(super) struct Facts {
     memory_kib: u64,
 }
 
-/// Groups read in the one bulk call: the state always; the balloon where the
-/// driver has it (QEMU), so memory stays current without extra calls.
-const GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE | sys::VIR_DOMAIN_STATS_BALLOON;
+/// Groups read in the one bulk call: the state only. It needs no QEMU job,
+/// so a heartbeat never queries a monitor nor collides with a stats or
+/// lifecycle call holding one; memory comes from the facts, which balloon
+/// events and ScaleVm drop.
+const GROUPS: u32 = sys::VIR_DOMAIN_STATS_STATE;
 
 /// Every domain from one virConnectGetAllDomainStats call. NOWAIT: a domain
 /// whose QEMU holds its job lock is reported from what libvirt has, instead
@@ -111,7 +113,7 @@ fn from_stats(s: ffi::DomainStats, f: &Facts) -> VmInfo {
         state,
         managed: f.managed,
         vcpus: f.vcpus,
-        memory_kib: s.balloon_current_kib.unwrap_or(f.memory_kib),
+        memory_kib: f.memory_kib,
         // virDomainGetID answers -1 (as unsigned) for an inactive domain.
         id: Some(s.id).filter(|&i| i != u32::MAX && i != 0),
     }

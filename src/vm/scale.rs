@@ -214,14 +214,11 @@ pub async fn scale(h: &Hypervisor, req: ScaleRequest) -> Result<Scaled, CommandE
     let running = info.state != PowerState::Stopped && info.id.is_some();
     let cur = Current::of(&spec, running, count_dimms(&xml));
     let p = plan(&req, &cur)?;
-    apply(
-        h,
-        uuid,
-        &p,
-        Scope::for_running(running),
-        spec.os.machine.as_deref(),
-    )
-    .await?;
+    let machine = spec.os.machine.as_deref();
+    let applied = apply(h, uuid, &p, Scope::for_running(running), machine).await;
+    // Even a half-done change leaves the cached vCPUs and memory stale.
+    h.forget_facts(&uuid);
+    applied?;
     Ok(Scaled {
         info: h.vm(uuid).await.map_err(super::hv)?,
         max_vcpus: cur.max_vcpus,
