@@ -516,7 +516,8 @@ async fn stats_per_collector_and_console() {
                 // Shared samples would give "b" a's 300 ms interval.
                 let least = if *c == "b" { 550 } else { 250 };
                 assert!(s.interval_ms >= least, "{c}: {s:?}");
-                assert!(s.vcpus >= 1 && s.cpu_time_ns > 0, "{s:?}");
+                let vcpus = if s.vm_uuid == u2.to_string() { 2 } else { 1 };
+                assert!(s.vcpus == vcpus && s.cpu_time_ns > 0, "{s:?}");
                 assert!(s.disks.iter().any(|d| d.target == "vda"), "{s:?}");
                 assert!(s.memory_kib > 0, "{s:?}");
             }

@@ -171,6 +171,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// vCPU counts from the host snapshot (cached per domain, no QEMU job):
+/// libvirt's vcpu stats group would ask every QEMU for per-vCPU figures
+/// nobody reads. Unknown stays None, and gives no CPU percent rather than a
+/// wrong one.
+async fn vcpus_from_snapshot(h: &Hypervisor, records: &mut [DomainStats]) {
+    if records.iter().all(|r| r.vcpus.is_some()) {
+        return;
+    }
+    let vms = match h.list_vms().await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "no vCPU counts for VM stats; CPU percent left out this round");
+            return;
+        }
+    };
+    let counts: HashMap<&str, u32> = vms.iter().map(|v| (v.uuid.as_str(), v.vcpus)).collect();
+    for r in records.iter_mut().filter(|r| r.vcpus.is_none()) {
+        r.vcpus = counts.get(r.uuid.as_str()).copied().filter(|&n| n > 0);
+    }
+}
+
 impl VmStatsService {
     pub fn new(timeout: Duration) -> VmStatsService {
         VmStatsService {
@@ -197,7 +218,8 @@ impl VmStatsService {
         let now = Instant::now();
         let skipped = self.quarantined(now);
         let sel = selection(vms, &skipped);
-        let (records, at, retried) = self.round(h, sel).await?;
+        let (mut records, at, retried) = self.round(h, sel).await?;
+        vcpus_from_snapshot(h, &mut records).await;
         self.note(&records, at, retried);
         let mut out = self.with_cpu(collector, records, at);
         out.extend(self.left_out(&skipped, vms));
@@ -287,7 +309,7 @@ impl VmStatsService {
             .map(|raw| {
                 let cpu = match raw.cpu_time_ns {
                     Some(ns) if raw.state == stats::STATE_RUNNING => {
-                        samples.observe(collector, &raw.uuid, ns, raw.vcpus.unwrap_or(1), at)
+                        samples.observe(collector, &raw.uuid, ns, raw.vcpus.unwrap_or(0), at)
                     }
                     _ => CpuFigure {
                         first_sample: true,
