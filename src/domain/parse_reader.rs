@@ -110,7 +110,7 @@ impl<'a> P<'a> {
     /// An attribute's value with its references resolved; borrowed unless it has any.
     fn attr_value(&self, e: &BytesStart<'a>, raw: &[u8]) -> Res<Cow<'a, str>> {
         let s = self.decoded(raw)?;
-        if !raw.iter().any(|&b| b == b'&') {
+        if !raw.contains(&b'&') {
             return Ok(s);
         }
         match quick_xml::escape::unescape(&s) {
