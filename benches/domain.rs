@@ -1,6 +1,11 @@
 //! Render and parse speed of the domain model for a typical VM (2 disks,
 //! 2 NICs, VNC, guest agent). Goals: >= 200,000 renders/s and >= 100,000
 //! parses/s on one core. Run: `cargo bench --bench domain`.
+//!
+//! Instruction counts (deterministic, unlike time on a shared machine): with
+//! `DOMAIN_BENCH_COUNT=parse:N` (or `walk:N`, `render:N`) the binary only
+//! does N iterations and exits; run it under
+//! `valgrind --tool=callgrind` for N=0 and N=1000 and divide the difference.
 
 use std::hint::black_box;
 
@@ -45,10 +50,46 @@ fn bench(c: &mut Criterion) {
             black_box(domain::parse(black_box(&rendered)).map(|p| p.spec.devices.disks.len()))
         })
     });
+    g.bench_function("quickxml_walk_dumpxml", |b| {
+        b.iter(|| walk(black_box(DUMPXML)))
+    });
     g.bench_function("is_managed_dumpxml", |b| {
         b.iter(|| black_box(domain::is_managed(black_box(DUMPXML))))
     });
     g.finish();
+}
+
+/// quick-xml alone walking every event of the document: the floor under any
+/// parser built on its reader.
+fn walk(xml: &str) {
+    let mut r = quick_xml::Reader::from_str(xml);
+    while !matches!(r.read_event(), Ok(quick_xml::events::Event::Eof) | Err(_)) {}
+}
+
+/// `DOMAIN_BENCH_COUNT=what:N`: runs N iterations of one operation, nothing
+/// else, for an instruction counter. False when the variable is not set.
+fn count_mode() -> bool {
+    let Ok(v) = std::env::var("DOMAIN_BENCH_COUNT") else {
+        return false;
+    };
+    let (what, n) = v.split_once(':').unwrap_or((&v, "1000"));
+    let n: u32 = n
+        .parse()
+        .unwrap_or_else(|_| panic!("DOMAIN_BENCH_COUNT={v}: bad count"));
+    let spec = typical_spec();
+    let mut buf = Vec::with_capacity(8192);
+    for _ in 0..n {
+        match what {
+            "parse" => drop(black_box(domain::parse(black_box(DUMPXML)))),
+            "walk" => walk(black_box(DUMPXML)),
+            "render" => {
+                buf.clear();
+                black_box(domain::render_into(black_box(&spec), &mut buf).is_ok());
+            }
+            _ => panic!("DOMAIN_BENCH_COUNT={v}: expected parse, walk or render"),
+        }
+    }
+    true
 }
 
 /// On-CPU throughput, measured with the thread's CPU clock: the criterion
@@ -73,10 +114,7 @@ fn cpu_time_report() {
         black_box(domain::parse(black_box(DUMPXML)).is_ok());
     });
     // Floor: quick-xml alone walking every event of the same document.
-    let walks = rate(20_000, &mut || {
-        let mut r = quick_xml::Reader::from_str(black_box(DUMPXML));
-        while !matches!(r.read_event(), Ok(quick_xml::events::Event::Eof) | Err(_)) {}
-    });
+    let walks = rate(20_000, &mut || walk(black_box(DUMPXML)));
     if let (Some(r), Some(p), Some(w)) = (renders, parses, walks) {
         println!("on-CPU (thread clock): {r:.0} renders/s (goal 200000), {p:.0} parses/s (goal 100000); quick-xml event walk alone: {w:.0}/s");
     }
@@ -85,6 +123,9 @@ fn cpu_time_report() {
 criterion_group!(benches, bench);
 
 fn main() {
+    if count_mode() {
+        return;
+    }
     cpu_time_report();
     benches();
     Criterion::default().configure_from_args().final_summary();

@@ -12,7 +12,9 @@ pub mod convert;
 pub mod error;
 pub mod model;
 mod parse;
+mod parse_attr;
 mod parse_io;
+mod parse_reader;
 mod render;
 pub mod validate;
 

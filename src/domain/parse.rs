@@ -8,188 +8,13 @@
 //! This file must not validate specs or talk to libvirt.
 
 use std::borrow::Cow;
-use std::str::FromStr;
 
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::Reader;
 
-use super::error::DomainError;
 use super::model::*;
+use super::parse_attr::AttrIter;
+use super::parse_reader::{num, yes, Child, Res, P};
 use super::{GUEST_AGENT_CHANNEL, NAMESPACE};
-
-pub(super) type Res<T> = Result<T, DomainError>;
-
-/// A child element: its start tag and whether it has content to consume.
-pub(super) type Child<'a> = (BytesStart<'a>, bool);
-
-pub(super) struct P<'a> {
-    r: Reader<&'a [u8]>,
-    pub(super) notes: Vec<String>,
-}
-
-impl<'a> P<'a> {
-    fn new(xml: &'a str) -> Self {
-        let mut r = Reader::from_str(xml);
-        r.config_mut().check_end_names = true;
-        P {
-            r,
-            notes: Vec::new(),
-        }
-    }
-
-    pub(super) fn err(&self, reason: impl Into<String>) -> DomainError {
-        DomainError::Xml {
-            position: self.r.buffer_position(),
-            reason: reason.into(),
-        }
-    }
-
-    pub(super) fn xml_err(&self, e: impl std::fmt::Display) -> DomainError {
-        self.err(e.to_string())
-    }
-
-    /// The next child element of the element being read; None at its end tag.
-    pub(super) fn child(&mut self) -> Res<Option<Child<'a>>> {
-        loop {
-            match self.r.read_event().map_err(|e| self.xml_err(e))? {
-                Event::Start(e) => return Ok(Some((e, true))),
-                Event::Empty(e) => return Ok(Some((e, false))),
-                Event::End(_) => return Ok(None),
-                Event::Eof => return Err(self.err("document ends inside an element")),
-                _ => {}
-            }
-        }
-    }
-
-    /// Consumes an element the model does not use.
-    pub(super) fn skip(&mut self, (e, open): &Child<'a>) -> Res<()> {
-        if *open {
-            self.r
-                .read_to_end(e.name())
-                .map_err(|er| self.xml_err(er))?;
-        }
-        Ok(())
-    }
-
-    /// Reads an element's text; nested elements are skipped.
-    pub(super) fn text(&mut self, open: bool) -> Res<String> {
-        let mut out = String::new();
-        if !open {
-            return Ok(out);
-        }
-        loop {
-            match self.r.read_event().map_err(|e| self.xml_err(e))? {
-                Event::Text(t) => out.push_str(&t.xml_content().map_err(|e| self.xml_err(e))?),
-                Event::CData(t) => out.push_str(&t.decode().map_err(|e| self.xml_err(e))?),
-                Event::GeneralRef(r) => self.push_ref(&mut out, &r)?,
-                Event::Start(e) => self.skip(&(e, true))?,
-                Event::End(_) => return Ok(out),
-                Event::Eof => return Err(self.err("document ends inside an element")),
-                _ => {}
-            }
-        }
-    }
-
-    fn push_ref(&self, out: &mut String, r: &quick_xml::events::BytesRef) -> Res<()> {
-        if let Some(c) = r.resolve_char_ref().map_err(|e| self.xml_err(e))? {
-            out.push(c);
-            return Ok(());
-        }
-        let name = r.decode().map_err(|e| self.xml_err(e))?;
-        match quick_xml::escape::resolve_predefined_entity(&name) {
-            Some(s) => out.push_str(s),
-            None => return Err(self.err(format!("unknown entity &{name};"))),
-        }
-        Ok(())
-    }
-
-    /// The unescaped value of attribute `key`, if present.
-    pub(super) fn attr<'e>(&self, e: &'e BytesStart<'a>, key: &str) -> Res<Option<Cow<'e, str>>> {
-        let mut attrs = e.attributes();
-        // The duplicate check allocates on every call; a duplicate is harmless
-        // here (the first one wins).
-        attrs.with_checks(false);
-        for a in attrs {
-            let a = a.map_err(|er| self.xml_err(er))?;
-            if a.key.as_ref() == key.as_bytes() {
-                let v = a
-                    .decode_and_unescape_value(self.r.decoder())
-                    .map_err(|er| self.xml_err(er))?;
-                return Ok(Some(v));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Several attributes in one pass over the tag (most elements we read
-    /// need more than one; re-scanning per key doubled the parse time).
-    pub(super) fn attrs<'e, const N: usize>(
-        &self,
-        e: &'e BytesStart<'a>,
-        keys: [&str; N],
-    ) -> Res<[Option<Cow<'e, str>>; N]> {
-        let mut out: [Option<Cow<'e, str>>; N] = std::array::from_fn(|_| None);
-        let mut it = e.attributes();
-        it.with_checks(false);
-        for a in it {
-            let a = a.map_err(|er| self.xml_err(er))?;
-            if let Some(i) = keys.iter().position(|k| k.as_bytes() == a.key.as_ref()) {
-                if out[i].is_none() {
-                    let v = a.decode_and_unescape_value(self.r.decoder());
-                    out[i] = Some(v.map_err(|er| self.xml_err(er))?);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    pub(super) fn attr_string(&self, e: &BytesStart<'a>, key: &str) -> Res<Option<String>> {
-        Ok(self.attr(e, key)?.map(Cow::into_owned))
-    }
-
-    /// A numeric attribute; malformed numbers are errors naming the attribute.
-    pub(super) fn attr_num<T: FromStr>(&self, e: &BytesStart<'a>, key: &str) -> Res<Option<T>> {
-        match self.attr(e, key)? {
-            None => Ok(None),
-            Some(v) => num(&v).map(Some).ok_or_else(|| self.bad(e, key, &v)),
-        }
-    }
-
-    pub(super) fn bad(&self, e: &BytesStart<'a>, what: &str, value: &str) -> DomainError {
-        let el = String::from_utf8_lossy(e.name().as_ref()).into_owned();
-        self.err(format!("<{el}> {what}: cannot read {value:?}"))
-    }
-
-    /// A numeric element value, read without allocating in the common case
-    /// (one plain text node).
-    pub(super) fn text_num<T: FromStr>(&mut self, c: &Child<'a>) -> Res<T> {
-        if c.1 {
-            if let Event::Text(t) = self.r.read_event().map_err(|e| self.xml_err(e))? {
-                let t = t.xml_content().map_err(|e| self.xml_err(e))?;
-                if let Event::End(_) = self.r.read_event().map_err(|e| self.xml_err(e))? {
-                    return num(&t).ok_or_else(|| self.bad(&c.0, "value", &t));
-                }
-            }
-        }
-        Err(self.bad(&c.0, "value", "(not a plain number)"))
-    }
-
-    /// A memory amount in KiB from a text value and a `unit` attribute.
-    fn memory(&mut self, c: &Child<'a>, unit_key: &str) -> Res<KiB> {
-        let unit = self.attr_string(&c.0, unit_key)?;
-        let value: u64 = self.text_num(c)?;
-        to_kib(value, unit.as_deref())
-            .ok_or_else(|| self.bad(&c.0, "unit", unit.as_deref().unwrap_or("")))
-    }
-
-    pub(super) fn note(&mut self, what: String) {
-        self.notes.push(what);
-    }
-}
-
-pub(super) fn num<T: FromStr>(s: &str) -> Option<T> {
-    s.trim().parse().ok()
-}
 
 pub(super) fn parse_hex<T: TryFrom<u32>>(s: &str) -> Option<T> {
     let s = s.trim();
@@ -217,15 +42,11 @@ pub(super) fn to_kib(value: u64, unit: Option<&str>) -> Option<KiB> {
     Some(KiB(value.checked_mul(num)? / den))
 }
 
-pub(super) fn yes(v: Option<&str>) -> bool {
-    matches!(v, Some("yes" | "on"))
-}
-
 /// Parses a domain document into the model, listing what it had to leave out.
 pub(crate) fn parse(xml: &str) -> Res<Parsed> {
     let mut p = P::new(xml);
     let root = loop {
-        match p.r.read_event().map_err(|e| p.xml_err(e))? {
+        match p.event()? {
             Event::Start(e) if e.name().as_ref() == b"domain" => break (e, true),
             Event::Empty(e) if e.name().as_ref() == b"domain" => break (e, false),
             Event::Start(_) | Event::Empty(_) => {
@@ -251,7 +72,7 @@ struct Seen {
 }
 
 fn domain<'a>(p: &mut P<'a>, root: &Child<'a>) -> Res<VmSpec> {
-    let kind = p.attr_string(&root.0, "type")?.unwrap_or_default();
+    let kind = p.attr(&root.0, "type")?.unwrap_or_default();
     let domain_type = DomainType::from_str(&kind).ok_or_else(|| {
         p.err(format!(
             "domain type {kind:?} is not kvm or qemu; csagent only manages KVM/QEMU domains"
@@ -279,7 +100,7 @@ fn domain<'a>(p: &mut P<'a>, root: &Child<'a>) -> Res<VmSpec> {
 fn top_level<'a>(p: &mut P<'a>, c: &Child<'a>, spec: &mut VmSpec, seen: &mut Seen) -> Res<()> {
     match c.0.name().as_ref() {
         b"name" => {
-            spec.name = p.text(c.1)?;
+            spec.name = p.text(c.1)?.into_owned();
             seen.name = true;
         }
         b"uuid" => {
@@ -289,19 +110,24 @@ fn top_level<'a>(p: &mut P<'a>, c: &Child<'a>, spec: &mut VmSpec, seen: &mut See
             spec.uuid = VmUuid(u);
             seen.uuid = true;
         }
-        b"title" => spec.title = Some(p.text(c.1)?),
-        b"description" => spec.description = Some(p.text(c.1)?),
+        b"title" => spec.title = Some(p.text(c.1)?.into_owned()),
+        b"description" => spec.description = Some(p.text(c.1)?.into_owned()),
         b"metadata" => spec.meta = metadata(p, c)?,
         b"maxMemory" => {
-            let slots = p.attr_num(&c.0, "slots")?.unwrap_or(0);
-            let size = p.memory(c, "unit")?;
+            let [slots, unit] = p.attrs(&c.0, ["slots", "unit"])?;
+            let slots = p.opt_num(&c.0, "slots", slots)?.unwrap_or(0);
+            let size = memory(p, c, unit)?;
             spec.memory.max = Some(MaxMemory { size, slots });
         }
         b"memory" => {
-            spec.memory.size = p.memory(c, "unit")?;
+            let unit = p.attr(&c.0, "unit")?;
+            spec.memory.size = memory(p, c, unit)?;
             seen.memory = true;
         }
-        b"currentMemory" => spec.memory.current = Some(p.memory(c, "unit")?),
+        b"currentMemory" => {
+            let unit = p.attr(&c.0, "unit")?;
+            spec.memory.current = Some(memory(p, c, unit)?);
+        }
         b"memoryBacking" => memory_backing(p, c, &mut spec.memory)?,
         b"vcpu" => {
             spec.vcpu.current = p.attr_num(&c.0, "current")?;
@@ -330,6 +156,12 @@ fn lifecycle<'a>(p: &mut P<'a>, c: &Child<'a>, default: LifecycleAction) -> Res<
         ));
         default
     }))
+}
+
+/// A memory amount in KiB from a text value and its `unit` attribute.
+fn memory<'a>(p: &mut P<'a>, c: &Child<'a>, unit: Option<Cow<'a, str>>) -> Res<KiB> {
+    let value: u64 = p.text_num(c)?;
+    to_kib(value, unit.as_deref()).ok_or_else(|| p.bad(&c.0, "unit", unit.as_deref().unwrap_or("")))
 }
 
 /// Finds our `<csagent:instance>` among the metadata children, whatever prefix it uses.
@@ -366,15 +198,14 @@ fn is_ours(p: &P, e: &BytesStart) -> Res<bool> {
     if local != b"instance" {
         return Ok(false);
     }
-    for a in e.attributes() {
-        let a = a.map_err(|er| p.xml_err(er))?;
-        let key = a.key.as_ref();
+    for a in AttrIter::new(e.attributes_raw()) {
+        let (key, value) = a.map_err(|why| p.malformed(e, why))?;
         let declares = match key.strip_prefix(b"xmlns") {
             Some(b"") => prefix.is_empty(),
             Some(rest) => rest.first() == Some(&b':') && &rest[1..] == prefix,
             None => false,
         };
-        if declares && a.value.as_ref() == NAMESPACE.as_bytes() {
+        if declares && value == NAMESPACE.as_bytes() {
             return Ok(true);
         }
     }
@@ -394,8 +225,8 @@ fn memory_backing<'a>(p: &mut P<'a>, c: &Child<'a>, m: &mut Memory) -> Res<()> {
         if ch.1 {
             while let Some(page) = p.child()? {
                 if page.0.name().as_ref() == b"page" && size.is_none() {
-                    let v: u64 = p.attr_num(&page.0, "size")?.unwrap_or(0);
-                    let unit = p.attr_string(&page.0, "unit")?;
+                    let [v, unit] = p.attrs(&page.0, ["size", "unit"])?;
+                    let v: u64 = p.opt_num(&page.0, "size", v)?.unwrap_or(0);
                     size = to_kib(v, unit.as_deref());
                 }
                 p.skip(&page)?;
@@ -435,24 +266,29 @@ fn os<'a>(p: &mut P<'a>, c: &Child<'a>, os: &mut Os) -> Res<()> {
     while let Some(ch) = p.child()? {
         match ch.0.name().as_ref() {
             b"type" => {
-                if let Some(a) = p.attr_string(&ch.0, "arch")? {
-                    os.arch = a;
+                let [arch, machine] = p.attrs(&ch.0, ["arch", "machine"])?;
+                if let Some(a) = arch {
+                    os.arch = a.into_owned();
                 }
-                os.machine = p.attr_string(&ch.0, "machine")?;
+                os.machine = machine.map(Cow::into_owned);
                 p.skip(&ch)?;
             }
             b"loader" => loader(p, &ch, os)?,
             b"nvram" => {
                 let template = p.attr_string(&ch.0, "template")?;
-                let path = p.text(ch.1)?;
+                let path = p.text(ch.1)?.into_owned();
                 if let Firmware::Uefi(u) = &mut os.firmware {
                     u.nvram_template = template;
                     u.nvram = (!path.is_empty()).then_some(path);
                 }
             }
-            b"kernel" => kernel.get_or_insert_with(Default::default).kernel = p.text(ch.1)?,
-            b"initrd" => kernel.get_or_insert_with(Default::default).initrd = Some(p.text(ch.1)?),
-            b"cmdline" => kernel.get_or_insert_with(Default::default).cmdline = Some(p.text(ch.1)?),
+            b"kernel" => kernel.get_or_insert_with(Default::default).kernel = p.text(ch.1)?.into(),
+            b"initrd" => {
+                kernel.get_or_insert_with(Default::default).initrd = Some(p.text(ch.1)?.into())
+            }
+            b"cmdline" => {
+                kernel.get_or_insert_with(Default::default).cmdline = Some(p.text(ch.1)?.into())
+            }
             _ => p.skip(&ch)?,
         }
     }
@@ -461,9 +297,9 @@ fn os<'a>(p: &mut P<'a>, c: &Child<'a>, os: &mut Os) -> Res<()> {
 }
 
 fn loader<'a>(p: &mut P<'a>, c: &Child<'a>, os: &mut Os) -> Res<()> {
-    let kind = p.attr_string(&c.0, "type")?;
-    let secure_boot = yes(p.attr(&c.0, "secure")?.as_deref());
-    let path = p.text(c.1)?;
+    let [kind, secure] = p.attrs(&c.0, ["type", "secure"])?;
+    let secure_boot = yes(secure.as_deref());
+    let path = p.text(c.1)?.into_owned();
     if kind.as_deref() == Some("rom") {
         p.note(format!("os/loader: ROM firmware {path:?}"));
         return Ok(());
@@ -497,7 +333,7 @@ fn features<'a>(p: &mut P<'a>, c: &Child<'a>, f: &mut Features) -> Res<()> {
                 continue;
             }
             other => {
-                let name = String::from_utf8_lossy(other).into_owned();
+                let name = String::from_utf8_lossy(other);
                 p.note(format!("features/{name}"));
             }
         }
@@ -512,11 +348,12 @@ fn hyperv<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<HyperV> {
         return Ok(h);
     }
     while let Some(ch) = p.child()? {
-        let on = p.attr(&ch.0, "state")?.as_deref() == Some("on");
-        let name = String::from_utf8_lossy(ch.0.name().as_ref()).into_owned();
+        let [state, retries] = p.attrs(&ch.0, ["state", "retries"])?;
+        let on = state.as_deref() == Some("on");
+        let name = String::from_utf8_lossy(ch.0.name().into_inner());
         if name == "spinlocks" {
             h.spinlocks = if on {
-                p.attr_num(&ch.0, "retries")?
+                p.opt_num(&ch.0, "retries", retries)?
             } else {
                 None
             };
@@ -541,7 +378,7 @@ fn cpu<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Cpu> {
     }
     while let Some(ch) = p.child()? {
         match ch.0.name().as_ref() {
-            b"model" => cpu.model = Some(p.text(ch.1)?),
+            b"model" => cpu.model = Some(p.text(ch.1)?.into_owned()),
             b"topology" => {
                 let [sockets, cores, threads] = p.attrs(&ch.0, ["sockets", "cores", "threads"])?;
                 let count = |v: Option<Cow<str>>, what: &str| match v {
@@ -567,8 +404,8 @@ fn cpu<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Cpu> {
 }
 
 fn cpu_feature<'a>(p: &mut P<'a>, c: &Child<'a>, out: &mut Vec<CpuFeature>) -> Res<()> {
-    let name = p.attr_string(&c.0, "name")?.unwrap_or_default();
-    let policy_text = p.attr(&c.0, "policy")?;
+    let [name, policy_text] = p.attrs(&c.0, ["name", "policy"])?;
+    let name = name.map(Cow::into_owned).unwrap_or_default();
     // libvirt's default policy is require.
     match FeaturePolicy::from_str(policy_text.as_deref().unwrap_or("require")) {
         Some(policy) => out.push(CpuFeature { name, policy }),
@@ -585,19 +422,24 @@ fn numa<'a>(p: &mut P<'a>, c: &Child<'a>, out: &mut Vec<NumaCell>) -> Res<()> {
     }
     while let Some(ch) = p.child()? {
         if ch.0.name().as_ref() == b"cell" {
-            let v: u64 = p.attr_num(&ch.0, "memory")?.unwrap_or(0);
-            let unit = p.attr_string(&ch.0, "unit")?;
-            let memory = to_kib(v, unit.as_deref())
-                .ok_or_else(|| p.bad(&ch.0, "unit", unit.as_deref().unwrap_or("")))?;
-            out.push(NumaCell {
-                id: p.attr_num(&ch.0, "id")?.unwrap_or(out.len() as u32),
-                cpus: p.attr_string(&ch.0, "cpus")?.unwrap_or_default(),
-                memory,
-            });
+            let cell = numa_cell(p, &ch.0, out.len() as u32)?;
+            out.push(cell);
         }
         p.skip(&ch)?;
     }
     Ok(())
+}
+
+fn numa_cell<'a>(p: &P<'a>, e: &BytesStart<'a>, index: u32) -> Res<NumaCell> {
+    let [memory, unit, id, cpus] = p.attrs(e, ["memory", "unit", "id", "cpus"])?;
+    let v: u64 = p.opt_num(e, "memory", memory)?.unwrap_or(0);
+    let memory = to_kib(v, unit.as_deref())
+        .ok_or_else(|| p.bad(e, "unit", unit.as_deref().unwrap_or("")))?;
+    Ok(NumaCell {
+        id: p.opt_num(e, "id", id)?.unwrap_or(index),
+        cpus: cpus.map(Cow::into_owned).unwrap_or_default(),
+        memory,
+    })
 }
 
 fn clock<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Clock> {
@@ -651,7 +493,7 @@ fn devices<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
 
 fn device<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
     match c.0.name().as_ref() {
-        b"emulator" => d.emulator = Some(p.text(c.1)?),
+        b"emulator" => d.emulator = Some(p.text(c.1)?.into_owned()),
         b"disk" => {
             if let Some(disk) = super::parse_io::disk(p, c)? {
                 d.disks.push(disk);
@@ -688,7 +530,7 @@ fn device<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
         // Added by libvirt on every domain, or consoles we model via <serial>.
         b"console" | b"audio" => p.skip(c)?,
         other => {
-            let name = String::from_utf8_lossy(other).into_owned();
+            let name = String::from_utf8_lossy(other);
             p.note(format!("devices/{name}"));
             p.skip(c)?;
         }
@@ -701,7 +543,6 @@ fn controller<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
     if kind.as_deref() != Some("scsi") {
         return p.skip(c);
     }
-    let model = model.map(Cow::into_owned);
     if model.as_deref() != Some("virtio-scsi") {
         p.note(format!("devices/controller scsi model {model:?}"));
         return p.skip(c);
@@ -735,9 +576,7 @@ fn channel<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
 }
 
 fn tpm<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Tpm>> {
-    let model_text = p
-        .attr_string(&c.0, "model")?
-        .unwrap_or_else(|| "tpm-tis".into());
+    let model_text = p.attr(&c.0, "model")?.unwrap_or(Cow::Borrowed("tpm-tis"));
     let mut emulator = false;
     if c.1 {
         while let Some(ch) = p.child()? {
@@ -759,18 +598,17 @@ fn tpm<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Tpm>> {
 }
 
 fn graphics<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Graphics>> {
-    let kind = match p.attr(&c.0, "type")?.as_deref() {
+    let keys = ["type", "port", "autoport", "listen", "passwd", "keymap"];
+    let [kind, port, autoport, listen, passwd, keymap] = p.attrs(&c.0, keys)?;
+    let kind = match kind.as_deref() {
         Some("vnc") => GraphicsKind::Vnc,
         Some("spice") => GraphicsKind::Spice,
         other => {
-            let t = other.map(str::to_string);
-            p.note(format!("devices/graphics type {t:?}"));
+            p.note(format!("devices/graphics type {other:?}"));
             p.skip(c)?;
             return Ok(None);
         }
     };
-    let keys = ["port", "autoport", "listen", "passwd", "keymap"];
-    let [port, autoport, listen, passwd, keymap] = p.attrs(&c.0, keys)?;
     let port: Option<i32> = match port {
         None => None,
         Some(v) => Some(num(&v).ok_or_else(|| p.bad(&c.0, "port", &v))?),
@@ -800,11 +638,12 @@ fn video<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
     }
     while let Some(ch) = p.child()? {
         if ch.0.name().as_ref() == b"model" && d.video.is_none() {
-            let t = p.attr_string(&ch.0, "type")?.unwrap_or_default();
+            let [t, vram, heads] = p.attrs(&ch.0, ["type", "vram", "heads"])?;
+            let t = t.unwrap_or_default();
             match VideoModel::from_str(&t) {
                 Some(model) => {
-                    let vram = p.attr_num(&ch.0, "vram")?;
-                    let heads = p.attr_num(&ch.0, "heads")?;
+                    let vram = p.opt_num(&ch.0, "vram", vram)?;
+                    let heads = p.opt_num(&ch.0, "heads", heads)?;
                     d.video = Some(Video { model, vram, heads });
                 }
                 None => p.note(format!("devices/video model {t:?}")),
@@ -816,14 +655,13 @@ fn video<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
 }
 
 fn hostdev<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<PciHostdev>> {
-    let pci = p.attr(&c.0, "mode")?.as_deref() == Some("subsystem")
-        && p.attr(&c.0, "type")?.as_deref() == Some("pci");
-    if !pci {
+    let [mode, kind, managed] = p.attrs(&c.0, ["mode", "type", "managed"])?;
+    if mode.as_deref() != Some("subsystem") || kind.as_deref() != Some("pci") {
         p.note("devices/hostdev that is not a PCI subsystem device".to_string());
         p.skip(c)?;
         return Ok(None);
     }
-    let managed = yes(p.attr(&c.0, "managed")?.as_deref());
+    let managed = yes(managed.as_deref());
     let (mut address, mut boot_order) = (None, None);
     if c.1 {
         while let Some(ch) = p.child()? {
@@ -857,10 +695,9 @@ fn hostdev_source<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<PciAddress>> {
     }
     while let Some(ch) = p.child()? {
         if ch.0.name().as_ref() == b"address" {
-            let get = |k: &str| -> Res<Option<String>> { p.attr_string(&ch.0, k) };
-            let parts = (get("domain")?, get("bus")?, get("slot")?, get("function")?);
-            out = match parts {
-                (d, Some(b), Some(s), Some(f)) => (|| {
+            let keys = ["domain", "bus", "slot", "function"];
+            out = match p.attrs(&ch.0, keys)? {
+                [d, Some(b), Some(s), Some(f)] => (|| {
                     let domain = d.as_deref().map_or(Some(0), parse_hex)?;
                     let a = PciAddress {
                         domain,
@@ -895,10 +732,9 @@ fn serial<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
 }
 
 fn watchdog<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut Devices) -> Res<()> {
-    let model = p.attr_string(&c.0, "model")?.unwrap_or_default();
-    let action = p
-        .attr_string(&c.0, "action")?
-        .unwrap_or_else(|| "reset".into());
+    let [model, action] = p.attrs(&c.0, ["model", "action"])?;
+    let model = model.unwrap_or_default();
+    let action = action.unwrap_or(Cow::Borrowed("reset"));
     p.skip(c)?;
     match (
         WatchdogModel::from_str(&model),
@@ -938,13 +774,14 @@ fn rng<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Rng>> {
         while let Some(ch) = p.child()? {
             match ch.0.name().as_ref() {
                 b"rate" => {
-                    let bytes = p.attr_num(&ch.0, "bytes")?.unwrap_or(0);
-                    rate = Some((bytes, p.attr_num(&ch.0, "period")?.unwrap_or(1000)));
+                    let [bytes, period] = p.attrs(&ch.0, ["bytes", "period"])?;
+                    let bytes = p.opt_num(&ch.0, "bytes", bytes)?.unwrap_or(0);
+                    rate = Some((bytes, p.opt_num(&ch.0, "period", period)?.unwrap_or(1000)));
                     p.skip(&ch)?;
                 }
                 b"backend" => {
                     random = p.attr(&ch.0, "model")?.as_deref() == Some("random");
-                    backend = Some(p.text(ch.1)?);
+                    backend = Some(p.text(ch.1)?.into_owned());
                 }
                 _ => p.skip(&ch)?,
             }
@@ -963,7 +800,7 @@ fn rng<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Rng>> {
 pub(crate) fn metadata_only(xml: &str) -> Res<Option<CsagentMeta>> {
     let mut p = P::new(xml);
     loop {
-        match p.r.read_event().map_err(|e| p.xml_err(e))? {
+        match p.event()? {
             Event::Start(e) if e.name().as_ref() == b"domain" => break,
             Event::Start(_) | Event::Empty(_) | Event::Eof => return Ok(None),
             _ => {}

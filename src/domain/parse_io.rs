@@ -7,23 +7,24 @@
 use std::borrow::Cow;
 
 use super::model::*;
-use super::parse::{Child, Res, P};
+use super::parse_reader::{num, Child, Res, P};
 
-/// What a `<disk>` said, before we know whether it is representable.
+/// What a `<disk>` said, borrowed from the document, before we know whether
+/// it is representable.
 #[derive(Default)]
-struct RawDisk {
-    format: Option<String>,
+struct RawDisk<'a> {
+    format: Option<Cow<'a, str>>,
     cache: Option<DiskCache>,
     io: Option<DiskIo>,
     discard: Option<DiskDiscard>,
-    file: Option<String>,
-    dev: Option<String>,
-    protocol: Option<String>,
-    name: Option<String>,
+    file: Option<Cow<'a, str>>,
+    dev: Option<Cow<'a, str>>,
+    protocol: Option<Cow<'a, str>>,
+    name: Option<Cow<'a, str>>,
     hosts: Vec<NetHost>,
     auth: Option<DiskAuth>,
-    target: Option<String>,
-    bus: Option<String>,
+    target: Option<Cow<'a, str>>,
+    bus: Option<Cow<'a, str>>,
     iotune: Option<IoTune>,
     serial: Option<String>,
     readonly: bool,
@@ -33,36 +34,29 @@ struct RawDisk {
 
 /// Parses one `<disk>`; None (with a note) when the model cannot represent it.
 pub(super) fn disk<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Disk>> {
-    let kind = p
-        .attr_string(&c.0, "type")?
-        .unwrap_or_else(|| "file".into());
-    let device = p
-        .attr_string(&c.0, "device")?
-        .unwrap_or_else(|| "disk".into());
+    let [kind, device] = p.attrs(&c.0, ["type", "device"])?;
     let mut raw = RawDisk::default();
     if c.1 {
         while let Some(ch) = p.child()? {
             disk_child(p, &ch, &mut raw)?;
         }
     }
-    let what = format!(
-        "devices/disk[target={:?}]",
-        raw.target.as_deref().unwrap_or("")
-    );
-    match build_disk(&kind, &device, raw) {
+    let target = raw.target.clone().unwrap_or_default();
+    let kind = kind.as_deref().unwrap_or("file");
+    match build_disk(kind, device.as_deref().unwrap_or("disk"), raw) {
         Ok(d) => Ok(Some(d)),
         Err(why) => {
-            p.note(format!("{what}: {why}"));
+            p.note(format!("devices/disk[target={target:?}]: {why}"));
             Ok(None)
         }
     }
 }
 
-fn disk_child<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
+fn disk_child<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk<'a>) -> Res<()> {
     match c.0.name().as_ref() {
         b"driver" => {
             let [format, cache, io, discard] = p.attrs(&c.0, ["type", "cache", "io", "discard"])?;
-            d.format = format.map(Cow::into_owned);
+            d.format = format;
             d.cache = cache.as_deref().and_then(DiskCache::from_str);
             d.io = io.as_deref().and_then(DiskIo::from_str);
             d.discard = discard.as_deref().and_then(DiskDiscard::from_str);
@@ -71,12 +65,12 @@ fn disk_child<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
         b"auth" => d.auth = auth(p, c)?,
         b"target" => {
             let [dev, bus] = p.attrs(&c.0, ["dev", "bus"])?;
-            d.target = dev.map(Cow::into_owned);
-            d.bus = bus.map(Cow::into_owned);
+            d.target = dev;
+            d.bus = bus;
         }
         b"iotune" => return iotune(p, c, d),
         b"serial" => {
-            d.serial = Some(p.text(c.1)?);
+            d.serial = Some(p.text(c.1)?.into_owned());
             return Ok(());
         }
         b"readonly" => d.readonly = true,
@@ -87,22 +81,18 @@ fn disk_child<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
     p.skip(c)
 }
 
-fn disk_source<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
-    let [file, dev, protocol, name] = p.attrs(&c.0, ["file", "dev", "protocol", "name"])?;
-    d.file = file.map(Cow::into_owned);
-    d.dev = dev.map(Cow::into_owned);
-    d.protocol = protocol.map(Cow::into_owned);
-    d.name = name.map(Cow::into_owned);
+fn disk_source<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk<'a>) -> Res<()> {
+    [d.file, d.dev, d.protocol, d.name] = p.attrs(&c.0, ["file", "dev", "protocol", "name"])?;
     if !c.1 {
         return Ok(());
     }
     while let Some(ch) = p.child()? {
         match ch.0.name().as_ref() {
             b"host" => {
-                let name = p.attr_string(&ch.0, "name")?.unwrap_or_default();
+                let [name, port] = p.attrs(&ch.0, ["name", "port"])?;
                 d.hosts.push(NetHost {
-                    name,
-                    port: p.attr_num(&ch.0, "port")?,
+                    name: name.map(Cow::into_owned).unwrap_or_default(),
+                    port: p.opt_num(&ch.0, "port", port)?,
                 });
                 p.skip(&ch)?;
             }
@@ -133,13 +123,13 @@ fn auth<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<DiskAuth>> {
     }))
 }
 
-fn iotune<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
+fn iotune<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk<'a>) -> Res<()> {
     let mut t = IoTune::default();
     if c.1 {
         while let Some(ch) = p.child()? {
-            let name = String::from_utf8_lossy(ch.0.name().as_ref()).into_owned();
+            let name = String::from_utf8_lossy(ch.0.name().into_inner());
             let text = p.text(ch.1)?;
-            if let Some(v) = super::parse::num::<u64>(&text) {
+            if let Some(v) = num::<u64>(&text) {
                 // Unknown limits (group_name, size_iops_sec) are not modelled.
                 t.set(&name, v);
             }
@@ -151,23 +141,22 @@ fn iotune<'a>(p: &mut P<'a>, c: &Child<'a>, d: &mut RawDisk) -> Res<()> {
 
 /// Turns what the XML said into a model disk, or says why it cannot.
 fn build_disk(kind: &str, device: &str, d: RawDisk) -> Result<Disk, String> {
+    let own = |v: Option<Cow<str>>| v.map(Cow::into_owned);
     let device = DiskDevice::from_str(device).ok_or_else(|| format!("device {device:?}"))?;
     let format_text = d.format.as_deref().unwrap_or("raw");
     let format =
         DiskFormat::from_str(format_text).ok_or_else(|| format!("format {format_text:?}"))?;
     let bus_text = d.bus.as_deref().unwrap_or("");
     let bus = DiskBus::from_str(bus_text).ok_or_else(|| format!("bus {bus_text:?}"))?;
-    let target = d.target.ok_or("no target")?;
+    let target = own(d.target).ok_or("no target")?;
     let source = match (kind, d.protocol.as_deref()) {
-        ("file", _) => d
-            .file
-            .map_or(DiskSource::Empty, |path| DiskSource::File { path }),
-        ("block", _) => match d.dev {
+        ("file", _) => own(d.file).map_or(DiskSource::Empty, |path| DiskSource::File { path }),
+        ("block", _) => match own(d.dev) {
             Some(dev) => DiskSource::Block { dev },
             None => DiskSource::Empty,
         },
         ("network", Some(proto @ ("rbd" | "iscsi" | "nfs"))) => {
-            let name = d.name.ok_or("network source without a name")?;
+            let name = own(d.name).ok_or("network source without a name")?;
             let hosts = d.hosts;
             match proto {
                 "rbd" => DiskSource::Rbd {
@@ -204,7 +193,7 @@ fn build_disk(kind: &str, device: &str, d: RawDisk) -> Result<Disk, String> {
 
 /// Parses one `<interface>`; None (with a note) unless it is a bridge port we can represent.
 pub(super) fn interface<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Interface>> {
-    let kind = p.attr_string(&c.0, "type")?.unwrap_or_default();
+    let kind = p.attr(&c.0, "type")?.unwrap_or_default();
     let mut n = Interface {
         mac: MacAddr::default(),
         bridge: String::new(),
@@ -221,8 +210,8 @@ pub(super) fn interface<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<Interfac
     if c.1 {
         while let Some(ch) = p.child()? {
             match ch.0.name().as_ref() {
-                b"mac" => mac = p.attr_string(&ch.0, "address")?,
-                b"model" => model = p.attr_string(&ch.0, "type")?,
+                b"mac" => mac = p.attr(&ch.0, "address")?,
+                b"model" => model = p.attr(&ch.0, "type")?,
                 _ => {}
             }
             nic_child(p, &ch, &mut n)?;
@@ -307,10 +296,11 @@ fn bandwidth<'a>(p: &mut P<'a>, c: &Child<'a>, n: &mut Interface) -> Res<()> {
         return Ok(());
     }
     while let Some(ch) = p.child()? {
+        let [average, peak, burst] = p.attrs(&ch.0, ["average", "peak", "burst"])?;
         let rate = Rate {
-            average: p.attr_num(&ch.0, "average")?.unwrap_or(0),
-            peak: p.attr_num(&ch.0, "peak")?,
-            burst: p.attr_num(&ch.0, "burst")?,
+            average: p.opt_num(&ch.0, "average", average)?.unwrap_or(0),
+            peak: p.opt_num(&ch.0, "peak", peak)?,
+            burst: p.opt_num(&ch.0, "burst", burst)?,
         };
         match ch.0.name().as_ref() {
             b"inbound" => n.inbound = Some(rate),
