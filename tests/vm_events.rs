@@ -104,13 +104,24 @@ async fn a_real_vm_killed_paused_and_reset_from_outside() {
     let u = uuid.to_string();
     let _dom = QemuDomain(u.clone());
     start_vm(plane, &host, &spec).await;
-    tap.until(&u, EVENT_LIMIT, |e| {
-        e.state == S::Running as i32 && e.command_id.is_empty()
-    })
-    .await;
+    // The command reports its own transition, once: libvirt's events for
+    // it (started, unpaused) are not sent again.
+    let seen = tap
+        .until(&u, EVENT_LIMIT, |e| {
+            e.state == S::Running as i32 && !e.command_id.is_empty()
+        })
+        .await;
+    let running = seen.iter().filter(|e| e.state == S::Running as i32);
+    assert_eq!(running.count(), 1, "{seen:?}");
 
+    // Let a late libvirt event trail the command, then act from outside.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let t = virsh_ok(QEMU, &["suspend", &u]);
     let seen = tap.until(&u, EVENT_LIMIT, is_state(S::Paused)).await;
+    assert!(
+        seen.iter().all(|e| e.state != S::Running as i32),
+        "{seen:?}"
+    );
     println!("qemu: suspend seen after {:?}", t.elapsed());
     assert_eq!(seen.last().unwrap().reason, "user");
     assert!(seen.last().unwrap().managed);

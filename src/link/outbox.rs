@@ -5,8 +5,9 @@
 //! after reconnect, in order. Heartbeats never go here; a stale one is worth
 //! nothing.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -16,6 +17,29 @@ pub struct Outbox {
     queue: Mutex<VecDeque<AgentMessage>>,
     capacity: usize,
     notify: Notify,
+    /// VM power states a running command reports itself; see `claim`.
+    claims: Mutex<HashMap<String, (i32, Instant)>>,
+}
+
+/// libvirt's events for a command's own transition can trail its end.
+const CLAIM_GRACE: Duration = Duration::from_secs(3);
+/// Bounds a claim whose guard was leaked.
+const CLAIM_MAX: Duration = Duration::from_secs(600);
+
+/// Held by a command while it moves a VM to a state and reports the move
+/// with its own events; released (after a grace period) on drop.
+pub struct Claim<'a> {
+    outbox: &'a Outbox,
+    vm: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut c = lock(&self.outbox.claims);
+        if let Some(e) = c.get_mut(&self.vm) {
+            e.1 = Instant::now() + CLAIM_GRACE;
+        }
+    }
 }
 
 impl Outbox {
@@ -24,6 +48,36 @@ impl Outbox {
             queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
             notify: Notify::new(),
+            claims: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A command is taking `vm` to `state` and sends its own events for
+    /// it (with its command id): libvirt's event for that same state is
+    /// then not sent as well, so the plane sees each transition once.
+    pub fn claim(&self, vm: &str, state: i32) -> Claim<'_> {
+        let now = Instant::now();
+        let mut c = lock(&self.claims);
+        c.retain(|_, (_, until)| *until > now);
+        c.insert(vm.to_string(), (state, now + CLAIM_MAX));
+        Claim {
+            outbox: self,
+            vm: vm.to_string(),
+        }
+    }
+
+    /// True when a command reports `vm` reaching `state` itself, so
+    /// libvirt's event for it is not to be sent. Any other state ends the
+    /// claim: the VM has moved on, and what follows is news.
+    pub fn claimed(&self, vm: &str, state: i32) -> bool {
+        let mut c = lock(&self.claims);
+        match c.get(vm) {
+            Some(&(s, until)) if s == state => until > Instant::now(),
+            Some(_) => {
+                c.remove(vm);
+                false
+            }
+            None => false,
         }
     }
 
@@ -76,6 +130,11 @@ impl Outbox {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Claims are single map operations: a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn kind(m: &AgentMessage) -> &'static str {
     match &m.msg {
         Some(Msg::Result(_)) => "result",
@@ -101,6 +160,22 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    #[test]
+    fn a_claim_hides_its_own_state_until_the_vm_moves_on() {
+        let o = Outbox::new(2);
+        let (running, paused) = (2, 3);
+        {
+            let _c = o.claim("vm1", running);
+            assert!(o.claimed("vm1", running));
+            assert!(!o.claimed("vm2", running));
+        }
+        // Released with a grace period for libvirt's trailing events.
+        assert!(o.claimed("vm1", running));
+        // Another state is news, and ends the claim.
+        assert!(!o.claimed("vm1", paused));
+        assert!(!o.claimed("vm1", running));
     }
 
     #[tokio::test]

@@ -42,6 +42,9 @@ pub async fn start(h: &Hypervisor, mut spec: VmSpec, ctx: &Ctx) -> Result<Starte
     // The metadata element is how csagent knows its own domains later; a
     // spec without cloud ids gets one naming the VM by its UUID.
     let uuid = spec.uuid.0;
+    let _own_events = ctx
+        .outbox
+        .claim(&uuid.to_string(), pb::VmPowerState::Running as i32);
     spec.meta.get_or_insert_with(|| domain::CsagentMeta {
         instance_id: uuid.to_string(),
         ..Default::default()
@@ -166,6 +169,9 @@ pub async fn stop(
     ctx: &Ctx,
 ) -> Result<VmInfo, CommandError> {
     let xml = managed(h, uuid).await?;
+    let _own_events = ctx
+        .outbox
+        .claim(&uuid.to_string(), pb::VmPowerState::Stopped as i32);
     let agent = xml.contains(domain::GUEST_AGENT_CHANNEL);
     let started = tokio::time::Instant::now();
     let mut last_ask: Option<tokio::time::Instant> = None;
@@ -227,6 +233,9 @@ async fn power_off_or_fail(
 /// Powers off and undefines (with NVRAM and snapshot metadata).
 pub async fn destroy(h: &Hypervisor, uuid: uuid::Uuid, ctx: &Ctx) -> Result<(), CommandError> {
     managed(h, uuid).await?;
+    let _own_events = ctx
+        .outbox
+        .claim(&uuid.to_string(), pb::VmPowerState::Stopped as i32);
     let info = h.vm(uuid).await.map_err(hv)?;
     h.call("destroy", move |c| lifecycle::power_off(c, &uuid))
         .await

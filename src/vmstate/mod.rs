@@ -135,6 +135,10 @@ impl Watcher {
             tracing::debug!(vm = %e.uuid, kind = ?e.kind, "libvirt event not forwarded");
             return;
         };
+        if self.outbox.claimed(&e.uuid, ev.state) {
+            tracing::debug!(vm = %e.uuid, state = ?ev.state(), reason = %ev.reason, "libvirt event for a command's own transition; the command reports it");
+            return;
+        }
         tracing::info!(vm = %e.uuid, name = %e.name, managed, state = ?ev.state(), reason = %ev.reason, "vm event from libvirt");
         self.outbox.push(convert::message(ev));
     }
