@@ -86,7 +86,7 @@ impl Outbox {
     /// gets results from the agent's cache, and Register carries full state.
     pub fn push(&self, msg: AgentMessage) {
         let dropped = {
-            let mut q = self.lock();
+            let mut q = lock(&self.queue);
             let dropped = if q.len() >= self.capacity {
                 q.pop_front()
             } else {
@@ -108,7 +108,7 @@ impl Outbox {
     /// Waits for the next message and removes it from the queue.
     pub async fn next(&self) -> AgentMessage {
         loop {
-            if let Some(m) = self.lock().pop_front() {
+            if let Some(m) = lock(&self.queue).pop_front() {
                 return m;
             }
             self.notify.notified().await;
@@ -116,22 +116,18 @@ impl Outbox {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        lock(&self.queue).len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<AgentMessage>> {
-        // A panic while holding this lock cannot leave the queue inconsistent
-        // (push/pop are single operations), so a poisoned lock is still usable.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Claims are single map operations: a poisoned lock is still consistent.
+    // Queue and claims change in single operations (push, pop, insert,
+    // remove): a panic while holding either cannot leave it inconsistent,
+    // so a poisoned lock is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
