@@ -344,30 +344,16 @@ fn external_info(
 
 fn file_disks(dxml: &str) -> Result<Vec<DomainDisk>, StorageError> {
     let nodes = xml::nodes(dxml, "read domain XML")?;
-    let mut out = Vec::new();
-    let mut cur: Option<(String, Option<PathBuf>, Option<String>)> = None;
-    for n in &nodes {
-        match n.path.as_str() {
-            "domain/devices/disk" => {
-                flush(&mut cur, &mut out);
-                let is_file_disk =
-                    n.attr("device") == Some("disk") && n.attr("type") == Some("file");
-                cur = is_file_disk.then(|| (String::new(), None, None));
-            }
-            "domain/devices/disk/source" => {
-                if let Some(c) = cur.as_mut() {
-                    c.1 = n.attr("file").map(PathBuf::from);
-                }
-            }
-            "domain/devices/disk/target" => {
-                if let Some(c) = cur.as_mut() {
-                    c.2 = n.attr("dev").map(str::to_string);
-                }
-            }
-            _ => {}
-        }
-    }
-    flush(&mut cur, &mut out);
+    let out: Vec<DomainDisk> = xml::groups(&nodes, "domain/devices/disk")
+        .into_iter()
+        .filter(|g| g[0].attr("device") == Some("disk") && g[0].attr("type") == Some("file"))
+        .filter_map(|g| {
+            Some(DomainDisk {
+                source: PathBuf::from(xml::group_attr(g, "domain/devices/disk/source", "file")?),
+                target: xml::group_attr(g, "domain/devices/disk/target", "dev")?.to_string(),
+            })
+        })
+        .collect();
     if out.is_empty() {
         return Err(StorageError::invalid(
             "VM disks",
@@ -375,12 +361,6 @@ fn file_disks(dxml: &str) -> Result<Vec<DomainDisk>, StorageError> {
         ));
     }
     Ok(out)
-}
-
-fn flush(cur: &mut Option<(String, Option<PathBuf>, Option<String>)>, out: &mut Vec<DomainDisk>) {
-    if let Some((_, Some(source), Some(target))) = cur.take() {
-        out.push(DomainDisk { target, source });
-    }
 }
 
 fn has_guest_agent(dxml: &str) -> bool {
