@@ -27,6 +27,7 @@ pub mod pki;
 pub mod proto;
 pub mod status;
 pub mod storage;
+mod sync;
 pub mod tls;
 pub mod vm;
 pub mod vmstate;

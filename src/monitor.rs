@@ -17,6 +17,7 @@ use crate::host::{self, convert, Allocated, Bytes, HostCollector, MiB, PoolUsage
 use crate::hypervisor::{HvError, Hypervisor, PowerState, VmInfo};
 use crate::proto::v1 as pb;
 use crate::storage::{CallOpts, PoolStatus, Storage};
+use crate::sync::lock;
 
 /// A report must not wait long on libvirt; pools are left out instead.
 const POOL_LIST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -125,12 +126,6 @@ impl HostMonitor {
             Err(e) => tracing::debug!(error = %e, "skew sample ignored"),
         }
     }
-}
-
-fn lock(c: &Mutex<HostCollector>) -> std::sync::MutexGuard<'_, HostCollector> {
-    // The collector holds counters and caches; a panic mid-update leaves at
-    // worst one odd sample, so a poisoned lock is still usable.
-    c.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn blocking<R: Send + 'static>(

@@ -213,7 +213,7 @@ impl Dispatcher {
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, ResultCache> {
         // Every cache operation is a single map update; poisoning cannot
         // leave it half-changed.
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.cache)
     }
 }
 
@@ -526,7 +526,7 @@ struct KeyGuard {
 impl KeyedLocks {
     async fn lock(self: &Arc<Self>, key: &str) -> KeyGuard {
         let mutex = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = crate::sync::lock(&self.map);
             Arc::clone(map.entry(key.to_string()).or_default())
         };
         let guard = Arc::clone(&mutex).lock_owned().await;
@@ -542,7 +542,7 @@ impl KeyedLocks {
 impl Drop for KeyGuard {
     fn drop(&mut self) {
         drop(self.guard.take());
-        let mut map = self.locks.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::lock(&self.locks.map);
         // One reference in the map, one here: nobody else waits for it.
         if Arc::strong_count(&self.mutex) == 2 {
             map.remove(&self.key);

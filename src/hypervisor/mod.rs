@@ -30,6 +30,7 @@ pub use power::{PowerState, VmInfo};
 
 use crate::error::ErrorKind;
 use crate::link::backoff::Backoff;
+use crate::sync::lock;
 
 /// Libvirt calls in flight at once; more wait (within their time limit).
 /// Bounds the threads a hung libvirtd can pin.
@@ -349,9 +350,4 @@ fn watch_until_lost(
             return Some("the connection is no longer alive".into());
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A cache: a panic while holding it leaves consistent (if stale) data.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -65,7 +65,7 @@ pub(super) fn list_all(
             call: "get_all_domain_stats",
             message,
         })?;
-    let known = super::lock(facts).clone();
+    let known = crate::sync::lock(facts).clone();
     let mut fetched = Vec::new();
     let mut out = Vec::with_capacity(stats.len());
     for s in stats {
@@ -84,7 +84,7 @@ pub(super) fn list_all(
     }
     // Entries dropped by events meanwhile stay dropped (refetched next time).
     let present: HashSet<&str> = out.iter().map(|v| v.uuid.as_str()).collect();
-    let mut cache = super::lock(facts);
+    let mut cache = crate::sync::lock(facts);
     cache.retain(|k, _| present.contains(k.as_str()));
     cache.extend(fetched);
     Ok(out)

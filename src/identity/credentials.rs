@@ -143,7 +143,7 @@ impl Credentials {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every change is a few field writes after the files are done; a
         // poisoned lock still holds a usable state.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// The configuration for the next dial, and which pair it is.

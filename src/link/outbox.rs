@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::proto::v1::{agent_message::Msg, AgentMessage};
+use crate::sync::lock;
 
 pub struct Outbox {
     queue: Mutex<VecDeque<AgentMessage>>,
@@ -122,13 +123,6 @@ impl Outbox {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Queue and claims change in single operations (push, pop, insert,
-    // remove): a panic while holding either cannot leave it inconsistent,
-    // so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn kind(m: &AgentMessage) -> &'static str {

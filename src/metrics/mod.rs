@@ -57,7 +57,7 @@ static COMMANDS: Mutex<Commands> = Mutex::new(Commands {
 
 fn commands() -> std::sync::MutexGuard<'static, Commands> {
     // Updates are single map operations; a poisoned lock is still consistent.
-    COMMANDS.lock().unwrap_or_else(|p| p.into_inner())
+    crate::sync::lock(&COMMANDS)
 }
 
 /// Records a finished command: its type ("start_vm"), outcome and time.

@@ -103,7 +103,7 @@ impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Host>> {
         // Each operation is a short update of one host; a poisoned lock still
         // holds consistent data.
-        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.hosts)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<pb::PlaneEvent> {

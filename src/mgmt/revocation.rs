@@ -37,7 +37,7 @@ impl Revocations {
     fn lock(&self) -> std::sync::MutexGuard<'_, RevokedFile> {
         // Written to disk before the lock is released: a poisoned lock still
         // holds what the file holds.
-        self.file.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.file)
     }
 
     pub fn is_revoked(&self, host: &str) -> bool {

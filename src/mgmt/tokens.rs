@@ -83,7 +83,7 @@ impl TokenStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, TokenFile> {
         // Every update is written to disk before the lock is released, so a
         // poisoned lock still holds what the file holds.
-        self.file.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.file)
     }
 
     /// A new random token (256 bits) for `host`, valid for `ttl`.

@@ -132,7 +132,7 @@ impl LinkStatus {
     fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
         // Each update is a few field assignments; a poisoned lock still
         // holds a usable state.
-        self.phase.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.phase)
     }
 }
 

@@ -49,7 +49,7 @@ impl VolumeLocks {
     fn entry(&self, path: &Path) -> Arc<tokio::sync::Mutex<()>> {
         // A poisoned map only means another thread panicked mid-insert; the
         // map itself is still a valid cache of weak pointers.
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = crate::sync::lock(&self.map);
         map.retain(|_, w| w.strong_count() > 0);
         if let Some(m) = map.get(path).and_then(Weak::upgrade) {
             return m;

@@ -73,7 +73,7 @@ impl PoolCache {
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolName, PoolDir>> {
         // Poison only means a panic elsewhere; the cache stays valid.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.map)
     }
 }
 

@@ -67,7 +67,7 @@ impl VirtConn {
 
 fn live_conn(slot: &Mutex<Option<Connect>>, uri: &str) -> Result<Connect, StorageError> {
     // Poison only means a panic elsewhere; the Option is still usable.
-    let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+    let mut guard = crate::sync::lock(slot);
     if let Some(c) = guard.as_ref() {
         if c.is_alive().unwrap_or(false) {
             return Ok(c.clone());

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::error::CommandError;
 use crate::hypervisor::stats::{self, DomainStats, Selection};
 use crate::hypervisor::{HvError, Hypervisor};
+use crate::sync::lock;
 
 /// A bulk round that takes longer than this is stuck on a QEMU.
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -163,12 +164,6 @@ impl Default for VmStatsService {
     fn default() -> Self {
         VmStatsService::new(STATS_TIMEOUT)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section is a few map operations: a panic inside cannot
-    // leave the data half-changed.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// vCPU counts from the host snapshot (cached per domain, no QEMU job):
