@@ -54,8 +54,32 @@ unsafe impl Send for Subscription {}
 // SAFETY: no method takes &self and touches the pointer concurrently.
 unsafe impl Sync for Subscription {}
 
-/// Lifecycle, reboot and I/O-error-reason events for every domain, plus the
-/// close callback. A failure to register any domain event is an error (the
+/// A typed domain event callback as the generic callback type
+/// `virConnectDomainEventRegisterAny` takes, the cast C code makes with
+/// VIR_DOMAIN_EVENT_CALLBACK. The types in parentheses are the callback's
+/// arguments between the domain and the opaque pointer.
+macro_rules! as_generic {
+    ($cb:ident ($($arg:ty),*) $(-> $ret:ty)?) => {
+        // SAFETY: libvirt calls the callback registered for an event id
+        // with exactly that id's signature, which `$cb` has (the compiler
+        // checks it against the source type below); the cast only changes
+        // the type RegisterAny is given.
+        Some(unsafe {
+            std::mem::transmute::<
+                unsafe extern "C" fn(
+                    sys::virConnectPtr,
+                    sys::virDomainPtr,
+                    $($arg,)*
+                    *mut c_void,
+                ) $(-> $ret)?,
+                unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
+            >($cb)
+        })
+    };
+}
+
+/// Lifecycle, reboot, balloon-change and I/O-error-reason events for every
+/// domain, plus the close callback. A failure to register any domain event is an error (the
 /// caller reconnects later); a driver without close callbacks is not.
 pub fn subscribe(conn: &Connect, sink: SinkRef) -> Result<Subscription, String> {
     // SAFETY: as_ptr returns the live connection pointer held by `conn`.
@@ -68,55 +92,16 @@ pub fn subscribe(conn: &Connect, sink: SinkRef) -> Result<Subscription, String> 
     let table: [(u32, sys::virConnectDomainEventGenericCallback); 4] = [
         (
             sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-            // SAFETY: libvirt calls a LIFECYCLE callback with exactly this
-            // signature; RegisterAny takes the generic type by convention
-            // (VIR_DOMAIN_EVENT_CALLBACK in C is the same cast).
-            Some(unsafe {
-                std::mem::transmute::<
-                    unsafe extern "C" fn(
-                        sys::virConnectPtr,
-                        sys::virDomainPtr,
-                        c_int,
-                        c_int,
-                        *mut c_void,
-                    ) -> c_int,
-                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-                >(on_lifecycle)
-            }),
+            as_generic!(on_lifecycle(c_int, c_int) -> c_int),
         ),
         (sys::VIR_DOMAIN_EVENT_ID_REBOOT, Some(on_reboot)),
         (
             sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE,
-            // SAFETY: as above, for the BALLOON_CHANGE signature.
-            Some(unsafe {
-                std::mem::transmute::<
-                    unsafe extern "C" fn(
-                        sys::virConnectPtr,
-                        sys::virDomainPtr,
-                        std::ffi::c_ulonglong,
-                        *mut c_void,
-                    ),
-                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-                >(on_balloon)
-            }),
+            as_generic!(on_balloon(std::ffi::c_ulonglong)),
         ),
         (
             sys::VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON,
-            // SAFETY: as above, for the IO_ERROR_REASON signature.
-            Some(unsafe {
-                std::mem::transmute::<
-                    unsafe extern "C" fn(
-                        sys::virConnectPtr,
-                        sys::virDomainPtr,
-                        *const c_char,
-                        *const c_char,
-                        c_int,
-                        *const c_char,
-                        *mut c_void,
-                    ),
-                    unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-                >(on_io_error)
-            }),
+            as_generic!(on_io_error(*const c_char, *const c_char, c_int, *const c_char)),
         ),
     ];
     for (id, cb) in table {
@@ -184,10 +169,10 @@ pub fn close_quietly(conn: Connect) {
     }
 }
 
-/// One domain's entry of virConnectGetAllDomainStats, with the parameters
-/// the snapshot reads.
+/// One domain's entry of the heartbeat snapshot's virConnectGetAllDomainStats
+/// call (state group only; GetVmStats' records are stats::DomainStats).
 #[derive(Debug, Clone, Default)]
-pub struct DomainStats {
+pub struct StateRecord {
     pub uuid: String,
     pub name: String,
     /// libvirt domain id; 0 (or u32::MAX) while inactive.
@@ -201,7 +186,7 @@ pub fn all_domain_stats(
     conn: &Connect,
     groups: u32,
     flags: u32,
-) -> Result<Vec<DomainStats>, String> {
+) -> Result<Vec<StateRecord>, String> {
     let mut list: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
     // SAFETY: conn is live; on success libvirt stores a NULL-terminated array
     // in `list` which we free below with virDomainStatsRecordListFree.
@@ -234,16 +219,16 @@ pub(super) fn take_records<T>(
     out
 }
 
-fn read_record(rec: &sys::virDomainStatsRecord) -> DomainStats {
+fn read_record(rec: &sys::virDomainStatsRecord) -> StateRecord {
     let (uuid, name) = ident(rec.dom);
     // SAFETY: rec.dom is a valid domain pointer owned by the record;
     // virDomainGetID reads the local object only.
     let id = unsafe { sys::virDomainGetID(rec.dom) };
-    let mut s = DomainStats {
+    let mut s = StateRecord {
         uuid,
         name,
         id,
-        ..DomainStats::default()
+        ..StateRecord::default()
     };
     for j in 0..usize::try_from(rec.nparams).unwrap_or(0) {
         // SAFETY: j < nparams, params points to nparams initialized entries.

@@ -100,7 +100,7 @@ fn fetch_facts(conn: &Connect, uuid: &str) -> Option<Facts> {
     })
 }
 
-fn from_stats(s: ffi::DomainStats, f: &Facts) -> VmInfo {
+fn from_stats(s: ffi::StateRecord, f: &Facts) -> VmInfo {
     let raw_state = s.state.unwrap_or(sys::VIR_DOMAIN_NOSTATE as i32);
     let state = map_state(DomainStateEnum::from_raw(raw_state as u32));
     VmInfo {
