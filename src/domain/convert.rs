@@ -325,31 +325,26 @@ fn clock_from(e: &mut Errors, c: Option<&pb::VmClock>) -> Clock {
     }
 }
 
+/// Converts every item of a repeated field with `f`, which is given the
+/// item's index for its error paths; items with errors are left out (the
+/// errors are in `e`).
+fn each<T, U>(
+    e: &mut Errors,
+    items: &[T],
+    f: impl Fn(&mut Errors, usize, &T) -> Option<U>,
+) -> Vec<U> {
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| f(e, i, item))
+        .collect()
+}
+
 fn devices_from(e: &mut Errors, p: &pb::VmSpec) -> Devices {
-    let disks = p
-        .disks
-        .iter()
-        .enumerate()
-        .filter_map(|(i, d)| disk_from(e, i, d))
-        .collect();
-    let interfaces = p
-        .interfaces
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| nic_from(e, i, n))
-        .collect();
-    let graphics = p
-        .graphics
-        .iter()
-        .enumerate()
-        .filter_map(|(i, g)| graphics_from(e, i, g))
-        .collect();
-    let hostdevs = p
-        .hostdevs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, h)| hostdev_from(e, i, h))
-        .collect();
+    let disks = each(e, &p.disks, disk_from);
+    let interfaces = each(e, &p.interfaces, nic_from);
+    let graphics = each(e, &p.graphics, graphics_from);
+    let hostdevs = each(e, &p.hostdevs, hostdev_from);
     let video = p.video.as_ref().and_then(|v| {
         let model = choice(
             e,
