@@ -6,7 +6,7 @@
 //! works on every domain, csagent's or not. The XML is read with
 //! VIR_DOMAIN_XML_SECURE because libvirt hides passwords otherwise.
 
-use crate::domain::{self, GraphicsKind};
+use crate::domain::GraphicsKind;
 use crate::error::{CommandError, ErrorKind};
 use crate::hypervisor::devices;
 use crate::hypervisor::Hypervisor;
@@ -32,14 +32,7 @@ pub async fn console(
         .call("get_xml_desc", move |c| devices::secure_xml(c, &uuid))
         .await
         .map_err(super::hv)?;
-    let spec = domain::parse(&xml)
-        .map_err(|e| {
-            CommandError::new(
-                ErrorKind::Internal,
-                format!("VM {uuid}: cannot read its domain XML: {e}"),
-            )
-        })?
-        .spec;
+    let spec = super::spec_of(uuid, &xml)?;
     let g = spec
         .devices
         .graphics

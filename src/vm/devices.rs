@@ -74,17 +74,8 @@ async fn views(h: &Hypervisor, uuid: uuid::Uuid) -> Result<Views, CommandError> 
     };
     Ok(Views {
         running,
-        live: parse(uuid, &live_xml)?,
-        config: parse(uuid, &config_xml)?,
-    })
-}
-
-fn parse(uuid: uuid::Uuid, xml: &str) -> Result<VmSpec, CommandError> {
-    domain::parse(xml).map(|p| p.spec).map_err(|e| {
-        CommandError::new(
-            ErrorKind::Internal,
-            format!("VM {uuid}: cannot read its domain XML: {e}"),
-        )
+        live: super::spec_of(uuid, &live_xml)?,
+        config: super::spec_of(uuid, &config_xml)?,
     })
 }
 

@@ -129,6 +129,17 @@ fn summary(s: &VmSpec) -> Summary {
     (s.name.clone(), s.memory.size.0, s.vcpu.max, disks, macs)
 }
 
+/// The model of a domain's XML as libvirt gave it; XML the parser cannot
+/// read is an internal error (libvirt wrote it, or csagent did).
+fn spec_of(uuid: uuid::Uuid, xml: &str) -> Result<VmSpec, CommandError> {
+    domain::parse(xml).map(|p| p.spec).map_err(|e| {
+        CommandError::new(
+            ErrorKind::Internal,
+            format!("VM {uuid}: cannot read its domain XML: {e}"),
+        )
+    })
+}
+
 fn foreign(uuid: &uuid::Uuid) -> CommandError {
     CommandError::new(
         ErrorKind::PermissionDenied,

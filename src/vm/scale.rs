@@ -202,14 +202,7 @@ pub async fn scale(h: &Hypervisor, req: ScaleRequest) -> Result<Scaled, CommandE
                 format!("VM {uuid} not found on this host"),
             )
         })?;
-    let spec = domain::parse(&xml)
-        .map_err(|e| {
-            CommandError::new(
-                ErrorKind::Internal,
-                format!("VM {uuid}: cannot read its domain XML: {e}"),
-            )
-        })?
-        .spec;
+    let spec = super::spec_of(uuid, &xml)?;
     let info = h.vm(uuid).await.map_err(super::hv)?;
     let running = info.state != PowerState::Stopped && info.id.is_some();
     let cur = Current::of(&spec, running, count_dimms(&xml));
