@@ -218,22 +218,10 @@ async fn dir_pool_lifecycle_and_honest_status() {
 
 #[tokio::test]
 async fn shared_mount_point_unmounted_is_reported() {
-    let fs = Tmpfs::new(8);
     let s = storage();
-    let name = unique("smp");
-    let _guard = PoolGuard {
-        uri: URI.into(),
-        name: name.clone(),
-    };
-    let pool = PoolName::new(&name).unwrap();
-    let def = PoolDef {
-        name: pool.clone(),
-        kind: PoolKind::SharedMountPoint {
-            path: fs.path().to_path_buf(),
-        },
-    };
-    let st = s.add_pool(def, CallOpts::default()).await.unwrap();
-    assert_eq!(st.state, PoolState::Running);
+    let mp = MountPool::add(&s, "smp", 8).await;
+    let (fs, pool, name) = (&mp.fs, mp.name.clone(), mp.name.to_string());
+    assert_eq!(mp.added.state, PoolState::Running);
     let v = CreateVolume {
         pool: pool.clone(),
         name: VolumeName::new("a").unwrap(),

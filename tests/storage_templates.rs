@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use csagent::storage::template::ChecksumAlgo;
 use csagent::storage::{
     Bytes, CallOpts, Checksum, CloneMode, CopyTemplate, CreateFromTemplate, ErrorKind, ImageFormat,
-    PoolDef, PoolKind, PoolName, Progress, ProgressSink, StorageError, TemplateSource, VolumeName,
+    Progress, ProgressSink, StorageError, TemplateSource, VolumeName,
 };
 use md5::Md5;
 use sha2::{Digest, Sha256};
@@ -338,21 +338,9 @@ async fn refuses_non_images_and_backing_outside_pool() {
 
 #[tokio::test]
 async fn disk_full_leaves_no_partial_file() {
-    let fs = Tmpfs::new(8);
     let storage = storage();
-    let name = unique("full");
-    let _guard = PoolGuard {
-        uri: URI.into(),
-        name: name.clone(),
-    };
-    let pool = PoolName::new(&name).unwrap();
-    let def = PoolDef {
-        name: pool.clone(),
-        kind: PoolKind::SharedMountPoint {
-            path: fs.path().to_path_buf(),
-        },
-    };
-    storage.add_pool(def, CallOpts::default()).await.unwrap();
+    let mp = MountPool::add(&storage, "full", 8).await;
+    let (fs, pool) = (&mp.fs, mp.name.clone());
     let body: Vec<u8> = {
         let d = tempfile::Builder::new()
             .prefix("csat-sto-src-")
@@ -425,21 +413,9 @@ async fn disk_full_leaves_no_partial_file() {
 #[tokio::test]
 async fn download_without_length_stops_before_pool_is_full() {
     // 65 MiB pool: after 64 MiB only 1 MiB is left, under the 2 % reserve.
-    let fs = Tmpfs::new(65);
     let storage = storage();
-    let name = unique("reserve");
-    let _guard = PoolGuard {
-        uri: URI.into(),
-        name: name.clone(),
-    };
-    let pool = PoolName::new(&name).unwrap();
-    let def = PoolDef {
-        name: pool.clone(),
-        kind: PoolKind::SharedMountPoint {
-            path: fs.path().to_path_buf(),
-        },
-    };
-    storage.add_pool(def, CallOpts::default()).await.unwrap();
+    let mp = MountPool::add(&storage, "reserve", 65).await;
+    let (fs, pool) = (&mp.fs, mp.name.clone());
     let srv = HttpServer::serve(Arc::new(vec![0x5a; 80 * MIB as usize]), true).await;
     let req = CopyTemplate {
         pool: pool.clone(),

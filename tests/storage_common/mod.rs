@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use csagent::storage::{CallOpts, PoolDef, PoolKind, PoolName, Storage, StorageConfig};
+use csagent::storage::{CallOpts, PoolDef, PoolKind, PoolName, PoolStatus, Storage, StorageConfig};
 
 pub const URI: &str = "qemu:///system";
 
@@ -137,6 +137,41 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         self.unmount();
+    }
+}
+
+/// A shared-mount-point pool on a fresh tmpfs of `mib` MiB, added through
+/// `storage`. Dropped, it removes the pool, then unmounts the tmpfs (fields
+/// drop in this order).
+pub struct MountPool {
+    pub name: PoolName,
+    /// What adding the pool returned.
+    pub added: PoolStatus,
+    _guard: PoolGuard,
+    pub fs: Tmpfs,
+}
+
+impl MountPool {
+    pub async fn add(storage: &Storage, tag: &str, mib: u32) -> MountPool {
+        let fs = Tmpfs::new(mib);
+        let name = unique(tag);
+        let guard = PoolGuard {
+            uri: URI.into(),
+            name: name.clone(),
+        };
+        let def = PoolDef {
+            name: PoolName::new(&name).unwrap(),
+            kind: PoolKind::SharedMountPoint {
+                path: fs.path().to_path_buf(),
+            },
+        };
+        let added = storage.add_pool(def, CallOpts::default()).await.unwrap();
+        MountPool {
+            name: PoolName::new(name).unwrap(),
+            added,
+            _guard: guard,
+            fs,
+        }
     }
 }
 
