@@ -82,24 +82,7 @@ async fn killing_the_plane_in_use_fails_over_and_answers_queued_commands() {
     );
 
     // A long command on A, then A dies before answering.
-    let mut admin_a = admin::connect(&a.admin).await.unwrap();
-    let long = pb::Command {
-        id: "survives-failover".into(),
-        deadline_ms: 0,
-        body: Some(echo("late", 1500)),
-    };
-    let _ = admin_a
-        .send_command(pb::SendCommandRequest {
-            host_uuid: host.to_string(),
-            command: Some(long.clone()),
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut a = a;
-    let killed = Instant::now();
-    a.proc.signal(nix::sys::signal::Signal::SIGKILL);
-    let _ = a.proc.wait_exit(Duration::from_secs(5)).await;
+    let (long, killed) = long_command_then_kill(a, &host, "survives-failover", 1500).await;
 
     // During the cut, B queues a new command for the host...
     let mut admin_b = admin::connect(&b.admin).await.unwrap();
@@ -136,7 +119,7 @@ async fn killing_the_plane_in_use_fails_over_and_answers_queued_commands() {
         failover.as_millis()
     );
 
-    for (stream, want) in [(&mut during, "queued"), (&mut resent, "late")] {
+    for (stream, want) in [(&mut during, "queued"), (&mut resent, "survives-failover")] {
         let res = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(u) = stream.next().await {
                 if let Some(pb::command_update::Update::Result(r)) = u.unwrap().update {
@@ -229,23 +212,7 @@ async fn results_produced_while_disconnected_are_delivered_after_reconnect() {
         "{}",
         agent.log_text()
     );
-    let mut admin_c = admin::connect(&plane.admin).await.unwrap();
-    let long = pb::Command {
-        id: "finishes-offline".into(),
-        deadline_ms: 0,
-        body: Some(echo("kept", 600)),
-    };
-    let _ = admin_c
-        .send_command(pb::SendCommandRequest {
-            host_uuid: host.to_string(),
-            command: Some(long.clone()),
-        })
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut plane = plane;
-    plane.proc.signal(nix::sys::signal::Signal::SIGKILL);
-    let _ = plane.proc.wait_exit(Duration::from_secs(5)).await;
+    let (long, _) = long_command_then_kill(plane, &host, "finishes-offline", 600).await;
     // The command finishes while no plane is there.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(agent.log_text().contains("done"), "{}", agent.log_text());
@@ -295,4 +262,33 @@ async fn results_produced_while_disconnected_are_delivered_after_reconnect() {
         .filter(|l| l.contains("finishes-offline") && l.contains("done"))
         .count();
     assert_eq!(runs, 1, "{log}");
+}
+
+/// Sends `host` an echo command that takes `ms` through `plane`, lets the
+/// agent start it, then kills the plane (SIGKILL) before it can answer.
+/// Returns the command, to re-send, and when the plane died.
+async fn long_command_then_kill(
+    mut plane: PlaneProc,
+    host: &uuid::Uuid,
+    id: &str,
+    ms: u32,
+) -> (pb::Command, Instant) {
+    let mut admin = admin::connect(&plane.admin).await.unwrap();
+    let long = pb::Command {
+        id: id.into(),
+        deadline_ms: 0,
+        body: Some(echo(id, ms)),
+    };
+    let _ = admin
+        .send_command(pb::SendCommandRequest {
+            host_uuid: host.to_string(),
+            command: Some(long.clone()),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let killed = Instant::now();
+    plane.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = plane.proc.wait_exit(Duration::from_secs(5)).await;
+    (long, killed)
 }
