@@ -532,27 +532,35 @@ fn disk_source_from(e: &mut Errors, i: usize, d: &pb::VmDisk) -> Option<DiskSour
     Some(source)
 }
 
+/// Copies the iotune limits field by field: the proto and the model use
+/// libvirt's names for all eighteen, so the list is written once.
+macro_rules! iotune_copy {
+    ($($ty:ident)::+, $t:ident) => {
+        $($ty)::+ {
+            total_bytes_sec: $t.total_bytes_sec,
+            read_bytes_sec: $t.read_bytes_sec,
+            write_bytes_sec: $t.write_bytes_sec,
+            total_iops_sec: $t.total_iops_sec,
+            read_iops_sec: $t.read_iops_sec,
+            write_iops_sec: $t.write_iops_sec,
+            total_bytes_sec_max: $t.total_bytes_sec_max,
+            read_bytes_sec_max: $t.read_bytes_sec_max,
+            write_bytes_sec_max: $t.write_bytes_sec_max,
+            total_iops_sec_max: $t.total_iops_sec_max,
+            read_iops_sec_max: $t.read_iops_sec_max,
+            write_iops_sec_max: $t.write_iops_sec_max,
+            total_bytes_sec_max_length: $t.total_bytes_sec_max_length,
+            read_bytes_sec_max_length: $t.read_bytes_sec_max_length,
+            write_bytes_sec_max_length: $t.write_bytes_sec_max_length,
+            total_iops_sec_max_length: $t.total_iops_sec_max_length,
+            read_iops_sec_max_length: $t.read_iops_sec_max_length,
+            write_iops_sec_max_length: $t.write_iops_sec_max_length,
+        }
+    };
+}
+
 fn iotune_from(t: &pb::VmIoTune) -> IoTune {
-    IoTune {
-        total_bytes_sec: t.total_bytes_sec,
-        read_bytes_sec: t.read_bytes_sec,
-        write_bytes_sec: t.write_bytes_sec,
-        total_iops_sec: t.total_iops_sec,
-        read_iops_sec: t.read_iops_sec,
-        write_iops_sec: t.write_iops_sec,
-        total_bytes_sec_max: t.total_bytes_sec_max,
-        read_bytes_sec_max: t.read_bytes_sec_max,
-        write_bytes_sec_max: t.write_bytes_sec_max,
-        total_iops_sec_max: t.total_iops_sec_max,
-        read_iops_sec_max: t.read_iops_sec_max,
-        write_iops_sec_max: t.write_iops_sec_max,
-        total_bytes_sec_max_length: t.total_bytes_sec_max_length,
-        read_bytes_sec_max_length: t.read_bytes_sec_max_length,
-        write_bytes_sec_max_length: t.write_bytes_sec_max_length,
-        total_iops_sec_max_length: t.total_iops_sec_max_length,
-        read_iops_sec_max_length: t.read_iops_sec_max_length,
-        write_iops_sec_max_length: t.write_iops_sec_max_length,
-    }
+    iotune_copy!(IoTune, t)
 }
 
 fn nic_from(e: &mut Errors, i: usize, n: &pb::VmInterface) -> Option<Interface> {
@@ -890,26 +898,7 @@ fn disk_to(d: &Disk) -> pb::VmDisk {
 }
 
 fn iotune_to(t: &IoTune) -> pb::VmIoTune {
-    pb::VmIoTune {
-        total_bytes_sec: t.total_bytes_sec,
-        read_bytes_sec: t.read_bytes_sec,
-        write_bytes_sec: t.write_bytes_sec,
-        total_iops_sec: t.total_iops_sec,
-        read_iops_sec: t.read_iops_sec,
-        write_iops_sec: t.write_iops_sec,
-        total_bytes_sec_max: t.total_bytes_sec_max,
-        read_bytes_sec_max: t.read_bytes_sec_max,
-        write_bytes_sec_max: t.write_bytes_sec_max,
-        total_iops_sec_max: t.total_iops_sec_max,
-        read_iops_sec_max: t.read_iops_sec_max,
-        write_iops_sec_max: t.write_iops_sec_max,
-        total_bytes_sec_max_length: t.total_bytes_sec_max_length,
-        read_bytes_sec_max_length: t.read_bytes_sec_max_length,
-        write_bytes_sec_max_length: t.write_bytes_sec_max_length,
-        total_iops_sec_max_length: t.total_iops_sec_max_length,
-        read_iops_sec_max_length: t.read_iops_sec_max_length,
-        write_iops_sec_max_length: t.write_iops_sec_max_length,
-    }
+    iotune_copy!(pb::VmIoTune, t)
 }
 
 fn nic_to(n: &Interface) -> pb::VmInterface {
