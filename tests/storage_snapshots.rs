@@ -178,6 +178,23 @@ async fn vm_on_root(tag: &str, extra: &[PathBuf]) -> (TestPool, DomainGuard, vir
     (p, g, dom)
 }
 
+/// `vm_on_root`, with the external snapshot "s1" taken while the VM runs,
+/// and the snapshot target naming the VM.
+async fn vm_with_s1(
+    tag: &str,
+    extra: &[PathBuf],
+) -> (TestPool, DomainGuard, virt::domain::Domain, SnapshotTarget) {
+    let (p, g, dom) = vm_on_root(tag, extra).await;
+    let target = SnapshotTarget::Domain {
+        domain: dom.name().unwrap(),
+    };
+    p.storage
+        .create_snapshot(target.clone(), snap("s1"), CallOpts::default())
+        .await
+        .unwrap();
+    (p, g, dom, target)
+}
+
 /// The VM's persistent disk source.
 fn disk_source(dom: &virt::domain::Domain) -> PathBuf {
     let x = dom.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE).unwrap();
@@ -295,15 +312,9 @@ async fn external_snapshot_of_running_vm() {
 
 #[tokio::test]
 async fn revert_external_snapshot_once_the_vm_is_stopped() {
-    let (p, _g, dom) = vm_on_root("rsnap", &[]).await;
+    let (p, _g, dom, target) = vm_with_s1("rsnap", &[]).await;
     let s = &p.storage;
-    let target = SnapshotTarget::Domain {
-        domain: dom.name().unwrap(),
-    };
     let revert = || s.revert_snapshot(target.clone(), snap("s1"), CallOpts::default());
-    s.create_snapshot(target.clone(), snap("s1"), CallOpts::default())
-        .await
-        .unwrap();
     let overlay = p.dir.join("root.s1");
 
     // Running: a disk-only snapshot has no memory to go back to. Refused
@@ -437,15 +448,9 @@ async fn failed_revert_of_one_disk_leaves_every_disk_as_it_was() {
     std::fs::set_permissions(fs.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = fs.path().join("data");
     qemu_img(&["create", "-q", "-f", "qcow2", data.to_str().unwrap(), "4M"]);
-    let (p, _g, dom) = vm_on_root("fsnap", std::slice::from_ref(&data)).await;
+    let (p, _g, dom, target) = vm_with_s1("fsnap", std::slice::from_ref(&data)).await;
     let s = &p.storage;
-    let target = SnapshotTarget::Domain {
-        domain: dom.name().unwrap(),
-    };
     let revert = || s.revert_snapshot(target.clone(), snap("s1"), CallOpts::default());
-    s.create_snapshot(target.clone(), snap("s1"), CallOpts::default())
-        .await
-        .unwrap();
     dom.destroy().unwrap();
     let overlays = [p.dir.join("root.s1"), fs.path().join("data.s1")];
     for o in &overlays {
