@@ -343,7 +343,6 @@ fn plan_disks(
 ) -> Result<Vec<DiskRevert>, StorageError> {
     let then = disk_sources(snap, "domainsnapshot/domain/devices/disk");
     let now = disk_sources(now, "domain/devices/disk");
-    let by_target = |v: &[DiskSource], t: &str| v.iter().position(|s| s.target == t);
     let mut out = Vec::new();
     for g in xml::groups(snap, "domainsnapshot/disks/disk") {
         if g[0].attr("snapshot") != Some("external") {
@@ -354,12 +353,12 @@ fn plan_disks(
         let overlay = xml::group_attr(g, "domainsnapshot/disks/disk/source", "file")
             .map(PathBuf::from)
             .ok_or_else(|| StorageError::invalid(what(), "has no overlay file"))?;
-        let old = by_target(&then, &target).map(|i| &then[i]);
+        let old = by_target(&then, &target);
         let Some((base, base_format)) = old.and_then(|s| Some((s.file.clone()?, s.format.clone())))
         else {
             return Err(StorageError::invalid(what(), "has no recorded source file"));
         };
-        let current = by_target(&now, &target).and_then(|i| now[i].file.clone());
+        let current = by_target(&now, &target).and_then(|s| s.file.clone());
         if current.as_deref() != Some(overlay.as_path()) {
             return Err(later_chain(&what(), current.as_deref(), &overlay));
         }
@@ -389,6 +388,10 @@ fn later_chain(what: &str, current: Option<&Path>, overlay: &Path) -> StorageErr
             overlay.display()
         ),
     )
+}
+
+fn by_target<'a>(disks: &'a [DiskSource], target: &str) -> Option<&'a DiskSource> {
+    disks.iter().find(|s| s.target == target)
 }
 
 fn disk_sources(nodes: &[Node], disk: &str) -> Vec<DiskSource> {
