@@ -11,9 +11,6 @@
 //! csagent did not define are refused. libvirt calls live in
 //! hypervisor/devices.rs.
 
-use quick_xml::events::Event;
-use quick_xml::Reader;
-
 use crate::domain::{self, Device, Dimm, KiB, VmSpec};
 use crate::error::{CommandError, ErrorKind};
 use crate::hypervisor::devices::{self, Scope};
@@ -296,22 +293,15 @@ async fn add_dimm(
     })
 }
 
-/// DIMMs in `<devices>` (the model keeps no list of them).
+/// DIMMs in `<devices>` (the model keeps no list of them). The XML is
+/// libvirt's and was just parsed whole, so an unreadable one counts none.
 fn count_dimms(xml: &str) -> u32 {
-    let mut r = Reader::from_str(xml);
-    let (mut depth, mut n) = (0u32, 0u32);
-    loop {
-        match r.read_event() {
-            Ok(Event::Start(e)) => {
-                depth += 1;
-                n += u32::from(depth == 3 && e.name().as_ref() == b"memory");
-            }
-            Ok(Event::Empty(e)) => n += u32::from(depth == 2 && e.name().as_ref() == b"memory"),
-            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
-            Ok(Event::Eof) | Err(_) => return n,
-            Ok(_) => {}
-        }
-    }
+    let nodes = crate::storage::xml::nodes(xml, "count memory modules").unwrap_or_default();
+    let n = nodes
+        .iter()
+        .filter(|n| n.path == "domain/devices/memory")
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -393,7 +383,7 @@ mod tests {
 
     #[test]
     fn dimms_are_counted_in_devices_only() {
-        let xml = "<domain><memory unit='KiB'>1</memory><devices><memory model='dimm'><target/></memory><memory model='dimm'/><disk/></devices></domain>";
+        let xml = "<domain><memory unit='KiB'>1</memory><numatune><memory mode='strict' nodeset='0'/></numatune><devices><memory model='dimm'><target/></memory><memory model='dimm'/><disk/></devices></domain>";
         assert_eq!(count_dimms(xml), 2);
     }
 }
