@@ -207,13 +207,17 @@ async fn dir_pool_lifecycle_and_honest_status() {
 
     s.remove_pool(&p.name, CallOpts::default()).await.unwrap();
     assert!(c.lookup_storage_pool_by_name(p.name.as_str()).is_err());
-    assert_eq!(
-        s.refresh_pool(&p.name, CallOpts::default())
-            .await
-            .unwrap_err()
-            .kind(),
-        ErrorKind::NotFound
-    );
+    // Every command naming the pool now says the same plain thing.
+    let gone = format!("pool {} not found", p.name);
+    for e in [
+        s.refresh_pool(&p.name, CallOpts::default()).await.err(),
+        s.start_pool(&p.name, CallOpts::default()).await.err(),
+        s.remove_pool(&p.name, CallOpts::default()).await.err(),
+    ] {
+        let e = e.expect("a command on a removed pool must fail");
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+        assert_eq!(e.to_string(), gone);
+    }
 }
 
 #[tokio::test]

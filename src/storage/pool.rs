@@ -113,6 +113,21 @@ fn lv<'a>(step: &'static str, object: &'a str) -> impl Fn(virt::error::Error) ->
     move |e| StorageError::libvirt(step, object, e)
 }
 
+/// The pool named `n`; a pool libvirt does not know is reported as "pool n
+/// not found", the same words for every command that names one.
+fn find_pool(conn: &Connect, n: &str) -> Result<StoragePool, StorageError> {
+    conn.lookup_storage_pool_by_name(n).map_err(|e| {
+        let err = StorageError::libvirt("look up pool", n, e);
+        if err.kind() == ErrorKind::NotFound {
+            StorageError::NotFound {
+                what: format!("pool {n}"),
+            }
+        } else {
+            err
+        }
+    })
+}
+
 fn state_of(raw: u32) -> PoolState {
     use virt::sys;
     match raw {
@@ -216,9 +231,7 @@ impl Storage {
                     Ok(existing) => same_pool_or_conflict(&existing, &d),
                     Err(_) => {
                         define_and_start(conn, &d, &xml)?;
-                        let p = conn
-                            .lookup_storage_pool_by_name(name)
-                            .map_err(lv("look up pool", name))?;
+                        let p = find_pool(conn, name)?;
                         status_of(&p, false)
                     }
                 }
@@ -244,9 +257,7 @@ impl Storage {
         self.pools.forget(name);
         self.virt
             .call("remove pool", name.as_str(), &ctl, move |conn| {
-                let p = conn
-                    .lookup_storage_pool_by_name(&n)
-                    .map_err(lv("look up pool", &n))?;
+                let p = find_pool(conn, &n)?;
                 if p.is_active().unwrap_or(false) {
                     p.destroy().map_err(lv("stop pool", &n))?;
                 }
@@ -265,9 +276,7 @@ impl Storage {
         let n = name.to_string();
         self.virt
             .call("start pool", name.as_str(), &ctl, move |conn| {
-                let p = conn
-                    .lookup_storage_pool_by_name(&n)
-                    .map_err(lv("look up pool", &n))?;
+                let p = find_pool(conn, &n)?;
                 if !p.is_active().unwrap_or(false) {
                     p.create(0).map_err(lv("start pool", &n))?;
                 }
@@ -285,9 +294,7 @@ impl Storage {
         let n = name.to_string();
         self.virt
             .call("refresh pool", name.as_str(), &ctl, move |conn| {
-                let p = conn
-                    .lookup_storage_pool_by_name(&n)
-                    .map_err(lv("look up pool", &n))?;
+                let p = find_pool(conn, &n)?;
                 if !p.is_active().unwrap_or(false) {
                     return Err(StorageError::Unavailable {
                         what: format!("pool {n}"),
@@ -330,9 +337,7 @@ impl Storage {
         let r = self
             .virt
             .call("pool status", &n, ctl, move |conn| {
-                let p = conn
-                    .lookup_storage_pool_by_name(&name)
-                    .map_err(lv("look up pool", &name))?;
+                let p = find_pool(conn, &name)?;
                 status_of(&p, true)
             })
             .await;
@@ -409,14 +414,7 @@ impl Storage {
         let n = name.to_string();
         self.virt
             .call("look up pool", name.as_str(), ctl, move |conn| {
-                let p = conn.lookup_storage_pool_by_name(&n).map_err(|e| {
-                    let err = StorageError::libvirt("look up pool", &n, e);
-                    if err.kind() == ErrorKind::NotFound {
-                        StorageError::NotFound { what: format!("pool {n}") }
-                    } else {
-                        err
-                    }
-                })?;
+                let p = find_pool(conn, &n)?;
                 let parsed = parse_pool_xml(&p.xml_desc(0).map_err(lv("read pool XML", &n))?)?;
                 if !p.is_active().unwrap_or(false) {
                     return Err(StorageError::Unavailable {
