@@ -24,9 +24,7 @@ async fn enrollment_end_to_end_with_the_real_binary() {
     let p = identity_plane(Duration::from_secs(3600)).await;
     let host = uuid::Uuid::new_v4();
     let work = workdir();
-    let files = host_files(work.path());
-    let mut cfg = agent_config(&host, &files, &[p.endpoint()], work.path());
-    cfg.management.ca_fingerprint = p.fingerprint();
+    let (files, cfg) = p.enrolling_config(&host, work.path());
     let cfg_path = work.path().join("agent.toml");
     std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
     let token = p.token(&host, Duration::from_secs(60));
@@ -75,9 +73,7 @@ async fn enrollment_at_first_start_with_a_token_file() {
     let p = identity_plane(Duration::from_secs(3600)).await;
     let host = uuid::Uuid::new_v4();
     let work = workdir();
-    let files = host_files(work.path());
-    let mut cfg = agent_config(&host, &files, &[p.endpoint()], work.path());
-    cfg.management.ca_fingerprint = p.fingerprint();
+    let (_, mut cfg) = p.enrolling_config(&host, work.path());
     let token_file = work.path().join("token");
     std::fs::write(&token_file, p.token(&host, Duration::from_secs(60))).unwrap();
     cfg.management.enroll_token_file = token_file;

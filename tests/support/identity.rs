@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use csagent::config::Config;
 use csagent::mgmt::{Authority, IdentityConfig, Plane, PlaneConfig};
 use csagent::tls::TlsFiles;
 use tempfile::TempDir;
 
-use super::{fast_liveness, TestPki};
+use super::{agent_config, fast_liveness, TestPki};
 
 pub struct IdPlane {
     pub pki: TestPki,
@@ -98,6 +99,15 @@ impl IdPlane {
         })
         .await?;
         Ok(files)
+    }
+
+    /// A host's agent config before enrolment: no certificate yet, this
+    /// plane's CA pinned, its files under `dir`.
+    pub fn enrolling_config(&self, host: &uuid::Uuid, dir: &Path) -> (TlsFiles, Config) {
+        let files = host_files(dir);
+        let mut cfg = agent_config(host, &files, &[self.endpoint()], dir);
+        cfg.management.ca_fingerprint = self.fingerprint();
+        (files, cfg)
     }
 
     /// A fresh token, enrolled: the host's files.
