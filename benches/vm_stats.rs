@@ -51,21 +51,13 @@ fn spec(uuid: uuid::Uuid, disk: &str) -> VmSpec {
         instance_id: uuid.to_string(),
         ..Default::default()
     });
-    s.devices.disks.push(domain::Disk {
-        device: domain::DiskDevice::Disk,
-        source: domain::DiskSource::File { path: disk.into() },
-        format: domain::DiskFormat::Qcow2,
-        target: "vda".into(),
-        bus: domain::DiskBus::Virtio,
-        cache: None,
-        io: None,
-        discard: None,
-        iotune: None,
-        serial: None,
-        readonly: false,
-        shareable: false,
-        boot_order: None,
-    });
+    s.devices.disks.push(domain::Disk::new(
+        domain::DiskDevice::Disk,
+        domain::DiskSource::File { path: disk.into() },
+        domain::DiskFormat::Qcow2,
+        "vda",
+        domain::DiskBus::Virtio,
+    ));
     s
 }
 

@@ -462,6 +462,34 @@ pub struct Disk {
     pub boot_order: Option<u32>,
 }
 
+impl Disk {
+    /// A disk with libvirt's defaults for everything a spec may tune
+    /// (cache, io, discard, iotune, serial, sharing, boot order).
+    pub fn new(
+        device: DiskDevice,
+        source: DiskSource,
+        format: DiskFormat,
+        target: impl Into<String>,
+        bus: DiskBus,
+    ) -> Disk {
+        Disk {
+            device,
+            source,
+            format,
+            target: target.into(),
+            bus,
+            cache: None,
+            io: None,
+            discard: None,
+            iotune: None,
+            serial: None,
+            readonly: false,
+            shareable: false,
+            boot_order: None,
+        }
+    }
+}
+
 /// Where a disk's bytes live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum DiskSource {

@@ -289,19 +289,14 @@ async fn insert_iso(
         })?,
     };
     let drive = Disk {
-        device: DiskDevice::Cdrom,
-        source,
-        format: DiskFormat::Raw,
-        target: target.clone(),
-        bus,
-        cache: None,
-        io: None,
-        discard: None,
-        iotune: None,
-        serial: None,
         readonly: true,
-        shareable: false,
-        boot_order: None,
+        ..Disk::new(
+            DiskDevice::Cdrom,
+            source,
+            DiskFormat::Raw,
+            target.clone(),
+            bus,
+        )
     };
     let xml = render(&Device::Disk(Box::new(drive)), v.machine())?;
     apply(
@@ -482,21 +477,13 @@ mod tests {
     fn free_targets() {
         let mut s = VmSpec::new("x", domain::VmUuid(uuid::Uuid::from_u128(1)));
         assert_eq!(free_target(&s, DiskBus::Ide).as_deref(), Some("hdc"));
-        s.devices.disks.push(Disk {
-            device: DiskDevice::Disk,
-            source: DiskSource::File { path: "/a".into() },
-            format: DiskFormat::Raw,
-            target: "sda".into(),
-            bus: DiskBus::Sata,
-            cache: None,
-            io: None,
-            discard: None,
-            iotune: None,
-            serial: None,
-            readonly: false,
-            shareable: false,
-            boot_order: None,
-        });
+        s.devices.disks.push(Disk::new(
+            DiskDevice::Disk,
+            DiskSource::File { path: "/a".into() },
+            DiskFormat::Raw,
+            "sda",
+            DiskBus::Sata,
+        ));
         assert_eq!(free_target(&s, DiskBus::Sata).as_deref(), Some("sdb"));
         assert_eq!(default_cdrom_bus(Some("pc-q35-8.2")), DiskBus::Sata);
         assert_eq!(default_cdrom_bus(None), DiskBus::Ide);
