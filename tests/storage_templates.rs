@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use csagent::storage::template::ChecksumAlgo;
 use csagent::storage::{
     Bytes, CallOpts, Checksum, CloneMode, CopyTemplate, CreateFromTemplate, ErrorKind, ImageFormat,
-    Progress, ProgressSink, StorageError, TemplateSource, VolumeName,
+    Progress, ProgressSink, StorageError, TemplateSource, VolumeInfo, VolumeName,
 };
 use md5::Md5;
 use sha2::{Digest, Sha256};
@@ -32,6 +32,20 @@ fn copy(
         format,
         checksum,
     }
+}
+
+/// Copies a template with the default options and no progress sink.
+async fn copy_to(
+    p: &TestPool,
+    name: &str,
+    source: TemplateSource,
+    format: ImageFormat,
+    checksum: Option<Checksum>,
+) -> Result<VolumeInfo, StorageError> {
+    let req = copy(p, name, source, format, checksum);
+    p.storage
+        .copy_template(req, CallOpts::default(), None)
+        .await
 }
 
 fn sink() -> (ProgressSink, Arc<Mutex<Vec<Progress>>>) {
@@ -100,53 +114,35 @@ async fn http_copy_with_progress_and_sha256() {
 
     // 404 is NotFound; an existing name is AlreadyExists; nothing changes.
     let bad = srv.url.replace("csat-sto-template.img", "nope");
-    let e = p
-        .storage
-        .copy_template(
-            copy(
-                &p,
-                "tpl2",
-                TemplateSource::Url(bad),
-                ImageFormat::Qcow2,
-                None,
-            ),
-            CallOpts::default(),
-            None,
-        )
-        .await
-        .unwrap_err();
+    let e = copy_to(
+        &p,
+        "tpl2",
+        TemplateSource::Url(bad),
+        ImageFormat::Qcow2,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
-    let e = p
-        .storage
-        .copy_template(
-            copy(
-                &p,
-                "tpl",
-                TemplateSource::Url(srv.url.clone()),
-                ImageFormat::Qcow2,
-                None,
-            ),
-            CallOpts::default(),
-            None,
-        )
-        .await
-        .unwrap_err();
+    let e = copy_to(
+        &p,
+        "tpl",
+        TemplateSource::Url(srv.url.clone()),
+        ImageFormat::Qcow2,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
-    let e = p
-        .storage
-        .copy_template(
-            copy(
-                &p,
-                "tpl3",
-                TemplateSource::Url("file:///etc/passwd".into()),
-                ImageFormat::Raw,
-                None,
-            ),
-            CallOpts::default(),
-            None,
-        )
-        .await
-        .unwrap_err();
+    let e = copy_to(
+        &p,
+        "tpl3",
+        TemplateSource::Url("file:///etc/passwd".into()),
+        ImageFormat::Raw,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert_eq!(p.files(), vec!["tpl"]);
 }
@@ -165,76 +161,53 @@ async fn local_copy_md5_and_mismatch_removes_copy() {
         algo: ChecksumAlgo::Md5,
         hex: md5,
     };
-    p.storage
-        .copy_template(
-            copy(
-                &p,
-                "ok",
-                TemplateSource::Path(raw.clone()),
-                ImageFormat::Raw,
-                Some(good),
-            ),
-            CallOpts::default(),
-            None,
-        )
-        .await
-        .unwrap();
+    copy_to(
+        &p,
+        "ok",
+        TemplateSource::Path(raw.clone()),
+        ImageFormat::Raw,
+        Some(good),
+    )
+    .await
+    .unwrap();
     let wrong = Checksum {
         algo: ChecksumAlgo::Sha256,
         hex: "0".repeat(64),
     };
-    let e = p
-        .storage
-        .copy_template(
-            copy(
-                &p,
-                "bad",
-                TemplateSource::Path(raw.clone()),
-                ImageFormat::Raw,
-                Some(wrong),
-            ),
-            CallOpts::default(),
-            None,
-        )
-        .await
-        .unwrap_err();
+    let e = copy_to(
+        &p,
+        "bad",
+        TemplateSource::Path(raw.clone()),
+        ImageFormat::Raw,
+        Some(wrong),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, StorageError::ChecksumMismatch { .. }), "{e}");
     let malformed = Checksum {
         algo: ChecksumAlgo::Md5,
         hex: "xyz".into(),
     };
-    let e = p
-        .storage
-        .copy_template(
-            copy(
-                &p,
-                "bad",
-                TemplateSource::Path(raw),
-                ImageFormat::Raw,
-                Some(malformed),
-            ),
-            CallOpts::default(),
-            None,
-        )
-        .await
-        .unwrap_err();
+    let e = copy_to(
+        &p,
+        "bad",
+        TemplateSource::Path(raw),
+        ImageFormat::Raw,
+        Some(malformed),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     // Host files outside the secondary-storage roots are not templates.
-    let e = p
-        .storage
-        .copy_template(
-            copy(
-                &p,
-                "shadow",
-                TemplateSource::Path("/etc/hostname".into()),
-                ImageFormat::Raw,
-                None,
-            ),
-            CallOpts::default(),
-            None,
-        )
-        .await
-        .unwrap_err();
+    let e = copy_to(
+        &p,
+        "shadow",
+        TemplateSource::Path("/etc/hostname".into()),
+        ImageFormat::Raw,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     assert!(
         e.to_string()
@@ -254,13 +227,7 @@ async fn refuses_non_images_and_backing_outside_pool() {
     let text = src.path().join("notes.txt");
     std::fs::write(&text, b"this is not a disk image\n").unwrap();
     for fmt in [ImageFormat::Raw, ImageFormat::Qcow2] {
-        let e = p
-            .storage
-            .copy_template(
-                copy(&p, "t", TemplateSource::Path(text.clone()), fmt, None),
-                CallOpts::default(),
-                None,
-            )
+        let e = copy_to(&p, "t", TemplateSource::Path(text.clone()), fmt, None)
             .await
             .unwrap_err();
         assert!(matches!(e, StorageError::BadImage { .. }), "{fmt:?}: {e}");
@@ -280,21 +247,15 @@ async fn refuses_non_images_and_backing_outside_pool() {
         "raw",
         evil.to_str().unwrap(),
     ]);
-    let e = p
-        .storage
-        .copy_template(
-            copy(
-                &p,
-                "t",
-                TemplateSource::Path(evil.clone()),
-                ImageFormat::Qcow2,
-                None,
-            ),
-            CallOpts::default(),
-            None,
-        )
-        .await
-        .unwrap_err();
+    let e = copy_to(
+        &p,
+        "t",
+        TemplateSource::Path(evil.clone()),
+        ImageFormat::Qcow2,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(e, StorageError::BadImage { .. }), "{e}");
     assert!(e.to_string().contains("outside the pool"), "{e}");
     // Also via a relative "../" backing name.
@@ -312,24 +273,12 @@ async fn refuses_non_images_and_backing_outside_pool() {
         rel.to_str().unwrap(),
         "1M",
     ]);
-    let e = p
-        .storage
-        .copy_template(
-            copy(&p, "t", TemplateSource::Path(rel), ImageFormat::Qcow2, None),
-            CallOpts::default(),
-            None,
-        )
+    let e = copy_to(&p, "t", TemplateSource::Path(rel), ImageFormat::Qcow2, None)
         .await
         .unwrap_err();
     assert!(matches!(e, StorageError::BadImage { .. }), "{e}");
     // Declared raw but is qcow2: refused too.
-    let e = p
-        .storage
-        .copy_template(
-            copy(&p, "t", TemplateSource::Path(evil), ImageFormat::Raw, None),
-            CallOpts::default(),
-            None,
-        )
+    let e = copy_to(&p, "t", TemplateSource::Path(evil), ImageFormat::Raw, None)
         .await
         .unwrap_err();
     assert!(matches!(e, StorageError::BadImage { .. }), "{e}");
