@@ -10,7 +10,7 @@ use std::process::Command;
 use csagent::storage::pool::Monitor;
 use csagent::storage::{
     Bytes, CallOpts, CreateVolume, ErrorKind, ImageFormat, PoolDef, PoolKind, PoolName, PoolState,
-    Storage, StorageConfig, VolumeName,
+    Storage, StorageConfig,
 };
 use storage_common::*;
 
@@ -94,7 +94,7 @@ async fn remote_pool_xml_is_valid_and_defines_on_test_driver() {
     s.add_pool(rbd.clone(), CallOpts::default()).await.unwrap();
     let req = CreateVolume {
         pool: rbd.name.clone(),
-        name: VolumeName::new("v").unwrap(),
+        name: vol("v"),
         format: ImageFormat::Raw,
         size: Bytes(1 << 20),
     };
@@ -228,7 +228,7 @@ async fn shared_mount_point_unmounted_is_reported() {
     assert_eq!(mp.added.state, PoolState::Running);
     let v = CreateVolume {
         pool: pool.clone(),
-        name: VolumeName::new("a").unwrap(),
+        name: vol("a"),
         format: ImageFormat::Qcow2,
         size: Bytes(1 << 20),
     };
@@ -242,7 +242,7 @@ async fn shared_mount_point_unmounted_is_reported() {
     assert_eq!(st.state, PoolState::Unmounted, "{st:?}");
     assert_eq!(st.available.0, 0);
     let mut v2 = v;
-    v2.name = VolumeName::new("b").unwrap();
+    v2.name = vol("b");
     let e = s.create_volume(v2, CallOpts::default()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     assert!(

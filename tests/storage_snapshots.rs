@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use csagent::storage::{
-    Bytes, CallOpts, CreateVolume, ErrorKind, ImageFormat, SnapshotName, SnapshotTarget, VolumeName,
+    Bytes, CallOpts, CreateVolume, ErrorKind, ImageFormat, SnapshotName, SnapshotTarget,
 };
 use storage_common::*;
 
@@ -36,7 +36,7 @@ async fn internal_snapshots_create_list_revert_delete() {
     let s = &p.storage;
     let req = CreateVolume {
         pool: p.name.clone(),
-        name: VolumeName::new("root").unwrap(),
+        name: vol("root"),
         format: ImageFormat::Qcow2,
         size: Bytes(8 << 20),
     };
@@ -45,7 +45,7 @@ async fn internal_snapshots_create_list_revert_delete() {
     assert!(qemu_io(&path, "write -P 0xaa 0 64k"));
     let target = SnapshotTarget::Volume {
         pool: p.name.clone(),
-        volume: VolumeName::new("root").unwrap(),
+        volume: vol("root"),
     };
 
     let info = s
@@ -96,14 +96,14 @@ async fn internal_snapshots_create_list_revert_delete() {
     // Raw volumes have no internal snapshots: a clear refusal.
     let raw = CreateVolume {
         pool: p.name.clone(),
-        name: VolumeName::new("data").unwrap(),
+        name: vol("data"),
         format: ImageFormat::Raw,
         size: Bytes(1 << 20),
     };
     s.create_volume(raw, CallOpts::default()).await.unwrap();
     let t = SnapshotTarget::Volume {
         pool: p.name.clone(),
-        volume: VolumeName::new("data").unwrap(),
+        volume: vol("data"),
     };
     assert_eq!(
         s.create_snapshot(t, snap("x"), CallOpts::default())
@@ -157,7 +157,7 @@ async fn vm_on_root(tag: &str, extra: &[PathBuf]) -> (TestPool, DomainGuard, vir
     std::fs::set_permissions(&p.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let req = CreateVolume {
         pool: p.name.clone(),
-        name: VolumeName::new("root").unwrap(),
+        name: vol("root"),
         format: ImageFormat::Qcow2,
         size: Bytes(16 << 20),
     };
@@ -228,17 +228,17 @@ async fn external_snapshot_of_running_vm() {
     let name = dom.name().unwrap();
 
     // The running VM holds qemu's write lock: qemu-img must not touch it.
-    let vol = SnapshotTarget::Volume {
+    let offline = SnapshotTarget::Volume {
         pool: p.name.clone(),
-        volume: VolumeName::new("root").unwrap(),
+        volume: vol("root"),
     };
     let e = s
-        .create_snapshot(vol, snap("offline"), CallOpts::default())
+        .create_snapshot(offline, snap("offline"), CallOpts::default())
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
     // Nor may its disk be deleted under it.
-    let root = VolumeName::new("root").unwrap();
+    let root = vol("root");
     let e = s
         .delete_volume(&p.name, &root, CallOpts::default())
         .await

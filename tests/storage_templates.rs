@@ -5,12 +5,12 @@
 
 mod storage_common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use csagent::storage::template::ChecksumAlgo;
 use csagent::storage::{
     Bytes, CallOpts, Checksum, CloneMode, CopyTemplate, CreateFromTemplate, ErrorKind, ImageFormat,
-    Progress, ProgressSink, StorageError, TemplateSource, VolumeInfo, VolumeName,
+    Progress, StorageError, TemplateSource, VolumeInfo,
 };
 use md5::Md5;
 use sha2::{Digest, Sha256};
@@ -27,7 +27,7 @@ fn copy(
 ) -> CopyTemplate {
     CopyTemplate {
         pool: p.name.clone(),
-        name: VolumeName::new(name).unwrap(),
+        name: vol(name),
         source,
         format,
         checksum,
@@ -46,12 +46,6 @@ async fn copy_to(
     p.storage
         .copy_template(req, CallOpts::default(), None)
         .await
-}
-
-fn sink() -> (ProgressSink, Arc<Mutex<Vec<Progress>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s2 = seen.clone();
-    (Arc::new(move |p| s2.lock().unwrap().push(p)), seen)
 }
 
 #[tokio::test]
@@ -76,7 +70,7 @@ async fn http_copy_with_progress_and_sha256() {
     let sha = hex::encode(Sha256::digest(&body));
     let len = body.len() as u64;
     let srv = HttpServer::serve(Arc::new(body), false).await;
-    let (sink, seen) = sink();
+    let (sink, seen) = progress_sink();
     let c = Checksum {
         algo: ChecksumAlgo::Sha256,
         hex: sha.to_uppercase(),
@@ -300,7 +294,7 @@ async fn disk_full_leaves_no_partial_file() {
     };
     let req = |srv: &HttpServer, n: &str| CopyTemplate {
         pool: pool.clone(),
-        name: VolumeName::new(n).unwrap(),
+        name: vol(n),
         source: TemplateSource::Url(srv.url.clone()),
         format: ImageFormat::Raw,
         checksum: None,
@@ -329,8 +323,8 @@ async fn disk_full_leaves_no_partial_file() {
     random_file(&fs.path().join("tpl.raw"), 3 * MIB, 8);
     let full = |n: &str| CreateFromTemplate {
         pool: pool.clone(),
-        name: VolumeName::new(n).unwrap(),
-        template: VolumeName::new("tpl.raw").unwrap(),
+        name: vol(n),
+        template: vol("tpl.raw"),
         mode: CloneMode::Full {
             format: ImageFormat::Raw,
         },
@@ -368,7 +362,7 @@ async fn download_without_length_stops_before_pool_is_full() {
     let srv = HttpServer::serve(Arc::new(vec![0x5a; 80 * MIB as usize]), true).await;
     let req = CopyTemplate {
         pool: pool.clone(),
-        name: VolumeName::new("big").unwrap(),
+        name: vol("big"),
         source: TemplateSource::Url(srv.url.clone()),
         format: ImageFormat::Raw,
         checksum: None,

@@ -19,10 +19,6 @@ use tokio_util::sync::CancellationToken;
 
 const MIB: u64 = 1 << 20;
 
-fn vol(s: &str) -> VolumeName {
-    VolumeName::new(s).unwrap()
-}
-
 fn create(pool: &TestPool, name: &str, format: ImageFormat, size: u64) -> CreateVolume {
     CreateVolume {
         pool: pool.name.clone(),
@@ -214,9 +210,7 @@ async fn linked_clone_and_full_copy() {
         "raw"
     );
 
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen2 = seen.clone();
-    let sink: ProgressSink = Arc::new(move |pr| seen2.lock().unwrap().push(pr));
+    let (sink, seen) = progress_sink();
     let full = CreateFromTemplate {
         pool: p.name.clone(),
         name: vol("vm3-root"),

@@ -6,14 +6,29 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use csagent::storage::{CallOpts, PoolDef, PoolKind, PoolName, PoolStatus, Storage, StorageConfig};
+use csagent::storage::{
+    CallOpts, PoolDef, PoolKind, PoolName, PoolStatus, Progress, ProgressSink, Storage,
+    StorageConfig, VolumeName,
+};
 
 pub const URI: &str = "qemu:///system";
 
 pub fn unique(tag: &str) -> String {
     format!("csat-sto-{tag}-{:08x}", rand::random::<u32>())
+}
+
+/// A volume name the test knows to be valid.
+pub fn vol(s: &str) -> VolumeName {
+    VolumeName::new(s).unwrap()
+}
+
+/// A progress sink and what it has been told, in order.
+pub fn progress_sink() -> (ProgressSink, Arc<Mutex<Vec<Progress>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    (Arc::new(move |p| s2.lock().unwrap().push(p)), seen)
 }
 
 pub fn storage() -> Arc<Storage> {
