@@ -118,8 +118,15 @@ async fn run(scale: Scale) {
     latency(&plane, &host, scale.latency_samples).await;
     throughput(&plane, &host, scale.throughput_cmds, scale.window).await;
     println!(
-        "agent resident memory after {} commands: {}",
+        "agent resident memory right after {} commands: {}",
         scale.throughput_cmds + scale.latency_samples,
+        rss_mib(agent.child.id())
+    );
+    // What the host keeps paying: the agent returns a burst's freed heap
+    // within a second of going idle (src/heap.rs).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "agent resident memory 2 s later: {}",
         rss_mib(agent.child.id())
     );
     drop(agent);

@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod domain;
 pub mod error;
 pub mod handlers;
+mod heap;
 pub mod host;
 pub mod hypervisor;
 pub mod identity;

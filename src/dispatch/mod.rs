@@ -103,6 +103,10 @@ impl Dispatcher {
             let id = cmd.id.clone();
             let outcome = this.execute(cmd, token, deadline).await;
             this.complete(&id, received, outcome);
+            // This task is the last one: a burst, if there was one, is over.
+            if this.tasks.len() <= 1 {
+                crate::heap::trim_when_idle();
+            }
         });
     }
 
