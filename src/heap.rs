@@ -19,7 +19,7 @@ const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When the last trim ran and whether the next one is waiting.
 struct Schedule {
-    /// Milliseconds since `epoch()` at the last trim, plus one (0: never).
+    /// `now_ms()` at the last trim, plus one (0: never).
     last: AtomicU64,
     pending: AtomicBool,
 }
