@@ -80,7 +80,7 @@ impl Authority {
 
     fn ca(&self) -> std::sync::RwLockReadGuard<'_, Ca> {
         // Replaced whole under the write lock; never left half-updated.
-        self.ca.read().unwrap_or_else(|p| p.into_inner())
+        crate::sync::read(&self.ca)
     }
 
     pub fn server_tls(&self) -> ServerTls {
@@ -127,7 +127,7 @@ impl Authority {
     /// received the new bundle keep verifying the plane. Returns the new
     /// fingerprint.
     pub fn rotate(&self) -> Result<String, IdentityError> {
-        let mut ca = self.ca.write().unwrap_or_else(|p| p.into_inner());
+        let mut ca = crate::sync::write(&self.ca);
         let name = format!(
             "csagent CA {}",
             time::OffsetDateTime::now_utc().unix_timestamp()
@@ -151,7 +151,7 @@ impl Authority {
         rename(&dir.join("server.key.next"), &dir.join("server.key"))?;
         rename(&dir.join("server.pem.next"), &dir.join("server.pem"))?;
         let config = tls::server_config_enrolling(&files(dir))?;
-        *self.server.write().unwrap_or_else(|p| p.into_inner()) = config;
+        *crate::sync::write(&self.server) = config;
         *ca = Ca::from_pem(&bundle, &next.pem.key)?;
         let fp = ca.fingerprint()?;
         tracing::info!(fingerprint = %fp, "CA rotated; old CA still trusted during the overlap");

@@ -105,8 +105,7 @@ pub fn accept_loop(
                 },
             };
             // The configuration of the moment: a CA rotation swaps it.
-            let config: Arc<ServerConfig> =
-                Arc::clone(&tls.read().unwrap_or_else(|p| p.into_inner()));
+            let config: Arc<ServerConfig> = Arc::clone(&crate::sync::read(&tls));
             let acceptor = TlsAcceptor::from(config);
             let tx = tx.clone();
             tokio::spawn(async move {
