@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Installs every system package csagent needs to build, test and demo on a
-# fresh Debian/Ubuntu machine. Idempotent: packages already present are skipped.
+# fresh Debian/Ubuntu machine, then verifies that every command the project
+# runs is really there (scripts/verify-tools.sh). Idempotent.
+#
+# qemu-system-x86 and qemu-utils are always installed in one transaction:
+# a machine that came with a newer qemu-utils (bookworm-backports) loses it
+# when apt pulls in qemu-system-x86 alone, since the two versions conflict.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=(
   pkg-config
@@ -10,8 +16,6 @@ packages=(
   libvirt-clients        # virsh, virt-xml-validate (+ RelaxNG schemas)
   libxml2-utils          # xmllint: virt-xml-validate runs it (domain golden tests)
   libvirt-daemon-system  # libvirtd for end-to-end tests and the demo
-  qemu-system-x86        # QEMU for real guests (TCG when KVM is unusable)
-  qemu-utils             # qemu-img; installing qemu-system-x86 may remove it
   nftables
   iproute2
   kmod                   # modprobe: tests load 8021q where the kernel has it as a module
@@ -24,24 +28,49 @@ packages=(
   rpm                    # rpm -qpl/-qpR: package-test inspects the .rpm
   systemd                # systemd-analyze verify on the unit (works without systemd as PID 1)
   man-db                 # man: systemd-analyze verify resolves the unit's Documentation=
+  procps                 # pkill/ps in scripts
+  python3                # scripts read cargo metadata with it
 )
+# Installed together, every time they are not both at one consistent version.
+qemu_pair=(qemu-system-x86 qemu-utils)
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
 for p in "${packages[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-    missing+=("$p")
-  fi
+  installed "$p" || missing+=("$p")
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: all system packages present"
-  exit 0
+# The pair is consistent when both are installed and qemu-utils' version
+# equals qemu-system-x86's (a backports qemu-utils next to bookworm's QEMU
+# would be removed by the next apt run that touches QEMU).
+qemu_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
+if ! installed qemu-system-x86 || ! installed qemu-utils \
+  || [ "$(qemu_version qemu-system-x86)" != "$(qemu_version qemu-utils)" ]; then
+  missing+=("${qemu_pair[@]}")
 fi
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-echo "install-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-# policy-rc.d is not touched: libvirtd is started explicitly by start-services.sh.
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all system packages present"
+else
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # --allow-downgrades: the pair is pinned to one suite's version, which may
+  # be older than a preinstalled backports qemu-utils.
+  # policy-rc.d is not touched: libvirtd is started explicitly by start-services.sh.
+  pins=()
+  if [[ " ${missing[*]} " == *" qemu-utils "* ]]; then
+    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
+    [ -n "$v" ] && [ "$v" != "(none)" ] && pins=("qemu-system-x86=$v" "qemu-utils=$v")
+  fi
+  rest=()
+  for p in "${missing[@]}"; do
+    case "$p" in qemu-system-x86|qemu-utils) [ ${#pins[@]} -gt 0 ] || rest+=("$p") ;; *) rest+=("$p") ;; esac
+  done
+  $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades "${rest[@]}" "${pins[@]}"
+fi
+
+bash scripts/verify-tools.sh
