@@ -15,11 +15,11 @@ services: deps
 	bash scripts/start-services.sh
 
 build: deps
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --workspace --bins
 
 lint: deps
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # clippy --all-targets already type-checks the benches; building them in
 # release here would double CI's compile time for nothing.

@@ -48,7 +48,7 @@ gzip -9n "$ASSETS"/man/*.1
 
 rm -f "$OUT"/*.deb "$OUT"/*.rpm
 echo "package: .deb"
-cargo deb --no-build --profile "$PROFILE" --output "$OUT/"
+cargo deb -p csagent --no-build --profile "$PROFILE" --output "$OUT/"
 echo "package: .rpm"
-cargo generate-rpm --profile "$PROFILE" --target-dir "$target_dir" --payload-compress "$rpm_compress" --output "$OUT/"
+cargo generate-rpm -p crates/agent --profile "$PROFILE" --target-dir "$target_dir" --payload-compress "$rpm_compress" --output "$OUT/"
 ls -l "$OUT"/*.deb "$OUT"/*.rpm

@@ -7,7 +7,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # The real Linux guest tests/vm_guest.rs boots (cached after the first run).
 bash scripts/guest-image.sh >/dev/null
-cargo test --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
+# csagent-mgmt is found beside csagent by the agent's tests: build every binary first.
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '; [0-9]+ failed' "$log" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')

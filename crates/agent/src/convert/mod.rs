@@ -1,0 +1,20 @@
+//! The agent's edge: every conversion between the wire types of
+//! csagent-proto and the agent's and capability crates' own types.
+//!
+//! Owns validation of wire values (a bad command fails with
+//! `InvalidArgument` here, before anything changes). Must not: do I/O or
+//! hold state; nothing outside this module names a `pb::` type except the
+//! link's session and dispatch's envelope, which carry them unopened.
+
+pub mod domain;
+pub mod host;
+pub mod identity;
+pub mod link;
+pub mod network;
+pub mod network_wire;
+pub mod status;
+pub mod storage;
+pub mod storage_wire;
+pub mod vm_ops;
+pub mod vm_start;
+pub mod vmstate;

@@ -1,0 +1,588 @@
+//! Command routing: dedupe, per-VM serialisation, worker limit, deadlines,
+//! cancellation, and the one mapping of errors to wire codes.
+//!
+//! Owns the life of a command from receipt to result. A command id is run at
+//! most once per agent process: a repeat while it runs is ignored (its result
+//! is coming), a repeat after it finished is answered from the result cache.
+//! Commands on the same VM run one after another in arrival order; at most
+//! `workers` run at once. The deadline counts from receipt, so time spent
+//! queueing counts too. Results go to the outbox, which survives reconnects.
+//! This is the edge where wire types become the crate's own `Request`/`Reply`
+//! and back; handlers never see generated code.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedMutexGuard, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::handlers::{Ctx, Handlers, Reply, Request};
+use crate::link::outbox::Outbox;
+use csagent_core::error::{CommandError, ErrorKind};
+use csagent_proto::v1 as pb;
+
+/// Limits of a dispatcher.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    pub workers: usize,
+    pub default_deadline: Duration,
+    pub result_cache_size: usize,
+}
+
+pub struct Dispatcher {
+    cfg: DispatchConfig,
+    workers: Arc<Semaphore>,
+    vm_locks: Arc<KeyedLocks>,
+    cache: Mutex<ResultCache>,
+    outbox: Arc<Outbox>,
+    handlers: Arc<Handlers>,
+    accepting: AtomicBool,
+    /// Parent of every command's token: cancelled at the end of shutdown.
+    root: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Dispatcher {
+    pub fn new(
+        cfg: DispatchConfig,
+        outbox: Arc<Outbox>,
+        handlers: Arc<Handlers>,
+    ) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            workers: Arc::new(Semaphore::new(cfg.workers.max(1))),
+            cache: Mutex::new(ResultCache::new(cfg.result_cache_size)),
+            cfg,
+            vm_locks: Arc::new(KeyedLocks::default()),
+            outbox,
+            handlers,
+            accepting: AtomicBool::new(true),
+            root: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Accepts a command from the plane. Never blocks; the result arrives in
+    /// the outbox.
+    pub fn submit(self: &Arc<Self>, cmd: pb::Command) {
+        let received = Instant::now();
+        if cmd.id.is_empty() {
+            tracing::warn!("command without id refused");
+            self.outbox.push(result_msg(finish(
+                "",
+                Err(CommandError::invalid("command id is empty")),
+                received,
+            )));
+            return;
+        }
+        let token = match self.lock_cache().admit(&cmd.id, &self.root) {
+            Admission::Cached(res) => {
+                tracing::debug!(command_id = %cmd.id, "repeated command answered from cache");
+                self.outbox.push(result_msg((*res).clone()));
+                return;
+            }
+            Admission::Running => {
+                tracing::debug!(command_id = %cmd.id, "repeated command is still running");
+                return;
+            }
+            Admission::New(token) => token,
+        };
+        if !self.accepting.load(Ordering::SeqCst) {
+            self.complete(&cmd.id, received, Err(shutting_down()));
+            return;
+        }
+        let deadline = received + self.deadline_of(&cmd);
+        let this = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let id = cmd.id.clone();
+            let outcome = this.execute(cmd, token, deadline).await;
+            this.complete(&id, received, outcome);
+            // This task is the last one: a burst, if there was one, is over.
+            if this.tasks.len() <= 1 {
+                crate::heap::trim_when_idle();
+            }
+        });
+    }
+
+    /// Cancels a running command; unknown or finished ids are ignored.
+    pub fn cancel(&self, command_id: &str) {
+        if let Some(token) = self.lock_cache().running_token(command_id) {
+            tracing::info!(command_id, "cancel requested");
+            token.cancel();
+        }
+    }
+
+    /// Ids of commands still running (sent in Register after a reconnect).
+    pub fn in_flight(&self) -> Vec<String> {
+        self.lock_cache().running_ids()
+    }
+
+    /// Graceful stop: refuse new commands, let running ones finish within
+    /// `grace`, then cancel the rest and wait for their results.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.tasks.close();
+        let n = self.tasks.len();
+        if n > 0 {
+            tracing::info!(
+                in_flight = n,
+                grace_ms = grace.as_millis() as u64,
+                "waiting for in-flight commands"
+            );
+        }
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.tasks.len(),
+                "grace period over; cancelling in-flight commands"
+            );
+            self.root.cancel();
+            self.tasks.wait().await;
+        }
+    }
+
+    fn deadline_of(&self, cmd: &pb::Command) -> Duration {
+        match cmd.deadline_ms {
+            0 => self.cfg.default_deadline,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
+    async fn execute(
+        &self,
+        cmd: pb::Command,
+        token: CancellationToken,
+        deadline: Instant,
+    ) -> Result<Reply, CommandError> {
+        let started = Instant::now();
+        let (req, vm) = match decode(cmd.body) {
+            Ok(d) => d,
+            Err(e) => {
+                // Refused before it had a type: still a command the plane
+                // sent, counted so a misbehaving plane shows in metrics.
+                let refused = Err(e);
+                crate::metrics::record_command("undecodable", &refused, started.elapsed());
+                return refused;
+            }
+        };
+        let kind = req.name();
+        let span = tracing::info_span!("command", command_id = %cmd.id, vm = %vm.as_deref().unwrap_or("-"), kind = req.name());
+        let ctx = Ctx {
+            command_id: cmd.id.clone(),
+            cancel: token.clone(),
+            deadline,
+            outbox: Arc::clone(&self.outbox),
+        };
+        let work = async {
+            let _vm_guard = match &vm {
+                Some(key) => Some(self.vm_locks.lock(key).await),
+                None => None,
+            };
+            let _permit = self.workers.acquire().await.map_err(|_| shutting_down())?;
+            tracing::debug!("started");
+            self.handlers.handle(req, &ctx).await
+        };
+        let accepting = &self.accepting;
+        async move {
+            let outcome = tokio::select! {
+                biased;
+                _ = token.cancelled() => Err(cancelled(accepting)),
+                r = tokio::time::timeout_at(deadline.into(), work) => r.unwrap_or_else(|_| Err(deadline_exceeded())),
+            };
+            crate::metrics::record_command(kind, &outcome, started.elapsed());
+            match &outcome {
+                Ok(_) => tracing::info!("done"),
+                Err(e) => tracing::warn!(code = ?e.kind, error = %e.message, "failed"),
+            }
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn complete(&self, id: &str, received: Instant, outcome: Result<Reply, CommandError>) {
+        let res = finish(id, outcome, received);
+        let res = self.lock_cache().finish(id, res);
+        self.outbox.push(result_msg((*res).clone()));
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, ResultCache> {
+        // Every cache operation is a single map update; poisoning cannot
+        // leave it half-changed.
+        csagent_core::sync::lock(&self.cache)
+    }
+}
+
+fn shutting_down() -> CommandError {
+    CommandError::new(
+        ErrorKind::ShuttingDown,
+        "the agent is shutting down and takes no new commands; resend after it reconnects",
+    )
+}
+
+fn cancelled(accepting: &AtomicBool) -> CommandError {
+    if accepting.load(Ordering::SeqCst) {
+        CommandError::new(ErrorKind::Cancelled, "cancelled by the management plane")
+    } else {
+        CommandError::new(
+            ErrorKind::Cancelled,
+            "cancelled: the agent is shutting down",
+        )
+    }
+}
+
+fn deadline_exceeded() -> CommandError {
+    CommandError::new(
+        ErrorKind::DeadlineExceeded,
+        "deadline exceeded before the command finished (time spent queueing counts)",
+    )
+}
+
+/// Wire body -> the crate's request, plus the VM it serialises on.
+fn decode(body: Option<pb::command::Body>) -> Result<(Request, Option<String>), CommandError> {
+    use pb::command::Body;
+    let body = body.ok_or_else(|| {
+        CommandError::new(
+            ErrorKind::Unimplemented,
+            "unknown command: this agent does not implement it (upgrade csagent?)",
+        )
+    })?;
+    if let Some(r) = crate::convert::storage_wire::decode(&body) {
+        let (op, key) = r?;
+        return Ok((Request::Storage(op), key));
+    }
+    if let Some(r) = crate::convert::network_wire::decode(&body) {
+        let (op, key) = r?;
+        return Ok((Request::Network(op), key));
+    }
+    Ok(match body {
+        Body::Noop(_) => (Request::Noop, None),
+        Body::Echo(e) => {
+            let vm = optional_vm(&e.vm_uuid)?;
+            let req = Request::Echo {
+                payload: e.payload,
+                delay: Duration::from_millis(u64::from(e.delay_ms)),
+            };
+            (req, vm)
+        }
+        Body::GetVmState(g) => {
+            let uuid = parse_vm(&g.vm_uuid)?;
+            (Request::GetVmState(uuid), Some(uuid.to_string()))
+        }
+        Body::ListVms(_) => (Request::ListVms, None),
+        Body::StartVm(m) => {
+            let req = crate::convert::vm_start::start_request(&m)?;
+            let key = req.spec.uuid.0.to_string();
+            (Request::StartVm(Box::new(req)), Some(key))
+        }
+        Body::StopVm(m) => {
+            let vm = parse_vm(&m.vm_uuid)?;
+            let timeout = match m.timeout_ms {
+                0 => DEFAULT_STOP_TIMEOUT,
+                ms => Duration::from_millis(u64::from(ms)),
+            };
+            (
+                Request::StopVm {
+                    vm,
+                    force: m.force,
+                    timeout,
+                },
+                Some(vm.to_string()),
+            )
+        }
+        Body::RebootVm(m) => lifecycle(&m.vm_uuid, crate::vm::Simple::Reboot)?,
+        Body::PauseVm(m) => lifecycle(&m.vm_uuid, crate::vm::Simple::Pause)?,
+        Body::ResumeVm(m) => lifecycle(&m.vm_uuid, crate::vm::Simple::Resume)?,
+        Body::DestroyVm(m) => {
+            let vm = parse_vm(&m.vm_uuid)?;
+            (Request::DestroyVm(vm), Some(vm.to_string()))
+        }
+        Body::GetHostFacts(_) => (Request::GetHostFacts, None),
+        Body::ScaleVm(m) => {
+            let r = crate::convert::vm_ops::scale_from_proto(&m)?;
+            let key = r.vm.to_string();
+            (Request::ScaleVm(r), Some(key))
+        }
+        Body::AttachDevice(m) => {
+            let (vm, a) = crate::convert::vm_ops::attach_from_proto(&m)?;
+            (Request::AttachDevice(vm, a), Some(vm.to_string()))
+        }
+        Body::DetachDevice(m) => {
+            let (vm, d) = crate::convert::vm_ops::detach_from_proto(&m)?;
+            (Request::DetachDevice(vm, d), Some(vm.to_string()))
+        }
+        // Read-only and one bulk call for many VMs: not serialised per VM.
+        Body::GetVmStats(m) => {
+            let (collector, vms) = crate::convert::vm_ops::stats_from_proto(&m)?;
+            (Request::GetVmStats { collector, vms }, None)
+        }
+        Body::GetConsole(m) => {
+            let vm = crate::convert::vm_ops::vm_uuid(&m.vm_uuid)?;
+            (Request::GetConsole(vm), Some(vm.to_string()))
+        }
+        // Storage and network bodies were taken above; this arm is only
+        // reached if a body was added to the proto without a decoder.
+        _ => {
+            return Err(CommandError::new(
+                ErrorKind::Unimplemented,
+                "this agent has no handler for the command",
+            ))
+        }
+    })
+}
+
+/// StopVm without its own timeout waits this long for the guest.
+const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn lifecycle(vm: &str, op: crate::vm::Simple) -> Result<(Request, Option<String>), CommandError> {
+    let vm = parse_vm(vm)?;
+    Ok((Request::Lifecycle(vm, op), Some(vm.to_string())))
+}
+
+fn parse_vm(s: &str) -> Result<uuid::Uuid, CommandError> {
+    uuid::Uuid::parse_str(s)
+        .map_err(|_| CommandError::invalid(format!("vm_uuid {s:?} is not a UUID")))
+}
+
+fn optional_vm(s: &str) -> Result<Option<String>, CommandError> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        parse_vm(s).map(|u| Some(u.to_string()))
+    }
+}
+
+/// The crate's reply -> wire result.
+fn encode(reply: Reply) -> pb::command_result::Result {
+    use pb::command_result::Result as R;
+    let reply = match crate::convert::storage_wire::encode(reply)
+        .or_else(|r| crate::convert::network_wire::encode(*r))
+    {
+        Ok(r) => return r,
+        Err(reply) => *reply,
+    };
+    match reply {
+        Reply::Noop => R::Noop(pb::NoopResult {}),
+        Reply::Echo(payload) => R::Echo(pb::EchoResult { payload }),
+        Reply::VmStatus(vm) => R::VmStatus(crate::convert::link::vm_status(&vm)),
+        Reply::VmList(vms) => R::VmList(pb::VmList {
+            vms: vms.iter().map(crate::convert::link::vm_status).collect(),
+        }),
+        Reply::HostFacts(f) => R::HostFacts(*f),
+        Reply::Started(vm, vnc, prepared) => {
+            R::StartVm(crate::convert::vm_start::start_result(&vm, vnc, &prepared))
+        }
+        Reply::Destroyed => R::VmDestroyed(pb::VmDestroyed {}),
+        Reply::Scaled(s) => R::ScaleVm(crate::convert::vm_ops::scaled_to_proto(&s)),
+        Reply::Device(vm, d) => R::Device(crate::convert::vm_ops::device_to_proto(&vm, &d)),
+        Reply::VmStats(v, at) => R::VmStats(crate::convert::vm_ops::stats_to_proto(&v, at)),
+        Reply::Console(vm, c) => R::Console(crate::convert::vm_ops::console_to_proto(&vm, &c)),
+        // Taken by the storage and network encoders above.
+        other => unreachable_reply(other),
+    }
+}
+
+/// A reply no encoder took is a programming error; answering with an empty
+/// result keeps the agent up and the plane sees a result without a body.
+fn unreachable_reply(r: Reply) -> pb::command_result::Result {
+    tracing::error!(reply = ?r, "reply without an encoder");
+    pb::command_result::Result::Noop(pb::NoopResult {})
+}
+
+/// The one place error kinds become wire codes.
+pub fn error_code(kind: ErrorKind) -> pb::ErrorCode {
+    use pb::ErrorCode as C;
+    match kind {
+        ErrorKind::InvalidArgument => C::InvalidArgument,
+        ErrorKind::NotFound => C::NotFound,
+        ErrorKind::AlreadyExists => C::AlreadyExists,
+        ErrorKind::Conflict => C::Conflict,
+        ErrorKind::DeadlineExceeded => C::DeadlineExceeded,
+        ErrorKind::Cancelled => C::Cancelled,
+        ErrorKind::Unimplemented => C::Unimplemented,
+        ErrorKind::Unavailable => C::Unavailable,
+        ErrorKind::InsufficientCapacity => C::InsufficientCapacity,
+        ErrorKind::HostUnhealthy => C::HostUnhealthy,
+        ErrorKind::ShuttingDown => C::ShuttingDown,
+        ErrorKind::PermissionDenied => C::PermissionDenied,
+        ErrorKind::Internal => C::Internal,
+    }
+}
+
+fn finish(id: &str, outcome: Result<Reply, CommandError>, received: Instant) -> pb::CommandResult {
+    let elapsed_ms = u64::try_from(received.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match outcome {
+        Ok(reply) => pb::CommandResult {
+            command_id: id.to_string(),
+            status: pb::CommandStatus::Ok as i32,
+            elapsed_ms,
+            result: Some(encode(reply)),
+            ..Default::default()
+        },
+        Err(e) => pb::CommandResult {
+            command_id: id.to_string(),
+            status: pb::CommandStatus::Error as i32,
+            error_code: error_code(e.kind) as i32,
+            message: e.message,
+            elapsed_ms,
+            result: None,
+        },
+    }
+}
+
+fn result_msg(r: pb::CommandResult) -> pb::AgentMessage {
+    pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Result(r)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+enum Entry {
+    Running(CancellationToken),
+    Done(Arc<pb::CommandResult>),
+}
+
+enum Admission {
+    New(CancellationToken),
+    Running,
+    Cached(Arc<pb::CommandResult>),
+}
+
+/// Running commands and the last `capacity` results, by command id.
+struct ResultCache {
+    entries: HashMap<String, Entry>,
+    done_order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl ResultCache {
+    fn new(capacity: usize) -> ResultCache {
+        ResultCache {
+            entries: HashMap::new(),
+            done_order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn admit(&mut self, id: &str, root: &CancellationToken) -> Admission {
+        match self.entries.get(id) {
+            Some(Entry::Running(_)) => Admission::Running,
+            Some(Entry::Done(r)) => Admission::Cached(Arc::clone(r)),
+            None => {
+                let token = root.child_token();
+                self.entries
+                    .insert(id.to_string(), Entry::Running(token.clone()));
+                Admission::New(token)
+            }
+        }
+    }
+
+    fn finish(&mut self, id: &str, res: pb::CommandResult) -> Arc<pb::CommandResult> {
+        let res = Arc::new(res);
+        self.entries
+            .insert(id.to_string(), Entry::Done(Arc::clone(&res)));
+        self.done_order.push_back(id.to_string());
+        while self.done_order.len() > self.capacity {
+            if let Some(old) = self.done_order.pop_front() {
+                self.entries.remove(&old);
+            }
+        }
+        res
+    }
+
+    fn running_token(&self, id: &str) -> Option<CancellationToken> {
+        match self.entries.get(id) {
+            Some(Entry::Running(t)) => Some(t.clone()),
+            _ => None,
+        }
+    }
+
+    fn running_ids(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| matches!(e, Entry::Running(_)))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+/// One FIFO lock per key (VM UUID); entries vanish when nobody holds or
+/// waits for them, so the map does not grow with every VM ever seen.
+#[derive(Default)]
+struct KeyedLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct KeyGuard {
+    locks: Arc<KeyedLocks>,
+    key: String,
+    mutex: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl KeyedLocks {
+    async fn lock(self: &Arc<Self>, key: &str) -> KeyGuard {
+        let mutex = {
+            let mut map = csagent_core::sync::lock(&self.map);
+            Arc::clone(map.entry(key.to_string()).or_default())
+        };
+        let guard = Arc::clone(&mutex).lock_owned().await;
+        KeyGuard {
+            locks: Arc::clone(self),
+            key: key.to_string(),
+            mutex,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = csagent_core::sync::lock(&self.locks.map);
+        // One reference in the map, one here: nobody else waits for it.
+        if Arc::strong_count(&self.mutex) == 2 {
+            map.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_bounds_and_dedupes() {
+        let root = CancellationToken::new();
+        let mut c = ResultCache::new(2);
+        for id in ["a", "b", "c"] {
+            assert!(matches!(c.admit(id, &root), Admission::New(_)));
+            assert!(matches!(c.admit(id, &root), Admission::Running));
+            c.finish(id, pb::CommandResult::default());
+        }
+        assert!(matches!(c.admit("c", &root), Admission::Cached(_)));
+        // "a" was evicted: the oldest finished entry goes first.
+        assert!(matches!(c.admit("a", &root), Admission::New(_)));
+    }
+
+    #[tokio::test]
+    async fn keyed_locks_serialise_and_clean_up() {
+        let locks = Arc::new(KeyedLocks::default());
+        let g = locks.lock("vm").await;
+        let l2 = Arc::clone(&locks);
+        let waiter = tokio::spawn(async move {
+            let _g = l2.lock("vm").await;
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        drop(g);
+        waiter.await.unwrap();
+        assert!(locks.map.lock().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,281 @@
+//! Command handlers: what each command does, on the crate's own types.
+//!
+//! Owns the `Request`/`Reply` vocabulary between dispatch and the capability
+//! modules (hypervisor, and later vm/, storage/, network/). A handler runs
+//! inside dispatch's limits (deadline, per-VM lock, worker permit) and must
+//! stop promptly when `ctx.cancel` fires. Adding a command: a `Request`
+//! variant, a `Reply` variant, one arm in `handle`.
+
+pub mod network;
+pub mod storage;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::link::outbox::Outbox;
+use csagent_core::error::{CommandError, ErrorKind};
+use csagent_libvirt::{Hypervisor, VmInfo};
+use csagent_proto::v1 as pb;
+
+#[derive(Debug)]
+pub enum Request {
+    Noop,
+    Echo {
+        payload: String,
+        delay: Duration,
+    },
+    GetVmState(uuid::Uuid),
+    ListVms,
+    GetHostFacts,
+    StartVm(Box<crate::vm::prepare::StartRequest>),
+    StopVm {
+        vm: uuid::Uuid,
+        force: bool,
+        timeout: Duration,
+    },
+    Lifecycle(uuid::Uuid, crate::vm::Simple),
+    DestroyVm(uuid::Uuid),
+    Storage(storage::StorageOp),
+    Network(network::NetworkOp),
+    ScaleVm(crate::vm::scale::ScaleRequest),
+    AttachDevice(uuid::Uuid, crate::vm::devices::Attach),
+    DetachDevice(uuid::Uuid, crate::vm::devices::Detach),
+    GetVmStats {
+        collector: String,
+        vms: Vec<uuid::Uuid>,
+    },
+    GetConsole(uuid::Uuid),
+}
+
+impl Request {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Noop => "noop",
+            Request::Echo { .. } => "echo",
+            Request::GetVmState(_) => "get_vm_state",
+            Request::ListVms => "list_vms",
+            Request::GetHostFacts => "get_host_facts",
+            Request::StartVm(_) => "start_vm",
+            Request::StopVm { .. } => "stop_vm",
+            Request::Lifecycle(..) => "vm_lifecycle",
+            Request::DestroyVm(_) => "destroy_vm",
+            Request::Storage(_) => "storage",
+            Request::Network(_) => "network",
+            Request::ScaleVm(_) => "scale_vm",
+            Request::AttachDevice(..) => "attach_device",
+            Request::DetachDevice(..) => "detach_device",
+            Request::GetVmStats { .. } => "get_vm_stats",
+            Request::GetConsole(_) => "get_console",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Reply {
+    Noop,
+    Echo(String),
+    VmStatus(VmInfo),
+    VmList(Vec<VmInfo>),
+    HostFacts(Box<pb::HostFacts>),
+    Started(VmInfo, Option<u16>, crate::vm::prepare::Prepared),
+    Destroyed,
+    Volume(csagent_storage::VolumeInfo),
+    Snapshot(csagent_storage::SnapshotInfo),
+    Snapshots(Vec<csagent_storage::SnapshotInfo>),
+    Pool(csagent_storage::PoolStatus),
+    Pools(Vec<csagent_storage::PoolStatus>),
+    StorageDone,
+    Bridge(csagent_network::IfName),
+    NetworkReleased(bool),
+    SecurityGroupApplied(bool),
+    SecurityGroupRemoved,
+    Counters(csagent_network::TrafficReport),
+    Scaled(crate::vm::scale::Scaled),
+    Device(uuid::Uuid, crate::vm::devices::DeviceChange),
+    /// The VMs' figures and when they were taken (Unix ms).
+    VmStats(Vec<crate::vm::stats::VmStat>, i64),
+    Console(uuid::Uuid, crate::vm::console::Console),
+}
+
+/// What a running command may use besides its request.
+pub struct Ctx {
+    pub command_id: String,
+    pub cancel: CancellationToken,
+    /// When dispatch gives up on the command.
+    pub deadline: Instant,
+    /// For CommandProgress and Events caused by this command.
+    pub outbox: Arc<Outbox>,
+}
+
+pub struct Handlers {
+    pub hypervisor: Hypervisor,
+    pub monitor: Arc<crate::monitor::HostMonitor>,
+    pub storage: Arc<csagent_storage::Storage>,
+    /// None when netlink could not be opened (the agent still runs VMs).
+    pub network: Option<csagent_network::Network>,
+    /// Previous samples per collector and unresponsive VMs, for GetVmStats.
+    pub vm_stats: Arc<crate::vm::stats::VmStatsService>,
+}
+
+impl Handlers {
+    /// Runs one command. Cheap commands run inline; every other one runs
+    /// in a future of its own on the heap. Without that box each command's
+    /// task, queued or running, would be as large as the largest handler
+    /// (StartVm: tens of KiB), and a burst of queued no-ops would cost the
+    /// host as much memory as a burst of VM starts.
+    pub async fn handle(&self, req: Request, ctx: &Ctx) -> Result<Reply, CommandError> {
+        match req {
+            Request::Noop => Ok(Reply::Noop),
+            Request::Echo { payload, delay } => echo(payload, delay, ctx).await,
+            Request::GetHostFacts => Ok(Reply::HostFacts(Box::new(self.monitor.facts()))),
+            other => Box::pin(self.run(other, ctx)).await,
+        }
+    }
+
+    /// Every command but the cheap ones; `handle` runs this boxed.
+    async fn run(&self, req: Request, ctx: &Ctx) -> Result<Reply, CommandError> {
+        match req {
+            Request::GetVmState(uuid) => self
+                .hypervisor
+                .vm(uuid)
+                .await
+                .map(Reply::VmStatus)
+                .map_err(CommandError::from),
+            Request::ListVms => self
+                .hypervisor
+                .list_vms()
+                .await
+                .map(Reply::VmList)
+                .map_err(CommandError::from),
+            Request::StartVm(req) => self.start_vm(*req, ctx).await,
+            Request::StopVm { vm, force, timeout } => {
+                crate::vm::stop(&self.hypervisor, vm, force, timeout, ctx)
+                    .await
+                    .map(Reply::VmStatus)
+            }
+            Request::Lifecycle(vm, op) => crate::vm::simple(&self.hypervisor, vm, op)
+                .await
+                .map(Reply::VmStatus),
+            Request::DestroyVm(vm) => {
+                crate::vm::destroy(&self.hypervisor, vm, ctx).await?;
+                self.release_networks(vm, ctx).await;
+                Ok(Reply::Destroyed)
+            }
+            Request::Storage(op) => storage::handle(&self.storage, op, ctx).await,
+            Request::Network(op) => network::handle(self.network.as_ref(), op).await,
+            other => self.vm_ops(other).await,
+        }
+    }
+}
+
+impl Handlers {
+    /// Admission first (unless the VM already runs: it holds its share), then
+    /// volumes, networks and the lifecycle (vm::prepare).
+    async fn start_vm(
+        &self,
+        req: crate::vm::prepare::StartRequest,
+        ctx: &Ctx,
+    ) -> Result<Reply, CommandError> {
+        let spec = &req.spec;
+        let running = matches!(self.hypervisor.vm(spec.uuid.0).await, Ok(v) if v.state == csagent_libvirt::PowerState::Running);
+        if !running {
+            let vms = self
+                .hypervisor
+                .list_vms()
+                .await
+                .map_err(CommandError::from)?;
+            let want = csagent_host::Request {
+                vcpus: spec.vcpu.current.unwrap_or(spec.vcpu.max),
+                memory: csagent_host::MiB(spec.memory.size.0.div_ceil(1024)),
+            };
+            self.monitor.admit(want, &vms).await?;
+        }
+        let deps = crate::vm::prepare::Deps {
+            hypervisor: &self.hypervisor,
+            storage: &self.storage,
+            network: self.network.as_ref(),
+        };
+        let (s, prepared) = crate::vm::prepare::start(&deps, req, ctx).await?;
+        Ok(Reply::Started(s.info, s.vnc_port, prepared))
+    }
+}
+
+impl Handlers {
+    /// A destroyed VM no longer holds its bridges nor its security group:
+    /// its rules go, and the last user's leaving removes a bridge csagent
+    /// made. A failure here is logged, not returned: the VM is gone either
+    /// way.
+    async fn release_networks(&self, vm: uuid::Uuid, ctx: &Ctx) {
+        let Some(n) = &self.network else { return };
+        if let Err(e) = n.remove_security_group(csagent_network::VmUuid(vm)).await {
+            tracing::warn!(command_id = %ctx.command_id, vm = %vm, error = %e,
+                "destroyed VM's security group could not be removed");
+        }
+        if let Err(e) = n.release_vm(csagent_network::VmUuid(vm)).await {
+            tracing::warn!(command_id = %ctx.command_id, vm = %vm, error = %e,
+                "destroyed VM's bridges could not be released");
+        }
+    }
+}
+
+impl Handlers {
+    /// Scale, devices, stats and console (src/vm/).
+    async fn vm_ops(&self, req: Request) -> Result<Reply, CommandError> {
+        let h = &self.hypervisor;
+        match req {
+            Request::ScaleVm(r) => crate::vm::scale::scale(h, r).await.map(Reply::Scaled),
+            Request::AttachDevice(vm, a) => crate::vm::devices::attach(h, vm, a)
+                .await
+                .map(|d| Reply::Device(vm, d)),
+            Request::DetachDevice(vm, d) => crate::vm::devices::detach(h, vm, d)
+                .await
+                .map(|d| Reply::Device(vm, d)),
+            Request::GetVmStats { collector, vms } => {
+                let v = self.vm_stats.collect(h, &collector, &vms).await?;
+                Ok(Reply::VmStats(v, csagent_core::time::unix_ms()))
+            }
+            Request::GetConsole(vm) => {
+                let host = crate::convert::vm_ops::host_address(&self.monitor.facts());
+                crate::vm::console::console(h, vm, host)
+                    .await
+                    .map(|c| Reply::Console(vm, c))
+            }
+            other => Err(CommandError::new(
+                ErrorKind::Internal,
+                format!(
+                    "request {} reached the VM handlers by mistake",
+                    other.name()
+                ),
+            )),
+        }
+    }
+}
+
+async fn echo(payload: String, delay: Duration, ctx: &Ctx) -> Result<Reply, CommandError> {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(Reply::Echo(payload)),
+        _ = ctx.cancel.cancelled() => Err(CommandError::new(ErrorKind::Cancelled, "echo cancelled")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<'a, F: std::future::Future>(
+        _: fn(&'a Handlers, Request, &'a Ctx) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn a_command_future_stays_small_whatever_the_largest_handler() {
+        let inline = future_size(|h, r, c| h.handle(r, c));
+        let boxed = future_size(|h, r, c| h.run(r, c));
+        eprintln!("handle: {inline} bytes; the boxed handlers: {boxed} bytes");
+        assert!(inline <= 1024, "handle's future is {inline} bytes");
+    }
+}

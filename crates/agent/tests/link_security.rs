@@ -1,0 +1,279 @@
+//! Who may talk to the plane: every wrong client is refused, and refusing it
+//! costs the legitimate agents nothing.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use csagent::link::connector::{dial, DialOptions};
+use csagent::link::endpoints::Endpoint;
+use csagent_proto::v1 as pb;
+use csagent_proto::v1::agent_link_client::AgentLinkClient;
+use csagent_tls::pki::Validity;
+use csagent_tls::{self as tls, TlsFiles};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_stream::wrappers::ReceiverStream;
+
+fn opts() -> DialOptions {
+    DialOptions {
+        connect_timeout: Duration::from_secs(2),
+        keepalive_interval: Duration::from_secs(1),
+        keepalive_timeout: Duration::from_secs(1),
+    }
+}
+
+/// Tries one session: dial, send Register for `claimed`, read the answer.
+async fn attempt(
+    host: &str,
+    port: u16,
+    cfg: Arc<rustls::ClientConfig>,
+    claimed: &uuid::Uuid,
+    pad: usize,
+) -> Result<pb::RegisterAck, String> {
+    let ep = Endpoint {
+        host: host.into(),
+        port,
+    };
+    let channel = dial(&ep, cfg, &opts()).await.map_err(|e| e.to_string())?;
+    let mut client = AgentLinkClient::new(channel).max_encoding_message_size(64 << 20);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let register = pb::Register {
+        host_uuid: claimed.to_string(),
+        facts: Some(pb::HostFacts {
+            hostname: "x".repeat(pad),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Register(register)),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .into_inner();
+    match inbound.message().await {
+        Ok(Some(pb::PlaneMessage {
+            msg: Some(pb::plane_message::Msg::RegisterAck(a)),
+        })) => Ok(a),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+fn client(files: &TlsFiles) -> Arc<rustls::ClientConfig> {
+    tls::client_config(files).unwrap()
+}
+
+async fn plane(pki: &TestPki, max: usize) -> csagent_mgmt::Plane {
+    start_plane(pki, fast_liveness(), max).await
+}
+
+#[tokio::test]
+async fn valid_agent_is_accepted() {
+    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
+    let p = plane(&pki, 16 << 20).await;
+    let host = uuid::Uuid::new_v4();
+    attempt(
+        "127.0.0.1",
+        p.addr.port(),
+        client(&pki.agent(&host)),
+        &host,
+        0,
+    )
+    .await
+    .expect("valid agent refused");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn foreign_ca_expired_and_missing_certificates_are_refused() {
+    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
+    let p = plane(&pki, 16 << 20).await;
+    let port = p.addr.port();
+    let host = uuid::Uuid::new_v4();
+
+    let other = TestPki::new(&["localhost"]);
+    let mut foreign = other.agent(&host);
+    foreign.ca = pki.server.ca.clone(); // trusts the real plane, but its cert is foreign
+    let e = attempt("127.0.0.1", port, client(&foreign), &host, 0)
+        .await
+        .unwrap_err();
+    println!("foreign CA: {e}");
+
+    let now = time::OffsetDateTime::now_utc();
+    let expired = pki.agent_with(
+        &host,
+        Validity {
+            not_before: now - time::Duration::days(2),
+            not_after: now - time::Duration::days(1),
+        },
+    );
+    let e = attempt("127.0.0.1", port, client(&expired), &host, 0)
+        .await
+        .unwrap_err();
+    println!("expired: {e}");
+    assert!(e.contains("CertificateExpired"), "{e}");
+
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        let pem = std::fs::read(&pki.server.ca).unwrap();
+        for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            r.add(c.unwrap()).unwrap();
+        }
+        r
+    };
+    let mut anon = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    anon.alpn_protocols = vec![b"h2".to_vec()];
+    let e = attempt("127.0.0.1", port, Arc::new(anon), &host, 0)
+        .await
+        .unwrap_err();
+    println!("no client cert: {e}");
+    assert!(e.contains("CertificateRequired"), "{e}");
+
+    assert!(
+        p.registry.list().is_empty(),
+        "a refused client was registered"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn plane_with_wrong_name_is_refused_by_the_agent() {
+    let pki = TestPki::new(&["plane.example"]);
+    let p = plane(&pki, 16 << 20).await;
+    let host = uuid::Uuid::new_v4();
+    let e = attempt(
+        "127.0.0.1",
+        p.addr.port(),
+        client(&pki.agent(&host)),
+        &host,
+        0,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.contains("NotValidForName") || e.contains("not valid for name"),
+        "{e}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn certificate_for_one_host_cannot_register_as_another() {
+    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
+    let p = plane(&pki, 16 << 20).await;
+    let host = uuid::Uuid::new_v4();
+    let other = uuid::Uuid::new_v4();
+    let e = attempt(
+        "127.0.0.1",
+        p.addr.port(),
+        client(&pki.agent(&host)),
+        &other,
+        0,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("PermissionDenied"), "{e}");
+    assert!(p.registry.list().is_empty());
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn plaintext_garbage_and_oversized_do_not_harm_other_agents() {
+    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
+    let p = plane(&pki, 64 * 1024).await;
+    let port = p.addr.port();
+    // A legitimate agent, connected throughout.
+    let host = uuid::Uuid::new_v4();
+    let work = workdir();
+    let cfg = agent_config(&host, &pki.agent(&host), &[p.addr.to_string()], work.path());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let agent = tokio::spawn(csagent::agent::run(cfg, stop.clone()));
+    assert!(wait_for(Duration::from_secs(10), || is_up(&p, &host)).await);
+
+    // Plaintext HTTP/2 (a gRPC client without TLS).
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        let (_tx, rx) = tokio::sync::mpsc::channel::<pb::AgentMessage>(1);
+        let r = AgentLinkClient::new(ch)
+            .session(ReceiverStream::new(rx))
+            .await;
+        assert!(r.is_err(), "plaintext session accepted");
+    }
+
+    // Garbage bytes: the server drops the connection.
+    let mut tcp = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let garbage: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let _ = tcp.write_all(&garbage).await;
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "garbage connection not closed");
+
+    // An authenticated client sending a message over the plane's limit.
+    let big = uuid::Uuid::new_v4();
+    let e = attempt(
+        "127.0.0.1",
+        port,
+        client(&pki.agent(&big)),
+        &big,
+        200 * 1024,
+    )
+    .await
+    .unwrap_err();
+    println!("oversized: {e}");
+    assert!(e.contains("OutOfRange"), "{e}");
+    assert!(host_summary(&p, &big).is_none());
+
+    // The legitimate agent never noticed.
+    let res = call(
+        &p,
+        &host,
+        cmd("", 0, echo("fine", 0)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(res.status, pb::CommandStatus::Ok as i32);
+    assert_eq!(
+        host_summary(&p, &host).unwrap().state,
+        pb::HostState::Up as i32
+    );
+    stop.cancel();
+    agent.await.unwrap().unwrap();
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn key_readable_by_others_is_refused_with_a_clear_message() {
+    let pki = TestPki::new(&["localhost"]);
+    let host = uuid::Uuid::new_v4();
+    let files = pki.agent(&host);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&files.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = tls::client_config(&files).unwrap_err().to_string();
+    assert!(e.contains("chmod 600"), "{e}");
+}

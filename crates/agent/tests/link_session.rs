@@ -1,0 +1,375 @@
+//! The link over real TLS on loopback: registration, heartbeats, liveness
+//! states, commands with deadlines, cancellation and deduplication.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use csagent_proto::v1 as pb;
+use support::*;
+
+struct Running {
+    plane: csagent_mgmt::Plane,
+    host: uuid::Uuid,
+    agent: InProcessAgent,
+    _pki: TestPki,
+    _work: tempfile::TempDir,
+}
+
+/// A plane and an in-process agent connected to it.
+async fn running(liveness: csagent_mgmt::Liveness, workers: usize) -> Running {
+    let f = Fixture::new(liveness).await;
+    let mut cfg = f.config();
+    cfg.agent.workers = workers;
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
+    let Fixture {
+        pki,
+        plane,
+        host,
+        work,
+    } = f;
+    Running {
+        plane,
+        host,
+        agent,
+        _pki: pki,
+        _work: work,
+    }
+}
+
+impl Running {
+    async fn shutdown(self) {
+        self.agent.stop().await;
+        self.plane.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn register_carries_vms_and_heartbeats_flow() {
+    let r = running(fast_liveness(), 5).await;
+    let h = host_summary(&r.plane, &r.host).unwrap();
+    // libvirt's test driver always has one running domain named "test".
+    assert_eq!(h.vms.len(), 1);
+    assert_eq!(h.vms[0].state, pb::VmPowerState::Running as i32);
+    assert!(h.hypervisor_available);
+    assert!(h.facts.as_ref().is_some_and(|f| !f.hostname.is_empty()));
+    assert!(
+        wait_for(Duration::from_secs(5), || host_summary(&r.plane, &r.host)
+            .unwrap()
+            .heartbeat_seq
+            >= 3)
+        .await,
+        "heartbeats did not arrive"
+    );
+    let h = host_summary(&r.plane, &r.host).unwrap();
+    assert!(
+        h.clock_skew_ms.abs() < 1000,
+        "skew {} ms on one machine",
+        h.clock_skew_ms
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn commands_return_typed_results() {
+    let r = running(fast_liveness(), 5).await;
+    let res = call(
+        &r.plane,
+        &r.host,
+        cmd("", 0, pb::command::Body::ListVms(pb::ListVms {})),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(res.status, pb::CommandStatus::Ok as i32, "{res:?}");
+    match res.result {
+        Some(pb::command_result::Result::VmList(l)) => assert_eq!(l.vms[0].name, "test"),
+        other => panic!("{other:?}"),
+    }
+    let bad = pb::command::Body::GetVmState(pb::GetVmState {
+        vm_uuid: "../etc".into(),
+    });
+    let res = call(&r.plane, &r.host, cmd("", 0, bad), Duration::from_secs(5)).await;
+    assert_eq!(res.error_code, pb::ErrorCode::InvalidArgument as i32);
+    assert!(res.message.contains("not a UUID"), "{}", res.message);
+    let missing = pb::command::Body::GetVmState(pb::GetVmState {
+        vm_uuid: uuid::Uuid::new_v4().to_string(),
+    });
+    let res = call(
+        &r.plane,
+        &r.host,
+        cmd("", 0, missing),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(res.error_code, pb::ErrorCode::NotFound as i32);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_command_is_unimplemented_not_a_crash() {
+    let r = running(fast_liveness(), 5).await;
+    // What an older agent sees of a newer plane's command: an id, no body it knows.
+    let unknown = pb::Command {
+        id: "unknown-1".into(),
+        deadline_ms: 0,
+        body: None,
+    };
+    let res = call(&r.plane, &r.host, unknown, Duration::from_secs(5)).await;
+    assert_eq!(res.error_code, pb::ErrorCode::Unimplemented as i32);
+    // The agent still works.
+    let res = call(
+        &r.plane,
+        &r.host,
+        cmd("", 0, echo("still here", 0)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(res.status, pb::CommandStatus::Ok as i32);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn deadline_exceeded_and_cancel() {
+    let r = running(fast_liveness(), 5).await;
+    let started = Instant::now();
+    let res = call(
+        &r.plane,
+        &r.host,
+        cmd("slow-1", 200, echo("x", 5000)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        res.error_code,
+        pb::ErrorCode::DeadlineExceeded as i32,
+        "{res:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let (_, mut rx) = r
+        .plane
+        .registry
+        .send(&r.host.to_string(), cmd("cancel-me", 0, echo("x", 10_000)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    r.plane.registry.cancel(&r.host.to_string(), "cancel-me");
+    let res = result_of(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(res.error_code, pb::ErrorCode::Cancelled as i32, "{res:?}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn repeated_id_runs_once() {
+    let r = running(fast_liveness(), 5).await;
+    let first = call(
+        &r.plane,
+        &r.host,
+        cmd("once-1", 0, echo("first", 300)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(first.status, pb::CommandStatus::Ok as i32);
+    // Same id, different body: a re-execution would echo "second" and take
+    // 300 ms again; the cache answers at once with the first result.
+    let started = Instant::now();
+    let again = call(
+        &r.plane,
+        &r.host,
+        cmd("once-1", 0, echo("second", 300)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "re-executed? {:?}",
+        started.elapsed()
+    );
+    assert_eq!(again, first);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn worker_limit_and_per_vm_order() {
+    let r = running(fast_liveness(), 2).await;
+    let host = r.host.to_string();
+    let started = Instant::now();
+    // Four 300 ms commands on two workers: two rounds.
+    let mut rxs = Vec::new();
+    for i in 0..4 {
+        rxs.push(
+            r.plane
+                .registry
+                .send(&host, cmd(&format!("w-{i}"), 0, echo("x", 300)))
+                .1,
+        );
+    }
+    for mut rx in rxs {
+        result_of(&mut rx, Duration::from_secs(5)).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(590),
+        "4 x 300 ms on 2 workers took {took:?}"
+    );
+
+    // Two commands on the same VM never overlap, even with free workers.
+    let vm = uuid::Uuid::new_v4().to_string();
+    let body = |p: &str| {
+        pb::command::Body::Echo(pb::Echo {
+            payload: p.into(),
+            delay_ms: 300,
+            vm_uuid: vm.clone(),
+        })
+    };
+    let started = Instant::now();
+    let (_, mut a) = r.plane.registry.send(&host, cmd("vm-a", 0, body("a")));
+    let (_, mut b) = r.plane.registry.send(&host, cmd("vm-b", 0, body("b")));
+    for rx in [&mut a, &mut b] {
+        result_of(rx, Duration::from_secs(5)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(590),
+        "same-VM commands overlapped"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn host_goes_alert_then_down_then_up() {
+    let f = Fixture::new(fast_liveness()).await;
+    let (plane, host, work) = (&f.plane, f.host, &f.work);
+    let cfg = f.config();
+    let agent = spawn_agent(&cfg, work.path(), "agent");
+    assert!(
+        wait_for(Duration::from_secs(10), || is_up(plane, &host)).await,
+        "{}",
+        agent.log_text()
+    );
+    let state =
+        |p: &csagent_mgmt::Plane| host_summary(p, &host).map(|h| h.state).unwrap_or_default();
+    // Freeze the agent: its connection stays open but heartbeats stop.
+    agent.signal(nix::sys::signal::Signal::SIGSTOP);
+    assert!(
+        wait_for(Duration::from_secs(5), || state(plane)
+            == pb::HostState::Alert as i32)
+        .await
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || state(plane)
+            == pb::HostState::Down as i32)
+        .await
+    );
+    agent.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(
+        wait_for(Duration::from_secs(10), || is_up(plane, &host)).await,
+        "host did not come back Up: {}",
+        agent.log_text()
+    );
+    f.plane.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_and_exits_zero() {
+    let f = Fixture::new(fast_liveness()).await;
+    let (plane, host, work) = (&f.plane, f.host, &f.work);
+    let cfg = f.config();
+    let mut agent = spawn_agent(&cfg, work.path(), "agent");
+    assert!(
+        wait_for(Duration::from_secs(10), || is_up(plane, &host)).await,
+        "{}",
+        agent.log_text()
+    );
+    let (_, mut rx) = plane
+        .registry
+        .send(&host.to_string(), cmd("in-flight", 0, echo("done", 700)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let res = result_of(&mut rx, Duration::from_secs(5)).await;
+    assert_eq!(
+        res.status,
+        pb::CommandStatus::Ok as i32,
+        "in-flight command lost on SIGTERM: {res:?}"
+    );
+    let status = agent
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("agent did not exit");
+    assert_eq!(status.code(), Some(0), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("stream closed cleanly"),
+        "{}",
+        agent.log_text()
+    );
+    assert!(
+        wait_for(Duration::from_secs(3), || !host_summary(plane, &host)
+            .unwrap()
+            .connected)
+        .await
+    );
+    f.plane.stop().await;
+}
+
+#[tokio::test]
+async fn json_logs_carry_command_id_and_vm_on_every_command_line() {
+    let f = Fixture::new(fast_liveness()).await;
+    let (plane, host, work) = (&f.plane, f.host, &f.work);
+    let mut cfg = f.config();
+    cfg.log.format = csagent::config::LogFormat::Json;
+    cfg.log.level = "debug".into();
+    let mut agent = spawn_agent(&cfg, work.path(), "agent");
+    assert!(
+        wait_for(Duration::from_secs(10), || is_up(plane, &host)).await,
+        "{}",
+        agent.log_text()
+    );
+    let vm = uuid::Uuid::new_v4().to_string();
+    let body = pb::command::Body::Echo(pb::Echo {
+        payload: "p".into(),
+        delay_ms: 0,
+        vm_uuid: vm.clone(),
+    });
+    call(
+        plane,
+        &host,
+        cmd("logged-1", 0, body),
+        Duration::from_secs(5),
+    )
+    .await;
+    let bad = pb::command::Body::GetVmState(pb::GetVmState {
+        vm_uuid: vm.clone(),
+    });
+    call(
+        plane,
+        &host,
+        cmd("logged-2", 0, bad),
+        Duration::from_secs(5),
+    )
+    .await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("agent did not exit");
+    let log = agent.log_text();
+    let mut seen = 0;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let span = &v["span"];
+        if span["name"] == "command" {
+            seen += 1;
+            assert!(
+                span["command_id"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("logged-")),
+                "{line}"
+            );
+            assert_eq!(span["vm"], vm.as_str(), "{line}");
+        }
+    }
+    assert!(
+        seen >= 4,
+        "expected start/done/failed lines for both commands:\n{log}"
+    );
+    f.plane.stop().await;
+}

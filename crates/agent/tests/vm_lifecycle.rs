@@ -1,0 +1,371 @@
+//! VM lifecycle through the plane: StartVm, StopVm, DestroyVm and friends on
+//! libvirt's test driver (fast) and on a real libvirtd with QEMU (TCG).
+
+mod support;
+
+use std::time::Duration;
+
+use csagent_proto::v1 as pb;
+use support::*;
+
+/// The minimal golden spec under a fresh UUID and a csat- name.
+fn spec(disk: &str) -> (uuid::Uuid, pb::VmSpec) {
+    let text = std::fs::read_to_string("tests/golden/domain/minimal.json").unwrap();
+    let mut s: pb::VmSpec = serde_json::from_str(&text).unwrap();
+    let uuid = uuid::Uuid::new_v4();
+    s.uuid = uuid.to_string();
+    s.name = format!("csat-vm-{}", &uuid.simple().to_string()[..8]);
+    s.disks[0].source = disk.to_string();
+    (uuid, s)
+}
+
+fn start(s: &pb::VmSpec) -> pb::command::Body {
+    pb::command::Body::StartVm(pb::StartVm {
+        spec: Some(s.clone()),
+        ..Default::default()
+    })
+}
+
+fn stop(uuid: &uuid::Uuid, force: bool, timeout_ms: u32) -> pb::command::Body {
+    pb::command::Body::StopVm(pb::StopVm {
+        vm_uuid: uuid.to_string(),
+        force,
+        timeout_ms,
+    })
+}
+
+fn destroy(uuid: &uuid::Uuid) -> pb::Command {
+    cmd(
+        "",
+        0,
+        pb::command::Body::DestroyVm(pb::DestroyVm {
+            vm_uuid: uuid.to_string(),
+        }),
+    )
+}
+
+fn state(uuid: &uuid::Uuid) -> pb::Command {
+    cmd(
+        "",
+        0,
+        pb::command::Body::GetVmState(pb::GetVmState {
+            vm_uuid: uuid.to_string(),
+        }),
+    )
+}
+
+async fn updates(
+    plane: &csagent_mgmt::Plane,
+    host: &uuid::Uuid,
+    body: pb::command::Body,
+) -> (Vec<pb::Event>, pb::CommandResult) {
+    let (_, mut rx) = plane.registry.send(&host.to_string(), cmd("", 0, body));
+    let mut events = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(u) = rx.recv().await {
+            match u.update {
+                Some(pb::command_update::Update::Event(e)) => events.push(e),
+                Some(pb::command_update::Update::Result(r)) => return r,
+                _ => {}
+            }
+        }
+        panic!("no result");
+    })
+    .await
+    .expect("no result in 60 s");
+    (events, r)
+}
+
+fn states(events: &[pb::Event]) -> Vec<i32> {
+    events.iter().map(|e| e.state).collect()
+}
+
+#[tokio::test]
+async fn lifecycle_on_the_test_driver() {
+    let f = Fixture::new(fast_liveness()).await;
+    let mut cfg = f.config();
+    cfg.host.capacity.cpu_overcommit = 8.0;
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
+    let (plane, host) = (&f.plane, f.host);
+    let (uuid, s) = spec("/var/lib/libvirt/images/csat-vm-test.qcow2");
+
+    let (events, r) = updates(plane, &host, start(&s)).await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    assert_eq!(
+        states(&events),
+        vec![
+            pb::VmPowerState::Starting as i32,
+            pb::VmPowerState::Running as i32
+        ]
+    );
+    match r.result {
+        Some(pb::command_result::Result::StartVm(res)) => {
+            let vm = res.vm.unwrap();
+            assert!(vm.managed && vm.domain_id > 0, "{vm:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Same spec again: success, nothing changes.
+    let (_, r) = updates(plane, &host, start(&s)).await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    // Same UUID, other definition: CONFLICT.
+    let mut other = s.clone();
+    other.memory.as_mut().unwrap().size_kib *= 2;
+    let (_, r) = updates(plane, &host, start(&other)).await;
+    assert_eq!(r.error_code, pb::ErrorCode::Conflict as i32, "{r:?}");
+
+    // The test driver's own "test" domain is not csagent's: never changed.
+    let list = call(
+        plane,
+        &host,
+        cmd("", 0, pb::command::Body::ListVms(pb::ListVms {})),
+        Duration::from_secs(5),
+    )
+    .await;
+    let Some(pb::command_result::Result::VmList(l)) = list.result else {
+        panic!()
+    };
+    let foreign = l.vms.iter().find(|v| v.name == "test").unwrap();
+    assert!(!foreign.managed);
+    let r = call(
+        plane,
+        &host,
+        cmd(
+            "",
+            0,
+            pb::command::Body::DestroyVm(pb::DestroyVm {
+                vm_uuid: foreign.vm_uuid.clone(),
+            }),
+        ),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        r.error_code,
+        pb::ErrorCode::PermissionDenied as i32,
+        "{r:?}"
+    );
+
+    let r = call(
+        plane,
+        &host,
+        cmd(
+            "",
+            0,
+            pb::command::Body::PauseVm(pb::PauseVm {
+                vm_uuid: uuid.to_string(),
+            }),
+        ),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    let r = call(
+        plane,
+        &host,
+        cmd(
+            "",
+            0,
+            pb::command::Body::ResumeVm(pb::ResumeVm {
+                vm_uuid: uuid.to_string(),
+            }),
+        ),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+
+    let (events, r) = updates(plane, &host, stop(&uuid, true, 2000)).await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    assert_eq!(
+        events.last().map(|e| e.state),
+        Some(pb::VmPowerState::Stopped as i32)
+    );
+    // Stopping a stopped VM succeeds.
+    let (_, r) = updates(plane, &host, stop(&uuid, false, 500)).await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    let r = call(plane, &host, destroy(&uuid), Duration::from_secs(5)).await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    let r = call(plane, &host, state(&uuid), Duration::from_secs(5)).await;
+    assert_eq!(r.error_code, pb::ErrorCode::NotFound as i32, "{r:?}");
+
+    // Admission: a VM larger than the host is refused, naming what is short.
+    let (_, mut huge) = spec("/nonexistent.qcow2");
+    huge.memory.as_mut().unwrap().size_kib = 1 << 40;
+    let (_, r) = updates(plane, &host, start(&huge)).await;
+    assert_eq!(
+        r.error_code,
+        pb::ErrorCode::InsufficientCapacity as i32,
+        "{r:?}"
+    );
+    assert!(
+        r.message.starts_with("Insufficient capacity"),
+        "{}",
+        r.message
+    );
+    agent.stop().await;
+}
+
+/// Removes the test's libvirt domain and disk even if the test fails.
+struct Cleanup(uuid::Uuid, std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let u = self.0.to_string();
+        let _ = std::process::Command::new("virsh")
+            .args(["-c", "qemu:///system", "destroy", &u])
+            .output();
+        let _ = std::process::Command::new("virsh")
+            .args(["-c", "qemu:///system", "undefine", &u, "--nvram"])
+            .output();
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+#[tokio::test]
+async fn real_qemu_start_stop_destroy_and_rollback() {
+    let f = Fixture::new(fast_liveness()).await;
+    let mut cfg = f.config();
+    cfg.hypervisor.uri = "qemu:///system".into();
+    cfg.host.capacity.reserved_memory_mib = 0;
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
+    let (plane, host) = (&f.plane, f.host);
+
+    // A real (empty) disk in libvirt's image directory, where QEMU may read it.
+    let disk = std::path::PathBuf::from(format!(
+        "/var/lib/libvirt/images/csat-vm-{}.qcow2",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("16M")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let (uuid, mut s) = spec(disk.to_str().unwrap());
+    let _cleanup = Cleanup(uuid, disk.clone());
+    s.memory.as_mut().unwrap().size_kib = 64 * 1024;
+    s.graphics = vec![pb::VmGraphics {
+        r#type: "vnc".into(),
+        autoport: true,
+        listen: "127.0.0.1".into(),
+        ..Default::default()
+    }];
+
+    let (events, r) = updates(plane, &host, start(&s)).await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    assert_eq!(
+        states(&events).last(),
+        Some(&(pb::VmPowerState::Running as i32))
+    );
+    let Some(pb::command_result::Result::StartVm(res)) = r.result else {
+        panic!()
+    };
+    assert!(res.vnc_port >= 5900, "{res:?}");
+    let qemu_running = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "domstate", &uuid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&qemu_running.stdout).trim(),
+        "running"
+    );
+
+    // No OS answers ACPI: the graceful stop times out, force powers off.
+    let (_, r) = updates(plane, &host, stop(&uuid, false, 700)).await;
+    assert_eq!(
+        r.error_code,
+        pb::ErrorCode::DeadlineExceeded as i32,
+        "{r:?}"
+    );
+    assert!(r.message.contains("force"), "{}", r.message);
+    let (_, r) = updates(plane, &host, stop(&uuid, true, 700)).await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    let r = call(plane, &host, destroy(&uuid), Duration::from_secs(10)).await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    let gone = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "dominfo", &uuid.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        !gone.status.success(),
+        "domain still defined after DestroyVm"
+    );
+
+    // A bad image path: start fails, the step is named, nothing stays defined.
+    let (bad_uuid, bad) = spec("/var/lib/libvirt/images/csat-vm-does-not-exist.qcow2");
+    let _bad_cleanup = Cleanup(bad_uuid, std::path::PathBuf::from("/nonexistent"));
+    let (_, r) = updates(plane, &host, start(&bad)).await;
+    assert_eq!(r.status, pb::CommandStatus::Error as i32, "{r:?}");
+    assert!(r.message.contains("define-and-start"), "{}", r.message);
+    let left = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "dominfo", &bad_uuid.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        !left.status.success(),
+        "a failed start left a domain behind"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_critical_host_refuses_start_vm_naming_the_sensor() {
+    // A sysfs copy with one CPU package sensor past its critical limit.
+    let sys = tempfile::Builder::new()
+        .prefix("csat-sys-")
+        .tempdir()
+        .unwrap();
+    let chip = sys.path().join("devices/platform/coretemp.0/hwmon/hwmon0");
+    std::fs::create_dir_all(&chip).unwrap();
+    for (file, value) in [
+        ("name", "coretemp"),
+        ("temp1_label", "Package id 0"),
+        ("temp1_input", "99000"),
+        ("temp1_max", "85000"),
+        ("temp1_crit", "95000"),
+    ] {
+        std::fs::write(chip.join(file), format!("{value}\n")).unwrap();
+    }
+    std::fs::create_dir_all(sys.path().join("class/hwmon")).unwrap();
+    std::os::unix::fs::symlink(&chip, sys.path().join("class/hwmon/hwmon0")).unwrap();
+
+    let f = Fixture::new(fast_liveness()).await;
+    let mut cfg = f.config();
+    cfg.host.sysfs_root = sys.path().to_path_buf();
+    cfg.host.capacity.cpu_overcommit = 8.0;
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
+    let (plane, host) = (&f.plane, f.host);
+    // Health travels in heartbeats; Register alone does not carry it.
+    let critical = |p: &csagent_mgmt::Plane| {
+        host_summary(p, &host)
+            .and_then(|h| h.health)
+            .is_some_and(|h| h.state == pb::HealthState::Critical as i32)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || critical(plane)).await,
+        "heartbeats never said critical: {:?}",
+        host_summary(plane, &host).and_then(|h| h.health)
+    );
+
+    let (uuid, s) = spec("/var/lib/libvirt/images/csat-vm-hot.qcow2");
+    let (events, r) = updates(plane, &host, start(&s)).await;
+    assert_eq!(r.error_code, pb::ErrorCode::HostUnhealthy as i32, "{r:?}");
+    assert!(
+        r.message.contains("Package id 0") || r.message.contains("coretemp"),
+        "the refusal must name the sensor: {}",
+        r.message
+    );
+    assert!(events.is_empty(), "nothing may start on a critical host");
+    let r = call(plane, &host, state(&uuid), Duration::from_secs(5)).await;
+    assert_eq!(
+        r.error_code,
+        pb::ErrorCode::NotFound as i32,
+        "a refused VM must not be defined: {r:?}"
+    );
+    agent.stop().await;
+}

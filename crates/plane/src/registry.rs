@@ -1,0 +1,460 @@
+//! The plane's registry of hosts: connection, liveness state, last reports,
+//! and the commands waiting for each host's answer.
+//!
+//! Owns host state (Up / Alert / Down from heartbeat age) and command
+//! bookkeeping. A command for a disconnected host is queued and sent when it
+//! registers; every unanswered command is sent again on each Register (the
+//! agent answers repeats from its cache, so this is safe), which is how a
+//! command sent during a network cut or a failover still gets its answer.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc};
+
+use csagent_core::time::unix_ms;
+use csagent_proto::v1 as pb;
+
+pub type ToAgent = mpsc::Sender<Result<pb::PlaneMessage, tonic::Status>>;
+
+/// Liveness policy the plane hands to agents and applies to them.
+#[derive(Clone, Debug)]
+pub struct Liveness {
+    pub heartbeat_interval: Duration,
+    /// No heartbeat for this long: Alert.
+    pub alert_after: Duration,
+    /// No heartbeat for this long: Down.
+    pub down_after: Duration,
+    pub host_report_interval: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness {
+            heartbeat_interval: Duration::from_secs(2),
+            alert_after: Duration::from_secs(6),
+            down_after: Duration::from_secs(20),
+            host_report_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+struct Conn {
+    id: u64,
+    tx: ToAgent,
+    peer: String,
+}
+
+struct Pending {
+    cmd: pb::Command,
+    watchers: Vec<mpsc::UnboundedSender<pb::CommandUpdate>>,
+}
+
+#[derive(Default)]
+struct Host {
+    register: pb::Register,
+    conn: Option<Conn>,
+    last_heartbeat: Option<Instant>,
+    last_heartbeat_unix_ms: i64,
+    heartbeat_seq: u64,
+    hypervisor_available: bool,
+    vms: Vec<pb::VmPower>,
+    health: Option<pb::HostHealth>,
+    last_report: Option<pb::HostReport>,
+    skew_ms: i64,
+    state: pb::HostState,
+    pending: HashMap<String, Pending>,
+    /// Results of commands this plane did not send, newest last.
+    late: VecDeque<pb::CommandResult>,
+    /// Expiry of the host's certificate from its heartbeats, Unix ms.
+    cert_not_after_unix_ms: i64,
+}
+
+/// Late results kept per host.
+const LATE_RESULTS: usize = 256;
+
+pub struct Registry {
+    hosts: Mutex<HashMap<String, Host>>,
+    liveness: Liveness,
+    events: broadcast::Sender<pb::PlaneEvent>,
+    next_conn: AtomicU64,
+    next_cmd: AtomicU64,
+    plane_id: String,
+    /// Random per process: ids this plane generates must never repeat after
+    /// a restart, or an agent would answer a new command from its cache.
+    id_prefix: String,
+}
+
+impl Registry {
+    pub fn new(liveness: Liveness, plane_id: String) -> Registry {
+        Registry {
+            hosts: Mutex::new(HashMap::new()),
+            liveness,
+            events: broadcast::channel(4096).0,
+            next_conn: AtomicU64::new(1),
+            next_cmd: AtomicU64::new(1),
+            id_prefix: format!("{plane_id}-{:08x}", rand::random::<u32>()),
+            plane_id,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Host>> {
+        // Each operation is a short update of one host; a poisoned lock still
+        // holds consistent data.
+        csagent_core::sync::lock(&self.hosts)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::PlaneEvent> {
+        self.events.subscribe()
+    }
+
+    /// A verified agent registered: replaces any older connection of the same
+    /// host, acknowledges, and (re)sends every unanswered command.
+    pub fn connect(&self, reg: pb::Register, tx: ToAgent, peer: String) -> u64 {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let uuid = reg.host_uuid.clone();
+        let ack = pb::RegisterAck {
+            heartbeat_interval_ms: ms(self.liveness.heartbeat_interval),
+            heartbeat_grace_ms: ms(self.liveness.alert_after),
+            host_report_interval_ms: ms(self.liveness.host_report_interval),
+            server_time_unix_ms: unix_ms(),
+            plane_id: self.plane_id.clone(),
+        };
+        let mut hosts = self.lock();
+        let host = hosts.entry(uuid.clone()).or_default();
+        let _ = tx.try_send(Ok(plane(pb::plane_message::Msg::RegisterAck(ack))));
+        for p in host.pending.values() {
+            let _ = tx.try_send(Ok(plane(pb::plane_message::Msg::Command(p.cmd.clone()))));
+        }
+        host.vms = reg
+            .vms
+            .iter()
+            .map(|v| pb::VmPower {
+                vm_uuid: v.vm_uuid.clone(),
+                state: v.state,
+                reason: v.reason.clone(),
+                managed: v.managed,
+            })
+            .collect();
+        host.hypervisor_available = reg.hypervisor_available;
+        host.skew_ms = unix_ms() - reg.sent_at_unix_ms;
+        host.register = reg;
+        host.conn = Some(Conn { id, tx, peer });
+        host.last_heartbeat = Some(Instant::now());
+        host.last_heartbeat_unix_ms = unix_ms();
+        self.set_state(&uuid, host, pb::HostState::Up);
+        tracing::info!(host = %uuid, conn = id, "host registered");
+        id
+    }
+
+    /// The stream of connection `conn` ended.
+    pub fn disconnect(&self, uuid: &str, conn: u64) {
+        let mut hosts = self.lock();
+        if let Some(h) = hosts.get_mut(uuid) {
+            if h.conn.as_ref().is_some_and(|c| c.id == conn) {
+                h.conn = None;
+                tracing::info!(host = %uuid, conn, "host disconnected");
+            }
+        }
+    }
+
+    /// Handles one message from a registered agent.
+    pub fn on_message(&self, uuid: &str, msg: pb::AgentMessage) {
+        use pb::agent_message::Msg;
+        let mut hosts = self.lock();
+        let Some(host) = hosts.get_mut(uuid) else {
+            return;
+        };
+        match msg.msg {
+            Some(Msg::Heartbeat(hb)) => self.on_heartbeat(uuid, host, hb),
+            Some(Msg::Result(r)) => match host.pending.remove(&r.command_id) {
+                Some(p) => {
+                    let update = pb::CommandUpdate {
+                        update: Some(pb::command_update::Update::Result(r)),
+                    };
+                    for w in &p.watchers {
+                        let _ = w.send(update.clone());
+                    }
+                }
+                None => self.on_late_result(uuid, host, r),
+            },
+            Some(Msg::Progress(pr)) => {
+                if let Some(p) = host.pending.get(&pr.command_id) {
+                    let update = pb::CommandUpdate {
+                        update: Some(pb::command_update::Update::Progress(pr)),
+                    };
+                    for w in &p.watchers {
+                        let _ = w.send(update.clone());
+                    }
+                }
+            }
+            Some(Msg::Event(ev)) => self.on_event(uuid, host, ev),
+            Some(Msg::HostReport(r)) => {
+                host.health = r.health.clone();
+                host.last_report = Some(r);
+            }
+            Some(Msg::Register(_)) => {
+                tracing::warn!(host = %uuid, "second Register on one stream ignored")
+            }
+            // Answered by the server (identity_link.rs) before it gets here.
+            Some(Msg::RenewCertificate(_)) => {}
+            None => tracing::warn!(host = %uuid, "empty or unknown message from agent ignored"),
+        }
+    }
+
+    fn on_heartbeat(&self, uuid: &str, host: &mut Host, hb: pb::Heartbeat) {
+        let now_ms = unix_ms();
+        host.last_heartbeat = Some(Instant::now());
+        host.last_heartbeat_unix_ms = now_ms;
+        host.heartbeat_seq = hb.seq;
+        host.hypervisor_available = hb.hypervisor_available;
+        host.vms = hb.vms;
+        host.health = hb.health;
+        host.skew_ms = now_ms - hb.sent_at_unix_ms;
+        host.cert_not_after_unix_ms = hb.cert_not_after_unix_ms;
+        if let Some(c) = &host.conn {
+            let ack = pb::HeartbeatAck {
+                seq: hb.seq,
+                server_time_unix_ms: now_ms,
+            };
+            let _ =
+                c.tx.try_send(Ok(plane(pb::plane_message::Msg::HeartbeatAck(ack))));
+        }
+        if host.state != pb::HostState::Up {
+            self.set_state(uuid, host, pb::HostState::Up);
+        }
+    }
+
+    /// A result for a command sent by another plane (before a failover) or by
+    /// this one before it restarted: kept, announced, and used to answer a
+    /// re-send of the same id without running it again.
+    fn on_late_result(&self, uuid: &str, host: &mut Host, r: pb::CommandResult) {
+        tracing::info!(host = %uuid, command_id = %r.command_id, "late result for a command this plane did not send");
+        let _ = self.events.send(pb::PlaneEvent {
+            host_uuid: uuid.to_string(),
+            at_unix_ms: unix_ms(),
+            event: Some(pb::plane_event::Event::LateResult(r.clone())),
+        });
+        if host.late.len() >= LATE_RESULTS {
+            host.late.pop_front();
+        }
+        host.late.push_back(r);
+    }
+
+    fn on_event(&self, uuid: &str, host: &mut Host, ev: pb::Event) {
+        tracing::info!(host = %uuid, vm = %ev.vm_uuid, state = ?pb::VmPowerState::try_from(ev.state).unwrap_or_default(), reason = %ev.reason, "vm event");
+        if let Some(p) = host.pending.get(&ev.command_id) {
+            let update = pb::CommandUpdate {
+                update: Some(pb::command_update::Update::Event(ev.clone())),
+            };
+            for w in &p.watchers {
+                let _ = w.send(update.clone());
+            }
+        }
+        let _ = self.events.send(pb::PlaneEvent {
+            host_uuid: uuid.to_string(),
+            at_unix_ms: ev.at_unix_ms,
+            event: Some(pb::plane_event::Event::Vm(ev)),
+        });
+    }
+
+    /// Sends (or queues) a command; updates arrive on the returned channel.
+    pub fn send(
+        &self,
+        uuid: &str,
+        mut cmd: pb::Command,
+    ) -> (String, mpsc::UnboundedReceiver<pb::CommandUpdate>) {
+        if cmd.id.is_empty() {
+            let n = self.next_cmd.fetch_add(1, Ordering::Relaxed);
+            cmd.id = format!("{}-{n}", self.id_prefix);
+        }
+        let id = cmd.id.clone();
+        let (wtx, wrx) = mpsc::unbounded_channel();
+        let mut hosts = self.lock();
+        let host = hosts.entry(uuid.to_string()).or_default();
+        if let Some(r) = host.late.iter().find(|r| r.command_id == id) {
+            let _ = wtx.send(pb::CommandUpdate {
+                update: Some(pb::command_update::Update::Result(r.clone())),
+            });
+        } else if let Some(p) = host.pending.get_mut(&id) {
+            // Same id again: one execution, every asker gets the answer.
+            p.watchers.push(wtx);
+        } else {
+            if let Some(c) = &host.conn {
+                if c.tx
+                    .try_send(Ok(plane(pb::plane_message::Msg::Command(cmd.clone()))))
+                    .is_err()
+                {
+                    // Kept in pending: sent again when the host re-registers.
+                    tracing::warn!(host = %uuid, command_id = %id, "queue to the agent is full; command kept for resend");
+                }
+            }
+            host.pending.insert(
+                id.clone(),
+                Pending {
+                    cmd,
+                    watchers: vec![wtx],
+                },
+            );
+        }
+        (id, wrx)
+    }
+
+    /// Sends a Cancel for a command, if the host is connected.
+    pub fn cancel(&self, uuid: &str, command_id: &str) {
+        let hosts = self.lock();
+        if let Some(c) = hosts.get(uuid).and_then(|h| h.conn.as_ref()) {
+            let msg = pb::Cancel {
+                command_id: command_id.to_string(),
+            };
+            let _ =
+                c.tx.try_send(Ok(plane(pb::plane_message::Msg::Cancel(msg))));
+        }
+    }
+
+    /// Ends a host's live stream with `status` (e.g. on revocation); true if
+    /// it had one. Its pending commands stay queued.
+    pub fn close(&self, uuid: &str, status: tonic::Status) -> bool {
+        let mut hosts = self.lock();
+        let Some(conn) = hosts.get_mut(uuid).and_then(|h| h.conn.take()) else {
+            return false;
+        };
+        // Ending the response stream with an error is what the agent sees;
+        // the queue is huge, so a full one means a stuck agent: dropping our
+        // sender ends the stream all the same.
+        let _ = conn.tx.try_send(Err(status));
+        tracing::info!(host = %uuid, conn = conn.id, "host stream closed by the plane");
+        true
+    }
+
+    /// Sends one message to every connected host; returns how many got it.
+    pub fn broadcast(&self, msg: &pb::PlaneMessage) -> u32 {
+        let hosts = self.lock();
+        let mut n = 0;
+        for c in hosts.values().filter_map(|h| h.conn.as_ref()) {
+            if c.tx.try_send(Ok(msg.clone())).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Stops tracking a command nobody waits for any more.
+    pub fn forget(&self, uuid: &str, command_id: &str) {
+        if let Some(h) = self.lock().get_mut(uuid) {
+            h.pending.remove(command_id);
+        }
+    }
+
+    /// Recomputes every host's state from its heartbeat age.
+    pub fn tick(&self) {
+        let mut hosts = self.lock();
+        let uuids: Vec<String> = hosts.keys().cloned().collect();
+        for uuid in uuids {
+            let Some(host) = hosts.get_mut(&uuid) else {
+                continue;
+            };
+            let Some(last) = host.last_heartbeat else {
+                continue;
+            };
+            let age = last.elapsed();
+            let state = if age > self.liveness.down_after {
+                pb::HostState::Down
+            } else if age > self.liveness.alert_after {
+                pb::HostState::Alert
+            } else {
+                pb::HostState::Up
+            };
+            if state != host.state {
+                self.set_state(&uuid, host, state);
+            }
+        }
+    }
+
+    fn set_state(&self, uuid: &str, host: &mut Host, state: pb::HostState) {
+        if host.state == state {
+            return;
+        }
+        match state {
+            pb::HostState::Up => tracing::info!(host = %uuid, "host is Up"),
+            pb::HostState::Alert => {
+                tracing::warn!(host = %uuid, "host is in Alert: heartbeats missed")
+            }
+            _ => {
+                tracing::error!(host = %uuid, "host is Down: no heartbeat for {} ms", self.liveness.down_after.as_millis())
+            }
+        }
+        host.state = state;
+        let _ = self.events.send(pb::PlaneEvent {
+            host_uuid: uuid.to_string(),
+            at_unix_ms: unix_ms(),
+            event: Some(pb::plane_event::Event::HostState(state as i32)),
+        });
+    }
+
+    /// First fit over connected, Up hosts that have sent a report, in UUID
+    /// order (stable, so tests and operators can predict it).
+    pub fn place(
+        &self,
+        req: &csagent_host::Request,
+    ) -> Result<String, csagent_host::placement::PlacementError> {
+        let hosts = self.lock();
+        let mut candidates: Vec<_> = hosts
+            .iter()
+            .filter(|(_, h)| h.conn.is_some() && h.state == pb::HostState::Up)
+            .filter_map(|(uuid, h)| {
+                h.last_report
+                    .as_ref()
+                    .map(|r| crate::convert::summary_from_proto(uuid, r))
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.host.cmp(&b.host));
+        csagent_host::placement::first_fit(&candidates, req).map(|i| candidates[i].host.clone())
+    }
+
+    pub fn list(&self) -> Vec<pb::HostSummary> {
+        let hosts = self.lock();
+        let mut out: Vec<_> = hosts
+            .iter()
+            .filter(|(_, h)| h.last_heartbeat.is_some())
+            .map(|(uuid, h)| summary(uuid, h))
+            .collect();
+        out.sort_by(|a, b| a.host_uuid.cmp(&b.host_uuid));
+        out
+    }
+}
+
+fn summary(uuid: &str, h: &Host) -> pb::HostSummary {
+    pb::HostSummary {
+        host_uuid: uuid.to_string(),
+        state: h.state as i32,
+        connected: h.conn.is_some(),
+        peer_address: h.conn.as_ref().map(|c| c.peer.clone()).unwrap_or_default(),
+        agent_version: h.register.agent_version.clone(),
+        last_heartbeat_unix_ms: h.last_heartbeat_unix_ms,
+        heartbeat_seq: h.heartbeat_seq,
+        hypervisor_available: h.hypervisor_available,
+        vms: h.vms.clone(),
+        facts: h.register.facts.clone(),
+        last_report: h.last_report.clone(),
+        health: h.health.clone(),
+        zone: h.register.zone.clone(),
+        pod: h.register.pod.clone(),
+        cluster: h.register.cluster.clone(),
+        clock_skew_ms: h.skew_ms,
+        pending_commands: u32::try_from(h.pending.len()).unwrap_or(u32::MAX),
+        late_results: u32::try_from(h.late.len()).unwrap_or(u32::MAX),
+        revoked: false,
+        cert_not_after_unix_ms: h.cert_not_after_unix_ms,
+    }
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn plane(m: pb::plane_message::Msg) -> pb::PlaneMessage {
+    pb::PlaneMessage { msg: Some(m) }
+}

@@ -1,0 +1,10 @@
+//! Generated wire types (prost + tonic) for `proto/csagent/v1`.
+//!
+//! Only the agent's link, dispatch and convert/ edge and the plane may use
+//! these; capability crates work on their own types, converted at the edge.
+//! Nothing else lives here.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("csagent.v1");
+}
