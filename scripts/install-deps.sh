@@ -28,7 +28,7 @@ packages=(
   rpm                    # rpm -qpl/-qpR: package-test inspects the .rpm
   systemd                # systemd-analyze verify on the unit (works without systemd as PID 1)
   man-db                 # man: systemd-analyze verify resolves the unit's Documentation=
-  procps                 # pkill/ps in scripts
+  procps                 # ps/kill in scripts
   python3                # scripts read cargo metadata with it
 )
 # Installed together, every time they are not both at one consistent version.

@@ -9,7 +9,17 @@ set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-running() { pgrep -x "$1" >/dev/null 2>&1; }
+# A daemon is ours if its pidfile (what `--daemon` writes for root) names
+# a live process; never found by process name, because other libvirtds
+# (the lab's hosts, containers) may run on this machine in other namespaces.
+running() {
+  local pid
+  if [ -d /run/systemd/system ] && systemctl is-active --quiet "$1" 2>/dev/null; then
+    return 0
+  fi
+  pid=$(cat "/run/$1.pid" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
 
 start_daemon() {
   local name=$1
