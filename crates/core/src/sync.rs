@@ -6,6 +6,10 @@
 //! A poisoned lock is therefore still usable: taking it anyway keeps the
 //! agent serving, where propagating the poison would turn one panic into a
 //! failure of every later caller (heartbeats, commands, metrics).
+//!
+//! The only module allowed to call std's lock methods (clippy.toml bans them
+//! everywhere else).
+#![allow(clippy::disallowed_methods)]
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -583,6 +583,6 @@ mod tests {
         assert!(!waiter.is_finished());
         drop(g);
         waiter.await.unwrap();
-        assert!(locks.map.lock().unwrap().is_empty());
+        assert!(csagent_core::sync::lock(&locks.map).is_empty());
     }
 }
