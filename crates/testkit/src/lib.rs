@@ -1,6 +1,9 @@
 //! Test harness: real certificates, real planes and agents (in-process or as
 //! child processes of the built binaries), all on loopback.
 #![allow(dead_code)]
+// Test support drives the real tools (virsh, qemu-img, ip) and takes std locks
+// directly: the boundary rules of clippy.toml are for the product code.
+#![allow(clippy::disallowed_methods)]
 
 pub mod guest;
 
@@ -350,7 +353,7 @@ pub fn spawn_agent(cfg: &Config, work: &Path, name: &str) -> Proc {
     let path = work.join(format!("{name}.toml"));
     std::fs::write(&path, toml::to_string(cfg).unwrap()).unwrap();
     Proc::spawn(
-        env!("CARGO_BIN_EXE_csagent"),
+        agent_bin(),
         &["run", "--config", path.to_str().unwrap()],
         work.join(format!("{name}.log")),
     )
@@ -363,18 +366,34 @@ pub fn workdir() -> TempDir {
         .unwrap()
 }
 pub mod identity;
+pub mod storage;
 pub mod vm_events;
 
-/// The csagent-mgmt binary beside the csagent one: cargo names only its own
-/// package's binaries to a test, so scripts/test.sh builds the workspace's
-/// binaries first and the plane is found next to the agent.
-pub fn mgmt_bin() -> std::path::PathBuf {
-    let agent = std::path::Path::new(env!("CARGO_BIN_EXE_csagent"));
-    let bin = agent.with_file_name("csagent-mgmt");
+/// A binary of the workspace, found in the target directory the running
+/// test was built into (`target/debug/deps/<test>` → `target/debug/<name>`):
+/// cargo names only a package's own binaries to its tests, so
+/// scripts/test.sh builds every binary of the workspace first.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test binary lives in target/<profile>/deps");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
         bin.display()
     );
     bin
+}
+
+/// The csagent binary under test.
+pub fn agent_bin() -> PathBuf {
+    workspace_bin("csagent")
+}
+
+/// The csagent-mgmt binary.
+pub fn mgmt_bin() -> PathBuf {
+    workspace_bin("csagent-mgmt")
 }

@@ -1,10 +1,8 @@
 //! `csagent check` through the real binary, against a real plane: passes
 //! what is right, fails what is wrong with the fix, and exits accordingly.
 
-mod support;
-
+use csagent_testkit::*;
 use csagent_tls::pki::Validity;
-use support::*;
 
 async fn check(cfg: &csagent::config::Config, dir: &std::path::Path) -> (Option<i32>, String) {
     let path = dir.join(format!("check-{}.toml", uuid::Uuid::new_v4()));

@@ -3,8 +3,8 @@
 
 use csagent_domain::{self as domain, DomainError, VmSpec};
 
-const TYPICAL_JSON: &str = include_str!("golden/domain/typical.json");
-const TYPICAL_RUNNING: &str = include_str!("golden/domain/typical-running.xml");
+const TYPICAL_JSON: &str = include_str!("../golden/domain/typical.json");
+const TYPICAL_RUNNING: &str = include_str!("../golden/domain/typical-running.xml");
 
 fn typical() -> VmSpec {
     let proto: csagent_proto::v1::VmSpec =
@@ -312,7 +312,7 @@ fn recognises_only_our_metadata_namespace() {
     ));
     assert!(!domain::is_managed("not xml <<<"));
     let minimal =
-        csagent::convert::domain::render_spec_json(include_str!("golden/domain/minimal.json"))
+        csagent::convert::domain::render_spec_json(include_str!("../golden/domain/minimal.json"))
             .expect("minimal");
     assert!(
         !domain::is_managed(&minimal),

@@ -15,9 +15,9 @@ use csagent_proto::v1 as pb;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-const CAPS: &str = include_str!("fixtures/libvirt/capabilities-epyc-kvm.xml");
-const DOMCAPS: &str = include_str!("fixtures/libvirt/domcapabilities-epyc-kvm.xml");
-const DOMCAPS_OVMF: &str = include_str!("fixtures/libvirt/domcapabilities-q35-ovmf.xml");
+const CAPS: &str = include_str!("../fixtures/libvirt/capabilities-epyc-kvm.xml");
+const DOMCAPS: &str = include_str!("../fixtures/libvirt/domcapabilities-epyc-kvm.xml");
+const DOMCAPS_OVMF: &str = include_str!("../fixtures/libvirt/domcapabilities-q35-ovmf.xml");
 
 #[test]
 fn real_host_facts_are_sane() {

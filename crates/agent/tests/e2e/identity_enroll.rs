@@ -2,15 +2,13 @@
 //! first certificate with a one-time token and a pinned CA fingerprint, and
 //! every way of cheating that is refused.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use csagent_proto::v1 as pb;
 use csagent_proto::v1::enrollment_client::EnrollmentClient;
-use support::identity::*;
-use support::*;
+use csagent_testkit::identity::*;
+use csagent_testkit::*;
 
 fn err_text<T>(r: Result<T, csagent::identity::IdentityError>) -> String {
     match r {

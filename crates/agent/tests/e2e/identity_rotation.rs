@@ -2,17 +2,15 @@
 //! with the agent under load: no command lost, no stream dropped, no host
 //! out during a CA rotation.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use csagent::identity::credentials::next_path;
 use csagent_proto::v1 as pb;
+use csagent_testkit::identity::*;
+use csagent_testkit::*;
 use csagent_tls::TlsFiles;
-use support::identity::*;
-use support::*;
 
 fn peer(p: &IdPlane, host: &uuid::Uuid) -> String {
     host_summary(&p.plane, host)

@@ -1,12 +1,10 @@
 //! Storage and network commands through the whole path: plane -> mTLS
 //! stream -> dispatch -> module -> real qemu-img and libvirt -> result.
 
-mod support;
-
 use std::time::Duration;
 
 use csagent_proto::v1 as pb;
-use support::*;
+use csagent_testkit::*;
 
 fn ok(r: &pb::CommandResult) {
     assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");

@@ -1,13 +1,11 @@
 //! Two planes: killing the one in use moves the agent to the other, and a
 //! command sent during the cut is answered after it. Real processes, SIGKILL.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use csagent_mgmt::admin;
 use csagent_proto::v1 as pb;
-use support::*;
+use csagent_testkit::*;
 use tokio_stream::StreamExt;
 
 async fn registered_on(admin_sock: &std::path::Path, host: &uuid::Uuid) -> bool {

@@ -1,13 +1,11 @@
 //! The host as the plane sees it: facts at Register, health in heartbeats,
 //! reports with capacity, and first-fit placement over them.
 
-mod support;
-
 use std::time::Duration;
 
 use csagent_host::{placement::PlacementError, MiB, Request};
 use csagent_proto::v1 as pb;
-use support::*;
+use csagent_testkit::*;
 
 #[tokio::test]
 async fn plane_sees_facts_health_reports_and_places_by_them() {

@@ -1,8 +1,6 @@
 //! Who may talk to the plane: every wrong client is refused, and refusing it
 //! costs the legitimate agents nothing.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +8,9 @@ use csagent::link::connector::{dial, DialOptions};
 use csagent::link::endpoints::Endpoint;
 use csagent_proto::v1 as pb;
 use csagent_proto::v1::agent_link_client::AgentLinkClient;
+use csagent_testkit::*;
 use csagent_tls::pki::Validity;
 use csagent_tls::{self as tls, TlsFiles};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::wrappers::ReceiverStream;
 

@@ -1,12 +1,10 @@
 //! The link over real TLS on loopback: registration, heartbeats, liveness
 //! states, commands with deadlines, cancellation and deduplication.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use csagent_proto::v1 as pb;
-use support::*;
+use csagent_testkit::*;
 
 struct Running {
     plane: csagent_mgmt::Plane,

@@ -3,12 +3,10 @@
 //! sessions and reconnects, per-VM gauges; a bad
 //! request gets a 4xx and the server keeps serving; off by default.
 
-mod support;
-
 use std::time::Duration;
 
 use csagent_proto::v1 as pb;
-use support::*;
+use csagent_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn raw(port: u16, request: &[u8]) -> String {

@@ -3,14 +3,12 @@
 //! comes only once the configuration is loaded (a bad config sends none),
 //! WATCHDOG=1 pings come at half of WATCHDOG_USEC, STOPPING=1 on SIGTERM.
 
-mod support;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use csagent_testkit::*;
 
 fn spawn_notified(config: &Path, socket: &Path, watchdog_usec: u64, log: &Path) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_csagent"))

@@ -5,14 +5,12 @@
 //! by a test running as root; it rests on the 0600 mode checked here and
 //! on the peer-credential check in src/status/server.rs.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use csagent_testkit::*;
 
 fn status(socket: &Path, json: bool) -> std::process::Output {
     let mut args = vec!["status", "--socket", socket.to_str().unwrap()];

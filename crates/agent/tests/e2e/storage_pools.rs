@@ -3,8 +3,6 @@
 //! iSCSI pool XML validated with virt-xml-validate and defined on
 //! test:///default (no NFS server, Ceph or iSCSI target runs here).
 
-mod storage_common;
-
 use std::process::Command;
 
 use csagent_storage::pool::Monitor;
@@ -12,7 +10,7 @@ use csagent_storage::{
     Bytes, CallOpts, CreateVolume, ErrorKind, ImageFormat, PoolDef, PoolKind, PoolName, PoolState,
     Storage, StorageConfig,
 };
-use storage_common::*;
+use csagent_testkit::storage::*;
 
 fn validate(xml: &str) {
     let dir = tempfile::Builder::new()

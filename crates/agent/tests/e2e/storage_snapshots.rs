@@ -3,8 +3,6 @@
 //! of a running TCG domain on qemu:///system through libvirt, and its
 //! revert once the VM is stopped (by the agent where libvirt < 9.9).
 
-mod storage_common;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +10,7 @@ use std::process::Command;
 use csagent_storage::{
     Bytes, CallOpts, CreateVolume, ErrorKind, ImageFormat, SnapshotName, SnapshotTarget,
 };
-use storage_common::*;
+use csagent_testkit::storage::*;
 
 fn qemu_io(path: &Path, cmd: &str) -> bool {
     Command::new("qemu-io")

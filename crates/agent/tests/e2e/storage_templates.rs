@@ -3,8 +3,6 @@
 //! non-images and qcow2 with a backing file outside the pool refused; disk
 //! full on a small tmpfs gives a clear error and leaves no partial file.
 
-mod storage_common;
-
 use std::sync::Arc;
 
 use csagent_storage::template::ChecksumAlgo;
@@ -12,9 +10,9 @@ use csagent_storage::{
     Bytes, CallOpts, Checksum, CloneMode, CopyTemplate, CreateFromTemplate, ErrorKind, ImageFormat,
     Progress, StorageError, TemplateSource, VolumeInfo,
 };
+use csagent_testkit::storage::*;
 use md5::Md5;
 use sha2::{Digest, Sha256};
-use storage_common::*;
 
 const MIB: u64 = 1 << 20;
 

@@ -3,8 +3,6 @@
 //! nothing; concurrent creates yield one file; cancel/timeout kill qemu-img
 //! and leave no partial file.
 
-mod storage_common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +12,7 @@ use csagent_storage::{
     Bytes, CallOpts, CloneMode, CreateFromTemplate, CreateVolume, ErrorKind, ImageFormat, PoolName,
     ProgressSink, QemuImg, ResizeVolume, StorageError, VolumeName,
 };
-use storage_common::*;
+use csagent_testkit::storage::*;
 use tokio_util::sync::CancellationToken;
 
 const MIB: u64 = 1 << 20;

@@ -4,14 +4,12 @@
 //! unmanaged and never changed. Fast cases on libvirt's test driver, the
 //! proof on a real libvirtd with QEMU (TCG).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use csagent_proto::v1 as pb;
+use csagent_testkit::vm_events::*;
+use csagent_testkit::*;
 use pb::VmPowerState as S;
-use support::vm_events::*;
-use support::*;
 
 const PREFIX: &str = "cstest-ev-";
 /// Generous: the goal is under a second, measured and printed, not asserted.

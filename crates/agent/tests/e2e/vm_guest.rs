@@ -6,15 +6,13 @@
 //! binary. Guests run under TCG (domain type qemu): on the CI machines a
 //! nested KVM guest does not progress.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use csagent_network::{IfName, NetworkSpec, Vni, VxlanFlood};
 use csagent_proto::v1 as pb;
-use support::guest::*;
-use support::*;
+use csagent_testkit::guest::*;
+use csagent_testkit::*;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(90);
 /// Ten StartVm queue on the agent's one libvirt connection thread.

@@ -1,12 +1,10 @@
 //! VM lifecycle through the plane: StartVm, StopVm, DestroyVm and friends on
 //! libvirt's test driver (fast) and on a real libvirtd with QEMU (TCG).
 
-mod support;
-
 use std::time::Duration;
 
 use csagent_proto::v1 as pb;
-use support::*;
+use csagent_testkit::*;
 
 /// The minimal golden spec under a fresh UUID and a csat- name.
 fn spec(disk: &str) -> (uuid::Uuid, pb::VmSpec) {
@@ -229,6 +227,9 @@ async fn real_qemu_start_stop_destroy_and_rollback() {
     let mut cfg = f.config();
     cfg.hypervisor.uri = "qemu:///system".into();
     cfg.host.capacity.reserved_memory_mib = 0;
+    // Guests of other tests may run on the same qemu:///system meanwhile;
+    // the memory refusal below is what this test asserts, not a vCPU count.
+    cfg.host.capacity.cpu_overcommit = 16.0;
     let agent = run_in_process(cfg);
     f.wait_up(String::new).await;
     let (plane, host) = (&f.plane, f.host);

@@ -2,14 +2,12 @@
 //! plane, on a real libvirtd with QEMU (TCG VMs with a tiny qcow2 disk and no
 //! OS). Every object is named cstest-ops-* and removed by a Drop guard.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use csagent_proto::v1 as pb;
-use support::*;
+use csagent_testkit::*;
 
 const URI: &str = "qemu:///system";
 const IMAGES: &str = "/var/lib/libvirt/images";
