@@ -20,6 +20,8 @@ build: deps
 lint: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) fmt --manifest-path crates/cloudstack/Cargo.toml --check
+	$(CARGO) clippy --manifest-path crates/cloudstack/Cargo.toml --all-targets --all-features -- -D warnings
 
 # clippy --all-targets already type-checks the benches; building them in
 # release here would double CI's compile time for nothing.

@@ -11,6 +11,9 @@ bash scripts/guest-image.sh >/dev/null
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast --lib --bins --tests 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The CloudStack codec builds outside the workspace (see Cargo.toml).
+cargo test --manifest-path crates/cloudstack/Cargo.toml --all-features --no-fail-fast 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 passed=$(grep -oE '^test result: .* ([0-9]+) passed' "$log" | grep -oE '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -oE '; [0-9]+ failed' "$log" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
 # Packages: build both from the binaries just tested, inspect, install,
