@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use csagent::handlers::Ctx;
-use csagent::link::outbox::Outbox;
+use csagent::ctx::Ctx;
+use csagent::outbox::Outbox;
 use csagent_domain::VmSpec;
 use csagent_libvirt::Hypervisor;
 use csagent_proto::v1 as pb;
@@ -79,6 +79,7 @@ fn ctx() -> Ctx {
         cancel: tokio_util::sync::CancellationToken::new(),
         deadline: Instant::now() + Duration::from_secs(120),
         outbox: Arc::new(Outbox::new(1024)),
+        progress: Arc::new(|_, _| {}),
     }
 }
 

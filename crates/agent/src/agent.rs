@@ -12,14 +12,14 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::dial::DialOptions;
 use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::endpoints::{Endpoint, Endpoints};
 use crate::handlers::Handlers;
 use crate::identity::Credentials;
-use crate::link::connector::DialOptions;
-use crate::link::endpoints::{Endpoint, Endpoints};
-use crate::link::outbox::Outbox;
 use crate::link::{self, Identity, LinkCtx, Policy, VmSnapshot};
 use crate::monitor::HostMonitor;
+use crate::outbox::Outbox;
 use csagent_core::backoff::Backoff;
 use csagent_host::{self as host, HostCollector, SysRoots};
 use csagent_libvirt::Hypervisor;
@@ -153,7 +153,10 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         host_uuid: host_uuid.to_string(),
         started: std::time::Instant::now(),
         link: Arc::clone(&ctx.status),
-        dispatcher: Arc::clone(&ctx.dispatcher),
+        in_flight: {
+            let d = Arc::clone(&ctx.dispatcher);
+            Arc::new(move || d.in_flight())
+        },
         vms: ctx.vms.clone(),
         host: Arc::clone(&ctx.host),
     };

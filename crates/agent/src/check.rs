@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::link::connector::{dial, error_chain, DialOptions};
-use crate::link::endpoints::Endpoint;
+use crate::dial::{dial, error_chain, DialOptions};
+use crate::endpoints::Endpoint;
 use csagent_tls::{self as tls, TlsFiles};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -88,18 +88,7 @@ impl Default for AgentSection {
     }
 }
 
-/// Order in which management endpoints are tried (CloudStack's `host=...@order`).
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum EndpointOrder {
-    /// Shuffled once per agent, so a fleet spreads over the planes.
-    #[default]
-    Shuffle,
-    /// As listed: the first reachable one wins, the rest are standbys.
-    Static,
-    /// As listed, but each reconnect starts after the last one used.
-    Roundrobin,
-}
+pub use crate::endpoints::EndpointOrder;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -371,8 +360,7 @@ impl Config {
             ));
         }
         for h in &m.hosts {
-            crate::link::endpoints::Endpoint::parse(h, m.port)
-                .map_err(|e| ("management.hosts", e))?;
+            crate::endpoints::Endpoint::parse(h, m.port).map_err(|e| ("management.hosts", e))?;
         }
         positive("management.port", u64::from(m.port))?;
         positive("management.connect_timeout_ms", m.connect_timeout_ms)?;

@@ -3,8 +3,9 @@
 //! Owns when host data is collected and in which thread: sysfs reads (slow
 //! i2c sensor buses can take milliseconds) run on the blocking pool, health is
 //! refreshed in the background so a heartbeat only reads the latest value,
-//! and reports are collected when the session asks for one. Converts the host
-//! module's types to wire types; it never refuses or changes anything.
+//! and reports are collected when the session asks for one. Hands out the
+//! host crate's own types (the link converts them at its edge); it never
+//! refuses or changes anything.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,12 +13,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::convert::host as convert;
 use csagent_core::error::{CommandError, ErrorKind};
 use csagent_core::sync::lock;
 use csagent_host::{self as host, Allocated, Bytes, HostCollector, MiB, PoolUsage};
 use csagent_libvirt::{HvError, Hypervisor, PowerState, VmInfo};
-use csagent_proto::v1 as pb;
 use csagent_storage::{CallOpts, PoolStatus, Storage};
 
 /// A report must not wait long on libvirt; pools are left out instead.
@@ -26,8 +25,16 @@ const POOL_LIST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct HostMonitor {
     collector: Arc<Mutex<HostCollector>>,
     storage: Arc<Storage>,
-    health: watch::Receiver<pb::HostHealth>,
-    facts: pb::HostFacts,
+    health: watch::Receiver<host::HostHealth>,
+    facts: host::HostFacts,
+}
+
+/// A full host report: the host's figures, how many VMs its allocation
+/// counts, and the storage pools as libvirt lists them.
+pub struct Report {
+    pub host: host::HostReport,
+    pub vms: u32,
+    pub pools: Vec<PoolStatus>,
 }
 
 impl HostMonitor {
@@ -48,8 +55,7 @@ impl HostMonitor {
             Ok(l) => facts.libvirt = Some(l),
             Err(e) => tracing::warn!(error = %e, "registering without libvirt's capabilities"),
         }
-        let facts = convert::facts_to_proto(&facts, env!("CARGO_PKG_VERSION"));
-        let first = blocking(&collector, |c| convert::health_to_proto(&c.health()))
+        let first = blocking(&collector, |c| c.health())
             .await
             .unwrap_or_default();
         let (tx, rx) = watch::channel(first);
@@ -62,32 +68,38 @@ impl HostMonitor {
         }
     }
 
-    pub fn facts(&self) -> pb::HostFacts {
+    pub fn facts(&self) -> host::HostFacts {
         self.facts.clone()
     }
 
     /// The latest health, without waiting.
-    pub fn health(&self) -> pb::HostHealth {
+    pub fn health(&self) -> host::HostHealth {
         self.health.borrow().clone()
+    }
+
+    /// The host address a console viewer should use when QEMU listens on
+    /// every address: the first global IPv4 address in the host facts (IPv6
+    /// when there is none), skipping loopback and link-local. None when the
+    /// facts have none.
+    pub fn address(&self) -> Option<String> {
+        first_routable(&self.facts.interfaces)
     }
 
     /// A full report; allocations are summed from the VM snapshot, pools
     /// come from one libvirt listing.
-    pub async fn report(&self, vms: &[VmInfo]) -> pb::HostReport {
+    pub async fn report(&self, vms: &[VmInfo]) -> Report {
         let allocated = allocated(vms);
         let n = allocated.vms;
         let pools = self.pools().await;
         let usage: Vec<PoolUsage> = pools.iter().map(pool_usage).collect();
-        let mut report = blocking(&self.collector, move |c| {
-            convert::report_to_proto(&c.report(&allocated, &usage), n)
-        })
-        .await
-        .unwrap_or_default();
-        report.pool_status = pools
-            .iter()
-            .map(crate::convert::storage::pool_status)
-            .collect();
-        report
+        let host = blocking(&self.collector, move |c| c.report(&allocated, &usage))
+            .await
+            .unwrap_or_default();
+        Report {
+            host,
+            vms: n,
+            pools,
+        }
     }
 
     /// Host admission for a new VM: refused when the host is critical or the
@@ -144,7 +156,7 @@ async fn blocking<R: Send + 'static>(
 
 async fn refresh_health(
     c: Arc<Mutex<HostCollector>>,
-    tx: watch::Sender<pb::HostHealth>,
+    tx: watch::Sender<host::HostHealth>,
     every: Duration,
     stop: CancellationToken,
 ) {
@@ -155,10 +167,27 @@ async fn refresh_health(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Some(h) = blocking(&c, |c| convert::health_to_proto(&c.health())).await {
+        if let Some(h) = blocking(&c, |c| c.health()).await {
             tx.send_replace(h);
         }
     }
+}
+
+fn first_routable(interfaces: &[host::facts::InterfaceAddrs]) -> Option<String> {
+    let addrs: Vec<std::net::IpAddr> = interfaces
+        .iter()
+        .flat_map(|i| i.addresses.iter())
+        .filter_map(|cidr| cidr.split('/').next()?.parse().ok())
+        .filter(|ip: &std::net::IpAddr| match ip {
+            std::net::IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            std::net::IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+        })
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .map(|a| a.to_string())
 }
 
 fn pool_usage(p: &PoolStatus) -> PoolUsage {
@@ -204,4 +233,28 @@ async fn libvirt_facts(hv: &Hypervisor) -> Result<host::libvirt_caps::LibvirtFac
         .map_err(|e| e.to_string())?;
     host::libvirt_caps::parse(&caps, &dom, u64::from(lib), u64::from(hyp))
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use csagent_host::facts::InterfaceAddrs;
+
+    #[test]
+    fn console_host_skips_loopback_and_link_local() {
+        let interfaces = vec![
+            InterfaceAddrs {
+                name: "lo".into(),
+                addresses: vec!["127.0.0.1/8".into(), "::1/128".into()],
+                ..Default::default()
+            },
+            InterfaceAddrs {
+                name: "eth0".into(),
+                addresses: vec!["fe80::1/64".into(), "192.0.2.5/24".into()],
+                ..Default::default()
+            },
+        ];
+        assert_eq!(first_routable(&interfaces).as_deref(), Some("192.0.2.5"));
+        assert_eq!(first_routable(&[]), None);
+    }
 }

@@ -147,7 +147,7 @@ async fn alive(sources: &Sources, link: &AbortHandle) -> Result<(), &'static str
         _ => return Err("the async runtime did not run a task in time"),
     }
     // Takes the dispatcher's lock: a deadlock there stops the pings.
-    let _ = sources.dispatcher.in_flight();
+    let _ = (sources.in_flight)();
     Ok(())
 }
 
@@ -164,6 +164,6 @@ fn summary(sources: &Sources) -> String {
     };
     format!(
         "{link}; {vms} VMs; {} commands in flight",
-        sources.dispatcher.in_flight().len()
+        (sources.in_flight)().len()
     )
 }

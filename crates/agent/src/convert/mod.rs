@@ -12,7 +12,6 @@ pub mod identity;
 pub mod link;
 pub mod network;
 pub mod network_wire;
-pub mod status;
 pub mod storage;
 pub mod storage_wire;
 pub mod vm_ops;

@@ -224,27 +224,6 @@ fn vm_stats(s: &VmStat) -> pb::VmStats {
     }
 }
 
-/// The host address a console viewer should use when QEMU listens on every
-/// address: the first global IPv4 address in the host facts (IPv6 when there
-/// is none), skipping loopback and link-local. None when the facts have none.
-pub fn host_address(f: &pb::HostFacts) -> Option<String> {
-    let addrs: Vec<std::net::IpAddr> = f
-        .interfaces
-        .iter()
-        .flat_map(|i| i.addresses.iter())
-        .filter_map(|cidr| cidr.split('/').next()?.parse().ok())
-        .filter(|ip: &std::net::IpAddr| match ip {
-            std::net::IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
-            std::net::IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
-        })
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| addrs.first())
-        .map(|a| a.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,26 +254,5 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.message.contains("disk.bus"), "{}", e.message);
-    }
-
-    #[test]
-    fn console_host_skips_loopback_and_link_local() {
-        let facts = pb::HostFacts {
-            interfaces: vec![
-                pb::InterfaceAddresses {
-                    name: "lo".into(),
-                    addresses: vec!["127.0.0.1/8".into(), "::1/128".into()],
-                    ..Default::default()
-                },
-                pb::InterfaceAddresses {
-                    name: "eth0".into(),
-                    addresses: vec!["fe80::1/64".into(), "192.0.2.5/24".into()],
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        };
-        assert_eq!(host_address(&facts).as_deref(), Some("192.0.2.5"));
-        assert_eq!(host_address(&pb::HostFacts::default()), None);
     }
 }

@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::handlers::{Ctx, Handlers, Reply, Request};
-use crate::link::outbox::Outbox;
+use crate::ctx::Ctx;
+use crate::handlers::{Handlers, Reply, Request};
+use crate::outbox::Outbox;
 use csagent_core::error::{CommandError, ErrorKind};
 use csagent_proto::v1 as pb;
 
@@ -177,6 +178,7 @@ impl Dispatcher {
             cancel: token.clone(),
             deadline,
             outbox: Arc::clone(&self.outbox),
+            progress: progress_on_stream(&cmd.id, &self.outbox),
         };
         let work = async {
             let _vm_guard = match &vm {
@@ -373,7 +375,10 @@ fn encode(reply: Reply) -> pb::command_result::Result {
         Reply::VmList(vms) => R::VmList(pb::VmList {
             vms: vms.iter().map(crate::convert::link::vm_status).collect(),
         }),
-        Reply::HostFacts(f) => R::HostFacts(*f),
+        Reply::HostFacts(f) => R::HostFacts(crate::convert::host::facts_to_proto(
+            &f,
+            env!("CARGO_PKG_VERSION"),
+        )),
         Reply::Started(vm, vnc, prepared) => {
             R::StartVm(crate::convert::vm_start::start_result(&vm, vnc, &prepared))
         }
@@ -551,6 +556,18 @@ impl Drop for KeyGuard {
             map.remove(&self.key);
         }
     }
+}
+
+/// A command's progress as CommandProgress messages on the stream.
+fn progress_on_stream(command_id: &str, outbox: &Arc<Outbox>) -> crate::ctx::ProgressReporter {
+    let outbox = Arc::clone(outbox);
+    let id = command_id.to_string();
+    Arc::new(move |stage, p| {
+        let msg = crate::convert::storage::progress(&id, stage, p);
+        outbox.push(pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Progress(msg)),
+        });
+    })
 }
 
 #[cfg(test)]

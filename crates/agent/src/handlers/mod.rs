@@ -10,14 +10,12 @@ pub mod network;
 pub mod storage;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use crate::ctx::Ctx;
 
-use crate::link::outbox::Outbox;
 use csagent_core::error::{CommandError, ErrorKind};
 use csagent_libvirt::{Hypervisor, VmInfo};
-use csagent_proto::v1 as pb;
 
 #[derive(Debug)]
 pub enum Request {
@@ -78,7 +76,7 @@ pub enum Reply {
     Echo(String),
     VmStatus(VmInfo),
     VmList(Vec<VmInfo>),
-    HostFacts(Box<pb::HostFacts>),
+    HostFacts(Box<csagent_host::HostFacts>),
     Started(VmInfo, Option<u16>, crate::vm::prepare::Prepared),
     Destroyed,
     Volume(csagent_storage::VolumeInfo),
@@ -97,16 +95,6 @@ pub enum Reply {
     /// The VMs' figures and when they were taken (Unix ms).
     VmStats(Vec<crate::vm::stats::VmStat>, i64),
     Console(uuid::Uuid, crate::vm::console::Console),
-}
-
-/// What a running command may use besides its request.
-pub struct Ctx {
-    pub command_id: String,
-    pub cancel: CancellationToken,
-    /// When dispatch gives up on the command.
-    pub deadline: Instant,
-    /// For CommandProgress and Events caused by this command.
-    pub outbox: Arc<Outbox>,
 }
 
 pub struct Handlers {
@@ -237,7 +225,7 @@ impl Handlers {
                 Ok(Reply::VmStats(v, csagent_core::time::unix_ms()))
             }
             Request::GetConsole(vm) => {
-                let host = crate::convert::vm_ops::host_address(&self.monitor.facts());
+                let host = self.monitor.address();
                 crate::vm::console::console(h, vm, host)
                     .await
                     .map(|c| Reply::Console(vm, c))

@@ -92,16 +92,10 @@ pub async fn handle(s: &Arc<Storage>, op: StorageOp, ctx: &Ctx) -> Result<Reply,
     r.map_err(CommandError::from)
 }
 
-/// Progress of long copies, as CommandProgress on the stream.
+/// Progress of long copies, through the command's reporter.
 fn progress_sink(ctx: &Ctx) -> impl Fn(&'static str) -> csagent_storage::ProgressSink + '_ {
     move |stage| {
-        let outbox = Arc::clone(&ctx.outbox);
-        let id = ctx.command_id.clone();
-        Arc::new(move |p| {
-            let msg = crate::convert::storage::progress(&id, stage, p);
-            outbox.push(csagent_proto::v1::AgentMessage {
-                msg: Some(csagent_proto::v1::agent_message::Msg::Progress(msg)),
-            });
-        })
+        let report = Arc::clone(&ctx.progress);
+        Arc::new(move |p| report(stage, p))
     }
 }

@@ -14,8 +14,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use super::{pin, IdentityError};
-use crate::link::connector::{dial, DialOptions};
-use crate::link::endpoints::Endpoint;
+use crate::dial::{dial, DialOptions};
+use crate::endpoints::Endpoint;
 use csagent_proto::v1 as pb;
 use csagent_proto::v1::enrollment_client::EnrollmentClient;
 use csagent_tls::{self as tls, TlsFiles};

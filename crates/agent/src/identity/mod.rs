@@ -9,7 +9,6 @@
 
 pub mod credentials;
 pub mod enroll;
-pub mod link_hooks;
 mod pin;
 
 use std::path::PathBuf;

@@ -6,9 +6,7 @@
 //! dispatcher, its running commands and the VMs carry on untouched, and the
 //! next Register tells the plane the whole truth.
 
-pub mod connector;
-pub mod endpoints;
-pub mod outbox;
+mod identity;
 pub mod session;
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -18,19 +16,20 @@ use rustls::ClientConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::dial::DialOptions;
 use crate::dispatch::Dispatcher;
+use crate::endpoints::Endpoints;
 use crate::monitor::HostMonitor;
-use connector::DialOptions;
+use crate::outbox::Outbox;
+pub use crate::vmstate::VmSnapshot;
 use csagent_core::backoff::Backoff;
-use csagent_libvirt::{Hypervisor, VmInfo};
+use csagent_libvirt::Hypervisor;
 use csagent_proto::v1 as pb;
-use endpoints::Endpoints;
-use outbox::Outbox;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("cannot connect to management endpoint {endpoint}: {reason}")]
-    Dial { endpoint: String, reason: String },
+    #[error(transparent)]
+    Dial(#[from] crate::dial::DialError),
     #[error("stream to management endpoint {endpoint} ended: {reason}")]
     Stream { endpoint: String, reason: String },
 }
@@ -43,18 +42,6 @@ pub struct Identity {
     pub pod: String,
     pub cluster: String,
     pub host_tags: Vec<String>,
-}
-
-/// The latest view of the host's VMs, refreshed in the background so a
-/// heartbeat never waits on libvirt.
-#[derive(Clone, Debug, Default)]
-pub struct VmSnapshot {
-    pub vms: Vec<VmInfo>,
-    /// False while libvirt is unreachable or hung; `vms` is then the last
-    /// known list.
-    pub available: bool,
-    /// Why `available` is false; empty while it is true.
-    pub status: String,
 }
 
 /// Everything a session needs, shared across sessions.
@@ -132,7 +119,11 @@ impl LinkCtx {
                 .iter()
                 .map(crate::convert::link::vm_power)
                 .collect(),
-            health: Some(self.health_with_certificate(self.host.health())),
+            health: Some(
+                self.health_with_certificate(crate::convert::host::health_to_proto(
+                    &self.host.health(),
+                )),
+            ),
             hypervisor_available: snap.available,
             hypervisor_status: snap.status.clone(),
             in_flight_commands: u32::try_from(self.dispatcher.in_flight().len())
@@ -143,7 +134,16 @@ impl LinkCtx {
 
     pub async fn host_report(&self) -> pb::HostReport {
         let vms = self.vms.borrow().vms.clone();
-        self.host.report(&vms).await
+        let r = self.host.report(&vms).await;
+        let mut report = crate::convert::host::report_to_proto(&r.host, r.vms);
+        // The host crate sees only pool usage; the pools' own state comes
+        // from storage.
+        report.pool_status = r
+            .pools
+            .iter()
+            .map(crate::convert::storage::pool_status)
+            .collect();
+        report
     }
 
     /// A fresh VM list for Register, falling back to the snapshot when

@@ -16,9 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
-use super::connector::{dial, error_chain};
-use super::endpoints::Endpoint;
 use super::{LinkCtx, LinkError};
+use crate::dial::{dial, error_chain};
+use crate::endpoints::Endpoint;
 use csagent_proto::v1 as pb;
 use csagent_proto::v1::agent_link_client::AgentLinkClient;
 
@@ -208,7 +208,7 @@ fn on_plane_message(ctx: &LinkCtx, m: pb::PlaneMessage) {
 
 /// Moves queued results and events onto the stream, taking one from the
 /// outbox only when the stream has room for it, so nothing is popped and lost.
-async fn forward_outbox(outbox: Arc<super::outbox::Outbox>, tx: mpsc::Sender<pb::AgentMessage>) {
+async fn forward_outbox(outbox: Arc<crate::outbox::Outbox>, tx: mpsc::Sender<pb::AgentMessage>) {
     while let Ok(permit) = tx.reserve().await {
         let msg = outbox.next().await;
         permit.send(msg);
@@ -246,7 +246,10 @@ async fn register(ctx: &LinkCtx) -> pb::Register {
         pod: ctx.identity.pod.clone(),
         cluster: ctx.identity.cluster.clone(),
         host_tags: ctx.identity.host_tags.clone(),
-        facts: Some(ctx.host.facts()),
+        facts: Some(crate::convert::host::facts_to_proto(
+            &ctx.host.facts(),
+            env!("CARGO_PKG_VERSION"),
+        )),
         vms: snapshot
             .vms
             .iter()

@@ -17,10 +17,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::dispatch::Dispatcher;
-use crate::link::VmSnapshot;
 use crate::monitor::HostMonitor;
+use crate::vmstate::VmSnapshot;
 pub use state::{LinkState, LinkStatus, LinkView};
+
+/// Reads the ids of the running commands; handed in by whoever wires the
+/// agent, so status does not depend on dispatch.
+pub type InFlight = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// The parts of a running agent the operator interfaces read.
 #[derive(Clone)]
@@ -28,7 +31,8 @@ pub struct Sources {
     pub host_uuid: String,
     pub started: Instant,
     pub link: Arc<LinkStatus>,
-    pub dispatcher: Arc<Dispatcher>,
+    /// The ids of the commands running now (the dispatcher's).
+    pub in_flight: InFlight,
     pub vms: watch::Receiver<VmSnapshot>,
     pub host: Arc<HostMonitor>,
 }
@@ -75,7 +79,7 @@ impl Sources {
     /// The document as of now; reads only in-memory state.
     pub fn collect(&self) -> StatusDoc {
         let snap = self.vms.borrow().clone();
-        let mut in_flight = self.dispatcher.in_flight();
+        let mut in_flight = (self.in_flight)();
         in_flight.sort();
         StatusDoc {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -87,8 +91,20 @@ impl Sources {
             in_flight_commands: in_flight,
             hypervisor_available: snap.available,
             vms: snap.vms.iter().map(vm_view).collect(),
-            host_health: crate::convert::status::health(&self.host.health()),
+            host_health: health_view(&self.host.health()),
         }
+    }
+}
+
+fn health_view(h: &csagent_host::HostHealth) -> HealthView {
+    let state = match h.state {
+        csagent_host::HealthState::Ok => "ok",
+        csagent_host::HealthState::Warning => "warning",
+        csagent_host::HealthState::Critical => "critical",
+    };
+    HealthView {
+        state: state.to_string(),
+        reasons: h.findings.iter().map(|f| f.message.clone()).collect(),
     }
 }
 

@@ -15,7 +15,7 @@ pub mod stats;
 
 use std::time::Duration;
 
-use crate::handlers::Ctx;
+use crate::ctx::Ctx;
 use csagent_core::error::{CommandError, ErrorKind};
 use csagent_domain::{self as domain, VmSpec};
 use csagent_libvirt::{lifecycle, HvError, Hypervisor, PowerState, VmInfo};

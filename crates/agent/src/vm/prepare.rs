@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::handlers::Ctx;
+use crate::ctx::Ctx;
 use csagent_core::error::{CommandError, ErrorKind};
 use csagent_domain::{DiskFormat, DiskSource, MacAddr, VmSpec};
 use csagent_libvirt::Hypervisor;

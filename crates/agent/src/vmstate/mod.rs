@@ -17,9 +17,20 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::vmstate::{self as convert, Memo};
-use crate::link::outbox::Outbox;
-use crate::link::VmSnapshot;
-use csagent_libvirt::{DomainEvent, HvEvent, Hypervisor};
+use crate::outbox::Outbox;
+use csagent_libvirt::{DomainEvent, HvEvent, Hypervisor, VmInfo};
+
+/// The latest view of the host's VMs, refreshed in the background so a
+/// heartbeat never waits on libvirt.
+#[derive(Clone, Debug, Default)]
+pub struct VmSnapshot {
+    pub vms: Vec<VmInfo>,
+    /// False while libvirt is unreachable or hung; `vms` is then the last
+    /// known list.
+    pub available: bool,
+    /// Why `available` is false; empty while it is true.
+    pub status: String,
+}
 
 /// How long forwarding waits for the refresh that tells whether a new domain
 /// is csagent's; the event goes out after this even if libvirt is slow.

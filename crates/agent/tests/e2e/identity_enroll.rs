@@ -156,15 +156,13 @@ async fn csr_for_another_identity_is_refused() {
     let token = p.token(&host, Duration::from_secs(60));
     let ca = rustls_pki_types::pem::PemObject::from_pem_file(&p.pki.server.ca).unwrap();
     let tls = csagent_tls::anonymous_client_config(vec![ca]).unwrap();
-    let ep = csagent::link::endpoints::Endpoint::parse(&p.endpoint(), 8250).unwrap();
-    let opts = csagent::link::connector::DialOptions {
+    let ep = csagent::endpoints::Endpoint::parse(&p.endpoint(), 8250).unwrap();
+    let opts = csagent::dial::DialOptions {
         connect_timeout: Duration::from_secs(2),
         keepalive_interval: Duration::from_secs(5),
         keepalive_timeout: Duration::from_secs(5),
     };
-    let channel = csagent::link::connector::dial(&ep, tls, &opts)
-        .await
-        .unwrap();
+    let channel = csagent::dial::dial(&ep, tls, &opts).await.unwrap();
     let mut client = EnrollmentClient::new(channel);
     let (csr, _key) = csagent_tls::pki::agent_csr(&forged).unwrap();
     let e = client

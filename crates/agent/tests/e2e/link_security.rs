@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use csagent::link::connector::{dial, DialOptions};
-use csagent::link::endpoints::Endpoint;
+use csagent::dial::{dial, DialOptions};
+use csagent::endpoints::Endpoint;
 use csagent_proto::v1 as pb;
 use csagent_proto::v1::agent_link_client::AgentLinkClient;
 use csagent_testkit::*;

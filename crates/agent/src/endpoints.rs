@@ -5,8 +5,7 @@
 //! endpoint, so a dead plane costs one failed dial, not a timeout loop.
 
 use rand::seq::SliceRandom;
-
-use crate::config::EndpointOrder;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -65,6 +64,19 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.authority())
     }
+}
+
+/// Order in which management endpoints are tried (CloudStack's `host=...@order`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointOrder {
+    /// Shuffled once per agent, so a fleet spreads over the planes.
+    #[default]
+    Shuffle,
+    /// As listed: the first reachable one wins, the rest are standbys.
+    Static,
+    /// As listed, but each reconnect starts after the last one used.
+    Roundrobin,
 }
 
 /// Cycles through endpoints in the configured order.

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use rustls::ClientConfig;
 
-use super::credentials::Generation;
-use super::IdentityError;
-use crate::link::LinkCtx;
+use super::LinkCtx;
+use crate::identity::credentials::Generation;
+use crate::identity::IdentityError;
 use csagent_proto::v1 as pb;
 
 /// What to tell the plane when the certificate (valid from `not_before`,

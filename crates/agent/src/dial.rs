@@ -16,8 +16,15 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
-use super::endpoints::Endpoint;
-use super::LinkError;
+use crate::endpoints::Endpoint;
+
+/// A management endpoint could not be reached (TCP, TLS or HTTP/2).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to management endpoint {endpoint}: {reason}")]
+pub struct DialError {
+    pub endpoint: String,
+    pub reason: String,
+}
 
 pub struct DialOptions {
     pub connect_timeout: Duration,
@@ -29,8 +36,8 @@ pub async fn dial(
     ep: &Endpoint,
     tls: Arc<ClientConfig>,
     opts: &DialOptions,
-) -> Result<Channel, LinkError> {
-    let name = ServerName::try_from(ep.host.clone()).map_err(|e| LinkError::Dial {
+) -> Result<Channel, DialError> {
+    let name = ServerName::try_from(ep.host.clone()).map_err(|e| DialError {
         endpoint: ep.to_string(),
         reason: format!("invalid server name: {e}"),
     })?;
@@ -48,7 +55,7 @@ pub async fn dial(
     });
     let uri = format!("http://{}", ep.authority());
     let endpoint = TonicEndpoint::from_shared(uri)
-        .map_err(|e| LinkError::Dial {
+        .map_err(|e| DialError {
             endpoint: ep.to_string(),
             reason: e.to_string(),
         })?
@@ -62,14 +69,14 @@ pub async fn dial(
         endpoint.connect_with_connector(connector),
     )
     .await
-    .map_err(|_| LinkError::Dial {
+    .map_err(|_| DialError {
         endpoint: ep.to_string(),
         reason: format!(
             "no connection within {} ms",
             opts.connect_timeout.as_millis()
         ),
     })?
-    .map_err(|e| LinkError::Dial {
+    .map_err(|e| DialError {
         endpoint: ep.to_string(),
         reason: error_chain(&e),
     })?;
