@@ -131,6 +131,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         network,
         vm_stats: Default::default(),
     });
+    let metrics = Arc::new(crate::metrics::CommandMetrics::default());
     let dispatcher = Dispatcher::new(
         DispatchConfig {
             workers: cfg.agent.workers,
@@ -139,6 +140,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         },
         Arc::clone(&outbox),
         Arc::clone(&handlers),
+        Arc::clone(&metrics),
     );
     let (vm_tx, vm_rx) = watch::channel(VmSnapshot::default());
     tokio::spawn(restore_network(handlers, vm_rx.clone()));
@@ -189,7 +191,14 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
     let close = CancellationToken::new();
     let sources = ops_sources(&ctx);
     let link_task = tokio::spawn(link::run(ctx, policy, close.clone()));
-    let ops = crate::ops::start(&cfg, sources, link_task.abort_handle(), stop.clone()).await;
+    let ops = crate::ops::start(
+        &cfg,
+        sources,
+        metrics,
+        link_task.abort_handle(),
+        stop.clone(),
+    )
+    .await;
     stop.cancelled().await;
     ops.stopping();
     tracing::info!("shutdown requested: no new commands; finishing in-flight ones");

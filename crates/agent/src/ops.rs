@@ -33,6 +33,7 @@ pub struct Ops {
 pub async fn start(
     cfg: &Config,
     sources: Sources,
+    commands: Arc<crate::metrics::CommandMetrics>,
     link: AbortHandle,
     stop: CancellationToken,
 ) -> Ops {
@@ -42,7 +43,7 @@ pub async fn start(
     }));
     let sources = Arc::new(sources);
     start_status(cfg, &sources, &stop).await;
-    start_metrics(cfg, &sources, &stop).await;
+    start_metrics(cfg, &sources, commands, &stop).await;
     notifier.send_or_log(&format!(
         "READY=1\n{}",
         notify::status_line(&summary(&sources))
@@ -82,7 +83,12 @@ async fn start_status(cfg: &Config, sources: &Arc<Sources>, stop: &CancellationT
     }
 }
 
-async fn start_metrics(cfg: &Config, sources: &Arc<Sources>, stop: &CancellationToken) {
+async fn start_metrics(
+    cfg: &Config,
+    sources: &Arc<Sources>,
+    commands: Arc<crate::metrics::CommandMetrics>,
+    stop: &CancellationToken,
+) {
     if !cfg.metrics.enabled {
         return;
     }
@@ -96,6 +102,7 @@ async fn start_metrics(cfg: &Config, sources: &Arc<Sources>, stop: &Cancellation
             tokio::spawn(crate::metrics::http::serve(
                 l,
                 Arc::clone(sources),
+                commands,
                 stop.clone(),
             ));
         }

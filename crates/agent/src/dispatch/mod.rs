@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::ctx::Ctx;
 use crate::handlers::{Handlers, Reply, Request};
+use crate::metrics::CommandMetrics;
 use crate::outbox::Outbox;
 use csagent_core::error::{CommandError, ErrorKind};
 use csagent_proto::v1 as pb;
@@ -41,6 +42,7 @@ pub struct Dispatcher {
     cache: Mutex<ResultCache>,
     outbox: Arc<Outbox>,
     handlers: Arc<Handlers>,
+    metrics: Arc<CommandMetrics>,
     accepting: AtomicBool,
     /// Parent of every command's token: cancelled at the end of shutdown.
     root: CancellationToken,
@@ -52,6 +54,7 @@ impl Dispatcher {
         cfg: DispatchConfig,
         outbox: Arc<Outbox>,
         handlers: Arc<Handlers>,
+        metrics: Arc<CommandMetrics>,
     ) -> Arc<Dispatcher> {
         Arc::new(Dispatcher {
             workers: Arc::new(Semaphore::new(cfg.workers.max(1))),
@@ -60,6 +63,7 @@ impl Dispatcher {
             vm_locks: Arc::new(KeyedLocks::default()),
             outbox,
             handlers,
+            metrics,
             accepting: AtomicBool::new(true),
             root: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -167,7 +171,8 @@ impl Dispatcher {
                 // Refused before it had a type: still a command the plane
                 // sent, counted so a misbehaving plane shows in metrics.
                 let refused = Err(e);
-                crate::metrics::record_command("undecodable", &refused, started.elapsed());
+                self.metrics
+                    .record("undecodable", &refused, started.elapsed());
                 return refused;
             }
         };
@@ -196,7 +201,7 @@ impl Dispatcher {
                 _ = token.cancelled() => Err(cancelled(accepting)),
                 r = tokio::time::timeout_at(deadline.into(), work) => r.unwrap_or_else(|_| Err(deadline_exceeded())),
             };
-            crate::metrics::record_command(kind, &outcome, started.elapsed());
+            self.metrics.record(kind, &outcome, started.elapsed());
             match &outcome {
                 Ok(_) => tracing::info!("done"),
                 Err(e) => tracing::warn!(code = ?e.kind, error = %e.message, "failed"),

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::CommandMetrics;
 use crate::status::Sources;
 
 const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -26,7 +27,12 @@ pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
 }
 
 /// Serves scrapes until `stop` fires.
-pub async fn serve(listener: TcpListener, sources: Arc<Sources>, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    sources: Arc<Sources>,
+    commands: Arc<CommandMetrics>,
+    stop: CancellationToken,
+) {
     loop {
         let conn = tokio::select! {
             _ = stop.cancelled() => return,
@@ -35,8 +41,10 @@ pub async fn serve(listener: TcpListener, sources: Arc<Sources>, stop: Cancellat
         match conn {
             Ok((stream, _)) => {
                 let sources = Arc::clone(&sources);
+                let commands = Arc::clone(&commands);
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(CLIENT_TIMEOUT, answer(stream, &sources)).await;
+                    let answered = answer(stream, &sources, &commands);
+                    let _ = tokio::time::timeout(CLIENT_TIMEOUT, answered).await;
                 });
             }
             Err(e) => {
@@ -47,9 +55,13 @@ pub async fn serve(listener: TcpListener, sources: Arc<Sources>, stop: Cancellat
     }
 }
 
-async fn answer(mut stream: TcpStream, sources: &Sources) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    sources: &Sources,
+    commands: &CommandMetrics,
+) -> std::io::Result<()> {
     let reply = match read_head(&mut stream).await? {
-        Some(head) => route(&head, sources),
+        Some(head) => route(&head, sources, commands),
         None => Reply::error(431, "Request Header Fields Too Large"),
     };
     stream.write_all(&reply.bytes()).await?;
@@ -110,7 +122,7 @@ impl Reply {
     }
 }
 
-fn route(head: &[u8], sources: &Sources) -> Reply {
+fn route(head: &[u8], sources: &Sources, commands: &CommandMetrics) -> Reply {
     let Some((method, path)) = request_line(head) else {
         return Reply::error(400, "Bad Request");
     };
@@ -125,7 +137,7 @@ fn route(head: &[u8], sources: &Sources) -> Reply {
     Reply {
         code: 200,
         reason: "OK",
-        body: super::render(&sources.collect()),
+        body: super::render(commands, &sources.collect()),
         head_only: method == "HEAD",
     }
 }

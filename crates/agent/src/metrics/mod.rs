@@ -5,8 +5,10 @@
 //! outcome and latency histograms, recorded by dispatch with one call. The
 //! rest (link, heartbeat age, host health, VMs) is read at scrape time from
 //! the status document, so nothing is counted twice or can drift. The
-//! registry is process-wide (one agent per process, as Prometheus expects
-//! of a target); it never blocks a command for longer than a map update.
+//! registry is a handle the agent makes once and hands to dispatch (which
+//! records) and to the endpoint (which renders), so two agents in one
+//! process (tests) never mix their counts; recording never blocks a command
+//! for longer than a map update.
 
 pub mod http;
 
@@ -50,28 +52,31 @@ struct Commands {
     latency: BTreeMap<&'static str, Histogram>,
 }
 
-static COMMANDS: Mutex<Commands> = Mutex::new(Commands {
-    outcomes: BTreeMap::new(),
-    latency: BTreeMap::new(),
-});
-
-fn commands() -> std::sync::MutexGuard<'static, Commands> {
-    // Updates are single map operations; a poisoned lock is still consistent.
-    csagent_core::sync::lock(&COMMANDS)
+/// The agent's command counts and latencies.
+#[derive(Default)]
+pub struct CommandMetrics {
+    commands: Mutex<Commands>,
 }
 
-/// Records a finished command: its type ("start_vm"), outcome and time.
-pub fn record_command<T>(kind: &'static str, outcome: &Result<T, CommandError>, took: Duration) {
-    let outcome = match outcome {
-        Ok(_) => "ok",
-        Err(e) => outcome_label(e.kind),
-    };
-    let mut c = commands();
-    *c.outcomes.entry((kind, outcome)).or_default() += 1;
-    c.latency
-        .entry(kind)
-        .or_default()
-        .observe(took.as_secs_f64());
+impl CommandMetrics {
+    /// Records a finished command: its type ("start_vm"), outcome and time.
+    pub fn record<T>(&self, kind: &'static str, outcome: &Result<T, CommandError>, took: Duration) {
+        let outcome = match outcome {
+            Ok(_) => "ok",
+            Err(e) => outcome_label(e.kind),
+        };
+        let mut c = self.lock();
+        *c.outcomes.entry((kind, outcome)).or_default() += 1;
+        c.latency
+            .entry(kind)
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Commands> {
+        // Updates are single map operations; a poisoned lock is still consistent.
+        csagent_core::sync::lock(&self.commands)
+    }
 }
 
 fn outcome_label(k: csagent_core::error::ErrorKind) -> &'static str {
@@ -94,9 +99,9 @@ fn outcome_label(k: csagent_core::error::ErrorKind) -> &'static str {
 }
 
 /// The whole exposition: command metrics plus gauges read from `doc`.
-pub fn render(doc: &StatusDoc) -> String {
+pub fn render(commands: &CommandMetrics, doc: &StatusDoc) -> String {
     let mut o = String::new();
-    render_commands(&mut o);
+    render_commands(&mut o, commands);
     render_link(&mut o, doc);
     render_host(&mut o, doc);
     render_vms(&mut o, doc);
@@ -107,8 +112,8 @@ fn header(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-fn render_commands(o: &mut String) {
-    let c = commands();
+fn render_commands(o: &mut String, commands: &CommandMetrics) {
+    let c = commands.lock();
     header(
         o,
         "csagent_commands_total",
@@ -316,8 +321,9 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_and_labels_escaped() {
-        record_command::<()>("unit_test_kind", &Ok(()), Duration::from_millis(3));
-        record_command::<()>(
+        let m = CommandMetrics::default();
+        m.record::<()>("unit_test_kind", &Ok(()), Duration::from_millis(3));
+        m.record::<()>(
             "unit_test_kind",
             &Err(CommandError::new(ErrorKind::NotFound, "x")),
             Duration::from_secs(7),
@@ -329,7 +335,7 @@ mod tests {
             state: "running".into(),
             ..VmView::default()
         });
-        let t = render(&doc);
+        let t = render(&m, &doc);
         assert!(
             t.contains("csagent_commands_total{type=\"unit_test_kind\",outcome=\"ok\"} 1"),
             "{t}"
