@@ -4,7 +4,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# The lab of hosts on one machine (scripts/lab.sh) comes up once per run
+# for the multi-host tests and goes down however the run ends; without it
+# those tests skip and say why.
+trap 'bash scripts/lab.sh down >/dev/null 2>&1; rm -f "$log"' EXIT
+if ! bash scripts/lab.sh up 2 >"$log" 2>&1; then
+  echo "test: the lab did not come up; its tests will skip:" >&2
+  tail -5 "$log" >&2
+  bash scripts/lab.sh down >/dev/null 2>&1
+fi
 # The real Linux guest tests/vm_guest.rs boots (cached after the first run).
 bash scripts/guest-image.sh >/dev/null
 # csagent-mgmt is found beside csagent by the agent's tests: build every binary first.

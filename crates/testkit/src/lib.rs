@@ -366,6 +366,7 @@ pub fn workdir() -> TempDir {
         .unwrap()
 }
 pub mod identity;
+pub mod lab;
 pub mod storage;
 pub mod vm_events;
 

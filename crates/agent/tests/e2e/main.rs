@@ -21,6 +21,7 @@ mod host_sensors;
 mod host_system;
 mod identity_enroll;
 mod identity_rotation;
+mod lab_hosts;
 mod layering;
 mod link_commands;
 mod link_failover;

@@ -1,0 +1,146 @@
+//! The lab of hosts on one machine (scripts/lab.sh, docs/lab.md): each host
+//! a libvirtd + virtlogd in its own network, mount and UTS namespaces,
+//! reachable on 10.251.0.0/24 only from inside the lab.
+//!
+//! scripts/test.sh brings the lab up once per run and down at its end; a
+//! test asks [`Lab::get`] for it and skips, saying why, when there is none.
+//! Everything here is found through the lab's own state under /run/cslab,
+//! never by process name.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::guest::GuestImage;
+
+const RUN: &str = "/run/cslab";
+/// The same path in every lab host's mount namespace.
+pub const SHARED: &str = "/var/lib/cslab/shared";
+
+#[derive(Clone, Debug)]
+pub struct LabHost {
+    /// 1-based, as scripts/lab.sh numbers them.
+    pub index: usize,
+    pub name: String,
+    /// The host's address on the lab network (its libvirtd listens there).
+    pub addr: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Lab {
+    pub hosts: Vec<LabHost>,
+    script: PathBuf,
+}
+
+impl Lab {
+    /// The lab of this run, with at least `min` hosts whose libvirtd is
+    /// alive (by its pidfile), or why there is none.
+    pub fn get(min: usize) -> Result<Lab, String> {
+        let count = std::fs::read_to_string(Path::new(RUN).join("hosts.count")).map_err(|e| {
+            format!(
+                "no lab is up ({RUN}/hosts.count: {e}); scripts/test.sh runs `scripts/lab.sh up 2`"
+            )
+        })?;
+        let n: usize = count
+            .trim()
+            .parse()
+            .map_err(|_| format!("{RUN}/hosts.count holds {count:?}"))?;
+        if n < min {
+            return Err(format!("the lab has {n} hosts, this test needs {min}"));
+        }
+        let hosts = (1..=n).map(host).collect::<Result<Vec<_>, String>>()?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lab.sh");
+        Ok(Lab { hosts, script })
+    }
+
+    /// Runs `args` inside lab host `i` (its network, mount and UTS
+    /// namespaces).
+    pub fn run(&self, i: usize, args: &[&str]) -> Output {
+        Command::new("bash")
+            .arg(&self.script)
+            .arg("enter")
+            .arg(i.to_string())
+            .args(args)
+            .output()
+            .expect("run scripts/lab.sh enter")
+    }
+
+    /// `virsh -c qemu:///system ARGS` on lab host `i`.
+    pub fn virsh(&self, i: usize, args: &[&str]) -> Output {
+        let mut all = vec!["virsh", "-q", "-c", "qemu:///system"];
+        all.extend_from_slice(args);
+        self.run(i, &all)
+    }
+
+    /// A domain's state on host `i` ("running", "shut off"), or None when
+    /// the host does not have it.
+    pub fn domstate(&self, i: usize, name: &str) -> Option<String> {
+        let out = self.virsh(i, &["domstate", name]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The test guest's kernel and initramfs copied where every lab host
+    /// sees them (world-readable: QEMU runs as libvirt-qemu).
+    pub fn shared_guest(&self, img: &GuestImage) -> GuestImage {
+        let dir = Path::new(SHARED).join("images");
+        std::fs::create_dir_all(&dir).expect("create the lab's shared image dir");
+        let copy = |from: &Path, name: &str| {
+            let to = dir.join(name);
+            std::fs::copy(from, &to).expect("copy the guest image into the lab");
+            to
+        };
+        GuestImage {
+            kernel: copy(&img.kernel, "vmlinuz"),
+            initrd: copy(&img.initrd, "initramfs.cpio.gz"),
+        }
+    }
+}
+
+fn host(index: usize) -> Result<LabHost, String> {
+    let pidfile = Path::new(RUN).join(format!("h{index}/libvirtd.pid"));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .map_err(|e| format!("{}: {e}", pidfile.display()))?
+        .trim()
+        .parse()
+        .map_err(|_| format!("{} holds no pid", pidfile.display()))?;
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return Err(format!(
+            "lab host {index}'s libvirtd (pid {pid}) is not running"
+        ));
+    }
+    Ok(LabHost {
+        index,
+        name: format!("cslab-h{index}"),
+        addr: format!("10.251.0.{}", 10 + index),
+    })
+}
+
+/// Waits until `f` holds or `within` passes; true when it held.
+pub fn wait_for(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// Destroys and undefines a lab domain on every host, even when the test
+/// that made it failed.
+pub struct LabDomain<'a> {
+    pub lab: &'a Lab,
+    pub name: String,
+}
+
+impl Drop for LabDomain<'_> {
+    fn drop(&mut self) {
+        for h in &self.lab.hosts {
+            let _ = self.lab.virsh(h.index, &["destroy", &self.name]);
+            let _ = self.lab.virsh(h.index, &["undefine", &self.name]);
+        }
+    }
+}
