@@ -130,6 +130,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         storage,
         network,
         vm_stats: Default::default(),
+        migration: cfg.migration.clone(),
     });
     let metrics = Arc::new(crate::metrics::CommandMetrics::default());
     let dispatcher = Dispatcher::new(

@@ -253,15 +253,45 @@ impl Default for GuestSection {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+/// Live migration: the defaults of a MigrateVm that leaves them unset, and
+/// where this host receives migrations.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MigrationSection {
     /// MiB/s, 0: unlimited.
     pub speed_mibps: u64,
+    /// Longest switch-over pause, 0: QEMU's default.
     pub downtime_ms: u64,
     /// Pause the VM after this long to let migration converge, 0: never.
     pub pause_after_ms: u64,
+    /// Abort a migration not done after this long (the VM stays), 0: never.
     pub wait_secs: u64,
+    /// This host's address on the migration network; empty: its first
+    /// routable address. Not the management link's.
+    pub address: String,
+    /// Migration streams in libvirt/QEMU TLS. Plain TCP only when false.
+    pub tls: bool,
+    pub auto_converge: bool,
+    /// Switch to post-copy after this many pre-copy iterations, 0: never.
+    pub post_copy_after_iterations: u64,
+    /// Parallel migration connections, 0 or 1: one.
+    pub parallel_connections: u32,
+}
+
+impl Default for MigrationSection {
+    fn default() -> Self {
+        MigrationSection {
+            speed_mibps: 0,
+            downtime_ms: 0,
+            pause_after_ms: 0,
+            wait_secs: 0,
+            address: String::new(),
+            tls: true,
+            auto_converge: false,
+            post_copy_after_iterations: 0,
+            parallel_connections: 0,
+        }
+    }
 }
 
 pub use csagent_core::logging::LogFormat;

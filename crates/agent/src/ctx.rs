@@ -12,9 +12,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Outbox;
 
+/// How far a long step is.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    /// A copy or conversion: bytes done of total.
+    Copy(csagent_storage::Progress),
+    /// A live migration's job figures.
+    Migration(csagent_libvirt::migrate::JobProgress),
+}
+
 /// Reports the progress of a long step (a stage name and how far it is),
 /// as dispatch decides: on the stream as CommandProgress.
-pub type ProgressReporter = Arc<dyn Fn(&'static str, csagent_storage::Progress) + Send + Sync>;
+pub type ProgressReporter = Arc<dyn Fn(&'static str, Progress) + Send + Sync>;
 
 /// What a running command may use besides its request.
 pub struct Ctx {

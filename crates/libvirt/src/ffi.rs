@@ -1,5 +1,6 @@
 //! The raw libvirt calls the virt crate (0.5) does not wrap: domain event
-//! subscription, the connection close callback, and bulk domain stats.
+//! subscription, the connection close callback, bulk domain stats, and
+//! aborting a job or switching a migration to post-copy.
 //!
 //! This is the only file of the crate with `unsafe`; every block says why it
 //! is sound. Callbacks run on libvirt's event-loop thread: they never panic
@@ -378,4 +379,27 @@ unsafe extern "C" fn free_sink(opaque: *mut c_void) {
         // frees each registration's opaque exactly once.
         drop(unsafe { Arc::from_raw(opaque as *const SinkRef) });
     });
+}
+
+/// Aborts the domain's current job (a migration); the domain stays where it
+/// was.
+pub fn abort_job(dom: &virt::domain::Domain) -> Result<(), virt::error::Error> {
+    // SAFETY: `dom` is a live domain object borrowed for this call; libvirt
+    // only reads the pointer and takes no ownership.
+    let rc = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    Ok(())
+}
+
+/// Switches a running pre-copy migration (started with POSTCOPY) to
+/// post-copy.
+pub fn start_post_copy(dom: &virt::domain::Domain) -> Result<(), virt::error::Error> {
+    // SAFETY: as in abort_job: a borrowed live domain, flags 0.
+    let rc = unsafe { sys::virDomainMigrateStartPostCopy(dom.as_ptr(), 0) };
+    if rc < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    Ok(())
 }

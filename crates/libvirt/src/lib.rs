@@ -14,6 +14,7 @@ pub mod devices;
 mod events;
 mod ffi;
 pub mod lifecycle;
+pub mod migrate;
 mod power;
 pub mod stats;
 

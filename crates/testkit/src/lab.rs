@@ -86,9 +86,18 @@ impl Lab {
     pub fn shared_guest(&self, img: &GuestImage) -> GuestImage {
         let dir = Path::new(SHARED).join("images");
         std::fs::create_dir_all(&dir).expect("create the lab's shared image dir");
+        // Tests run at once: a guest of another may be reading the copy, so
+        // an existing copy of the same size is kept and a new one appears
+        // by rename, never rewritten in place.
         let copy = |from: &Path, name: &str| {
             let to = dir.join(name);
-            std::fs::copy(from, &to).expect("copy the guest image into the lab");
+            let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+            if len(&to).is_some() && len(&to) == len(from) {
+                return to;
+            }
+            let tmp = dir.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));
+            std::fs::copy(from, &tmp).expect("copy the guest image into the lab");
+            std::fs::rename(&tmp, &to).expect("move the guest image into place");
             to
         };
         GuestImage {

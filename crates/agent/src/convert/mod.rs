@@ -10,6 +10,7 @@ pub mod domain;
 pub mod host;
 pub mod identity;
 pub mod link;
+pub mod migrate;
 pub mod network;
 pub mod network_wire;
 pub mod storage;

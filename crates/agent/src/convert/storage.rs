@@ -267,6 +267,7 @@ pub fn progress(command_id: &str, stage: &str, p: Progress) -> pb::CommandProgre
         stage: stage.to_string(),
         done: p.done.0,
         total: p.total.0,
+        migration: None,
     }
 }
 

@@ -5,12 +5,12 @@
 //! reboot is folded into it); an I/O-error pause names the device and the
 //! error; define/undefine and "guest finished shutting down" are not power
 //! changes and are not sent (the snapshot and the STOPPED that follows
-//! carry them).
+//! carry them), nor is a VM leaving this host by live migration.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use csagent_libvirt::{DomainEvent, EventKind, PauseReason};
+use csagent_libvirt::{DomainEvent, EventKind, PauseReason, StopReason};
 use csagent_proto::v1 as pb;
 
 /// A RESUMED this soon after a reboot is part of the reboot.
@@ -54,6 +54,12 @@ impl Memo {
                 }
                 (S::Running, (*r).to_string())
             }
+            // A VM leaving by live migration is paused for the switch-over
+            // and stopped once the target runs it: not news of this host.
+            // The target reports it Running, and the source's heartbeat no
+            // longer lists it, so the plane sees it move once.
+            EventKind::Paused(PauseReason::Migration | PauseReason::Postcopy)
+            | EventKind::Stopped(StopReason::Migrated) => return None,
             EventKind::Paused(PauseReason::IoError) => {
                 let detail = self.io_errors.remove(&e.uuid);
                 let reason = match detail {

@@ -177,6 +177,7 @@ impl Dispatcher {
             }
         };
         let kind = req.name();
+        let stops_itself = req.stops_itself();
         let span = tracing::info_span!("command", command_id = %cmd.id, vm = %vm.as_deref().unwrap_or("-"), kind = req.name());
         let ctx = Ctx {
             command_id: cmd.id.clone(),
@@ -196,10 +197,14 @@ impl Dispatcher {
         };
         let accepting = &self.accepting;
         async move {
-            let outcome = tokio::select! {
-                biased;
-                _ = token.cancelled() => Err(cancelled(accepting)),
-                r = tokio::time::timeout_at(deadline.into(), work) => r.unwrap_or_else(|_| Err(deadline_exceeded())),
+            let outcome = if stops_itself {
+                work.await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = token.cancelled() => Err(cancelled(accepting)),
+                    r = tokio::time::timeout_at(deadline.into(), work) => r.unwrap_or_else(|_| Err(deadline_exceeded())),
+                }
             };
             self.metrics.record(kind, &outcome, started.elapsed());
             match &outcome {
@@ -328,6 +333,16 @@ fn decode(body: Option<pb::command::Body>) -> Result<(Request, Option<String>), 
             let (collector, vms) = crate::convert::vm_ops::stats_from_proto(&m)?;
             (Request::GetVmStats { collector, vms }, None)
         }
+        Body::PrepareMigration(m) => {
+            let r = crate::convert::migrate::prepare_from_proto(&m)?;
+            let key = r.vm.to_string();
+            (Request::PrepareMigration(r), Some(key))
+        }
+        Body::MigrateVm(m) => {
+            let r = crate::convert::migrate::migrate_from_proto(&m)?;
+            let key = r.vm.to_string();
+            (Request::MigrateVm(Box::new(r)), Some(key))
+        }
         Body::GetConsole(m) => {
             let vm = crate::convert::vm_ops::vm_uuid(&m.vm_uuid)?;
             (Request::GetConsole(vm), Some(vm.to_string()))
@@ -392,6 +407,10 @@ fn encode(reply: Reply) -> pb::command_result::Result {
         Reply::Device(vm, d) => R::Device(crate::convert::vm_ops::device_to_proto(&vm, &d)),
         Reply::VmStats(v, at) => R::VmStats(crate::convert::vm_ops::stats_to_proto(&v, at)),
         Reply::Console(vm, c) => R::Console(crate::convert::vm_ops::console_to_proto(&vm, &c)),
+        Reply::MigrationPrepared(vm, address, tls) => R::PrepareMigration(
+            crate::convert::migrate::prepared_to_proto(&vm, &address, tls),
+        ),
+        Reply::Migrated(m) => R::MigrateVm(crate::convert::migrate::migrated_to_proto(&m)),
         // Taken by the storage and network encoders above.
         other => unreachable_reply(other),
     }
@@ -568,7 +587,7 @@ fn progress_on_stream(command_id: &str, outbox: &Arc<Outbox>) -> crate::ctx::Pro
     let outbox = Arc::clone(outbox);
     let id = command_id.to_string();
     Arc::new(move |stage, p| {
-        let msg = crate::convert::storage::progress(&id, stage, p);
+        let msg = crate::convert::migrate::progress(&id, stage, p);
         outbox.push(pb::AgentMessage {
             msg: Some(pb::agent_message::Msg::Progress(msg)),
         });

@@ -6,6 +6,7 @@
 //! stop promptly when `ctx.cancel` fires. Adding a command: a `Request`
 //! variant, a `Reply` variant, one arm in `handle`.
 
+mod migration;
 pub mod network;
 pub mod storage;
 
@@ -45,9 +46,19 @@ pub enum Request {
         vms: Vec<uuid::Uuid>,
     },
     GetConsole(uuid::Uuid),
+    PrepareMigration(crate::vm::migrate::PrepareRequest),
+    MigrateVm(Box<crate::vm::migrate::MigrateRequest>),
 }
 
 impl Request {
+    /// A command whose clean-up must run when it is cancelled or runs out
+    /// of time: dispatch lets it see `ctx.cancel` and `ctx.deadline` itself
+    /// instead of dropping it. Dropping a migration would leave libvirt's
+    /// job running on after the plane was told it stopped.
+    pub fn stops_itself(&self) -> bool {
+        matches!(self, Request::MigrateVm(_))
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Request::Noop => "noop",
@@ -66,6 +77,8 @@ impl Request {
             Request::DetachDevice(..) => "detach_device",
             Request::GetVmStats { .. } => "get_vm_stats",
             Request::GetConsole(_) => "get_console",
+            Request::PrepareMigration(_) => "prepare_migration",
+            Request::MigrateVm(_) => "migrate_vm",
         }
     }
 }
@@ -95,6 +108,10 @@ pub enum Reply {
     /// The VMs' figures and when they were taken (Unix ms).
     VmStats(Vec<crate::vm::stats::VmStat>, i64),
     Console(uuid::Uuid, crate::vm::console::Console),
+    /// The target is ready: the VM, this host's migration address and
+    /// whether it expects TLS.
+    MigrationPrepared(uuid::Uuid, String, bool),
+    Migrated(crate::vm::migrate::Migrated),
 }
 
 pub struct Handlers {
@@ -105,6 +122,7 @@ pub struct Handlers {
     pub network: Option<csagent_network::Network>,
     /// Previous samples per collector and unresponsive VMs, for GetVmStats.
     pub vm_stats: Arc<crate::vm::stats::VmStatsService>,
+    pub migration: crate::config::MigrationSection,
 }
 
 impl Handlers {
@@ -153,6 +171,8 @@ impl Handlers {
             }
             Request::Storage(op) => storage::handle(&self.storage, op, ctx).await,
             Request::Network(op) => network::handle(self.network.as_ref(), op).await,
+            Request::PrepareMigration(req) => self.prepare_migration(req).await,
+            Request::MigrateVm(req) => self.migrate_vm(*req, ctx).await,
             other => self.vm_ops(other).await,
         }
     }

@@ -96,6 +96,6 @@ pub async fn handle(s: &Arc<Storage>, op: StorageOp, ctx: &Ctx) -> Result<Reply,
 fn progress_sink(ctx: &Ctx) -> impl Fn(&'static str) -> csagent_storage::ProgressSink + '_ {
     move |stage| {
         let report = Arc::clone(&ctx.progress);
-        Arc::new(move |p| report(stage, p))
+        Arc::new(move |p| report(stage, crate::ctx::Progress::Copy(p)))
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod devices;
+pub mod migrate;
 pub mod prepare;
 pub mod scale;
 pub mod stats;

@@ -1,0 +1,266 @@
+//! Live migration through csagent, between two lab hosts (scripts/lab.sh):
+//! one plane, two agents (each driving its lab host's libvirtd over that
+//! host's own socket), a real TCG guest. PrepareMigration on the target,
+//! MigrateVm on the source; a cancelled migration leaves the VM where it was.
+
+use std::time::Duration;
+
+use csagent_proto::v1 as pb;
+use csagent_testkit::guest::{guest_image, guest_spec};
+use csagent_testkit::lab::{Lab, LabDomain};
+use csagent_testkit::*;
+
+struct Hosts {
+    f: Fixture,
+    lab: Lab,
+    target: uuid::Uuid,
+    agents: Vec<InProcessAgent>,
+}
+
+/// The lab's two hosts as csagent hosts of one plane, or why not.
+async fn two_hosts() -> Option<Hosts> {
+    let lab = match Lab::get(2) {
+        Ok(l) => l,
+        Err(why) => {
+            println!("SKIPPED: {why}");
+            return None;
+        }
+    };
+    let f = Fixture::new(fast_liveness()).await;
+    let target = uuid::Uuid::new_v4();
+    let source_cfg = lab_config(f.config(), 1);
+    let target_work = f.work.path().join("target");
+    std::fs::create_dir_all(&target_work).unwrap();
+    let mut target_cfg = agent_config(
+        &target,
+        &f.pki.agent(&target),
+        &[f.plane.addr.to_string()],
+        &target_work,
+    );
+    target_cfg = lab_config(target_cfg, 2);
+    target_cfg.migration.address = lab.hosts[1].addr.clone();
+    let agents = vec![run_in_process(source_cfg), run_in_process(target_cfg)];
+    f.wait_up(String::new).await;
+    assert!(
+        wait_for(Duration::from_secs(10), || is_up(&f.plane, &target)).await,
+        "the target agent never registered"
+    );
+    Some(Hosts {
+        f,
+        lab,
+        target,
+        agents,
+    })
+}
+
+/// An agent on lab host `i`'s libvirtd, migrating in plain TCP (the lab
+/// has no libvirt TLS).
+fn lab_config(mut cfg: csagent::config::Config, i: usize) -> csagent::config::Config {
+    cfg.hypervisor.uri = format!("qemu+unix:///system?socket=/run/cslab/h{i}/run/libvirt-sock");
+    cfg.hypervisor.call_timeout_ms = 60_000;
+    cfg.host.capacity.reserved_memory_mib = 0;
+    cfg.host.capacity.cpu_overcommit = 16.0;
+    cfg.migration.tls = false;
+    cfg.metrics.enabled = false;
+    cfg
+}
+
+fn body_cmd(body: pb::command::Body) -> pb::Command {
+    cmd("", 120_000, body)
+}
+
+/// Starts a 128 MiB TCG guest on the source through the plane.
+async fn start_guest(h: &Hosts, name: &str) -> uuid::Uuid {
+    let uuid = uuid::Uuid::new_v4();
+    let img = h.lab.shared_guest(&guest_image());
+    let spec = guest_spec(&uuid, name, &img, 128);
+    let start = pb::command::Body::StartVm(pb::StartVm {
+        spec: Some(spec),
+        ..Default::default()
+    });
+    let r = call(
+        &h.f.plane,
+        &h.f.host,
+        body_cmd(start),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    uuid
+}
+
+async fn prepare(h: &Hosts, vm: &uuid::Uuid) -> pb::PrepareMigrationResult {
+    let body = pb::command::Body::PrepareMigration(pb::PrepareMigration {
+        vm_uuid: vm.to_string(),
+        vcpus: 1,
+        memory_kib: 128 * 1024,
+        disk_paths: Vec::new(),
+    });
+    let r = call(
+        &h.f.plane,
+        &h.target,
+        body_cmd(body),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    match r.result {
+        Some(pb::command_result::Result::PrepareMigration(p)) => p,
+        other => panic!("PrepareMigration answered {other:?}"),
+    }
+}
+
+fn migrate_body(
+    vm: &uuid::Uuid,
+    p: &pb::PrepareMigrationResult,
+    bandwidth_mib_s: u64,
+) -> pb::command::Body {
+    pb::command::Body::MigrateVm(pb::MigrateVm {
+        vm_uuid: vm.to_string(),
+        destination_libvirt_uri: p.libvirt_uri.clone(),
+        destination_migrate_uri: p.migrate_uri.clone(),
+        tls: p.tls,
+        bandwidth_mib_s,
+        max_downtime_ms: 300,
+        ..Default::default()
+    })
+}
+
+async fn state_on(h: &Hosts, host: &uuid::Uuid, vm: &uuid::Uuid) -> pb::CommandResult {
+    let body = pb::command::Body::GetVmState(pb::GetVmState {
+        vm_uuid: vm.to_string(),
+    });
+    call(&h.f.plane, host, body_cmd(body), Duration::from_secs(30)).await
+}
+
+fn running(r: &pb::CommandResult) -> bool {
+    matches!(&r.result, Some(pb::command_result::Result::VmStatus(s)) if s.state == pb::VmPowerState::Running as i32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_moves_live_to_the_prepared_host_and_only_it_reports_the_vm() {
+    let Some(h) = two_hosts().await else { return };
+    let name = format!(
+        "cslab-test-mv-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let _domain = LabDomain {
+        lab: &h.lab,
+        name: name.clone(),
+    };
+    let vm = start_guest(&h, &name).await;
+    let p = prepare(&h, &vm).await;
+    assert_eq!(
+        p.libvirt_uri,
+        format!("qemu+tcp://{}/system", h.lab.hosts[1].addr)
+    );
+
+    let r = call(
+        &h.f.plane,
+        &h.f.host,
+        body_cmd(migrate_body(&vm, &p, 0)),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    let Some(pb::command_result::Result::MigrateVm(m)) = r.result else {
+        panic!("MigrateVm answered {r:?}")
+    };
+    println!(
+        "csagent migrate: total {} ms, downtime {} ms, {} bytes",
+        m.total_ms, m.downtime_ms, m.data_total_bytes
+    );
+    assert!(m.data_total_bytes > 0, "{m:?}");
+
+    assert!(
+        running(&state_on(&h, &h.target, &vm).await),
+        "the target does not run the VM"
+    );
+    let gone = state_on(&h, &h.f.host, &vm).await;
+    assert_eq!(
+        gone.error_code,
+        pb::ErrorCode::NotFound as i32,
+        "the source still has the VM: {gone:?}"
+    );
+    assert_eq!(h.lab.domstate(2, &name).as_deref(), Some("running"));
+    assert_eq!(h.lab.domstate(1, &name), None);
+
+    // A second move to the same host is refused before anything happens.
+    let body = pb::command::Body::PrepareMigration(pb::PrepareMigration {
+        vm_uuid: vm.to_string(),
+        vcpus: 1,
+        memory_kib: 128 * 1024,
+        disk_paths: Vec::new(),
+    });
+    let again = call(
+        &h.f.plane,
+        &h.target,
+        body_cmd(body),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        again.error_code,
+        pb::ErrorCode::AlreadyExists as i32,
+        "{again:?}"
+    );
+    for a in h.agents {
+        a.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_migration_reports_progress_and_leaves_the_vm_running_on_the_source() {
+    let Some(h) = two_hosts().await else { return };
+    let name = format!(
+        "cslab-test-cx-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let _domain = LabDomain {
+        lab: &h.lab,
+        name: name.clone(),
+    };
+    let vm = start_guest(&h, &name).await;
+    let p = prepare(&h, &vm).await;
+
+    // 1 MiB/s: 128 MiB would take minutes, so the job is surely running
+    // when the cancel comes.
+    let (id, mut rx) =
+        h.f.plane
+            .registry
+            .send(&h.f.host.to_string(), body_cmd(migrate_body(&vm, &p, 1)));
+    let progress = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(u) = rx.recv().await {
+            if let Some(pb::command_update::Update::Progress(p)) = u.update {
+                if let Some(m) = p.migration {
+                    return m;
+                }
+            }
+        }
+        panic!("updates ended without migration progress");
+    })
+    .await
+    .expect("no migration progress in 30 s");
+    assert!(progress.data_total_bytes > 0, "{progress:?}");
+    h.f.plane.registry.cancel(&h.f.host.to_string(), &id);
+    let r = result_of(&mut rx, Duration::from_secs(60)).await;
+    assert_eq!(r.error_code, pb::ErrorCode::Cancelled as i32, "{r:?}");
+    assert!(
+        r.message.contains("keeps running on this host"),
+        "{}",
+        r.message
+    );
+
+    assert!(
+        running(&state_on(&h, &h.f.host, &vm).await),
+        "the source no longer runs the VM"
+    );
+    assert_eq!(
+        h.lab.domstate(2, &name),
+        None,
+        "the target kept a half-migrated VM"
+    );
+    for a in h.agents {
+        a.stop().await;
+    }
+}
