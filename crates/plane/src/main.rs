@@ -68,6 +68,40 @@ enum Cmd {
         #[arg(long, default_value_t = 600)]
         wait_secs: u64,
     },
+    /// Move a running VM live to another host: the target prepares (or
+    /// refuses, changing nothing), the source migrates, the target confirms.
+    /// Progress on stderr; exit code 1 when the VM did not move.
+    Migrate {
+        #[arg(long, default_value = DEFAULT_ADMIN)]
+        admin_socket: PathBuf,
+        /// VM UUID.
+        #[arg(long)]
+        vm: uuid::Uuid,
+        /// Target host UUID.
+        #[arg(long)]
+        to: String,
+        /// Longest switch-over pause in ms (0: the source's [migration] downtime_ms).
+        #[arg(long, default_value_t = 0)]
+        max_downtime_ms: u64,
+        /// Bandwidth cap in MiB/s (0: the source's [migration] speed_mibps).
+        #[arg(long, default_value_t = 0)]
+        bandwidth_mib_s: u64,
+        /// Throttle the guest's vCPUs when pre-copy does not converge.
+        #[arg(long)]
+        auto_converge: bool,
+        /// Switch to post-copy after this many iterations (0: the source's default).
+        #[arg(long, default_value_t = 0)]
+        post_copy_after: u32,
+        /// Parallel migration connections (0: the source's default).
+        #[arg(long, default_value_t = 0)]
+        parallel: u32,
+        /// Copy local disks to the target instead of shared storage.
+        #[arg(long)]
+        copy_storage: bool,
+        /// Abort (the VM stays on the source) after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
+    },
     /// Where would a new VM go? First fit over Up hosts; "Insufficient
     /// capacity" (exit code 1) with each host's reason when none fits.
     Place {
@@ -253,6 +287,31 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             wait_secs,
         } => send(&admin_socket, host, &json, id, deadline_ms, wait_secs).await,
         Cmd::Events { admin_socket } => events(&admin_socket).await,
+        Cmd::Migrate {
+            admin_socket,
+            vm,
+            to,
+            max_downtime_ms,
+            bandwidth_mib_s,
+            auto_converge,
+            post_copy_after,
+            parallel,
+            copy_storage,
+            timeout_secs,
+        } => {
+            let ask = csagent_mgmt::migrate::MigrateAsk {
+                vm,
+                to,
+                max_downtime_ms,
+                bandwidth_mib_s,
+                auto_converge,
+                post_copy_after_iterations: post_copy_after,
+                parallel_connections: parallel,
+                copy_storage,
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            migrate(&admin_socket, &ask).await
+        }
         Cmd::Place {
             admin_socket,
             vcpus,
@@ -440,6 +499,48 @@ async fn send(
             } else {
                 ExitCode::from(1)
             });
+        }
+    }
+}
+
+async fn migrate(
+    socket: &Path,
+    ask: &csagent_mgmt::migrate::MigrateAsk,
+) -> anyhow::Result<ExitCode> {
+    let mut client = admin::connect(socket)
+        .await
+        .with_context(|| format!("cannot reach the plane at {}", socket.display()))?;
+    let show = |p: &pb::CommandProgress| {
+        if let Some(m) = &p.migration {
+            let pct = (m.data_processed_bytes * 100)
+                .checked_div(m.data_total_bytes)
+                .unwrap_or(0);
+            eprintln!(
+                "migrate: {pct}% ({} of {} MiB, {} MiB left), iteration {}, dirty {} pages/s",
+                m.data_processed_bytes >> 20,
+                m.data_total_bytes >> 20,
+                m.data_remaining_bytes >> 20,
+                m.iteration,
+                m.dirty_rate_pages_s
+            );
+        }
+    };
+    match csagent_mgmt::migrate::migrate(&mut client, ask, show).await {
+        Ok(m) => {
+            println!(
+                "VM {} moved to {} in {} ms (downtime {} ms, {} MiB{})",
+                ask.vm,
+                ask.to,
+                m.total_ms,
+                m.downtime_ms,
+                m.data_total_bytes >> 20,
+                if m.post_copy { ", post-copy" } else { "" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("csagent-mgmt migrate: {e:#}");
+            Ok(ExitCode::from(1))
         }
     }
 }

@@ -80,10 +80,21 @@ pub fn fast_liveness() -> Liveness {
 }
 
 pub async fn start_plane(pki: &TestPki, liveness: Liveness, max_message_bytes: usize) -> Plane {
+    start_plane_at(pki, liveness, max_message_bytes, None).await
+}
+
+/// An in-process plane that also serves operators (csagent-mgmt) on
+/// `admin_socket`.
+pub async fn start_plane_at(
+    pki: &TestPki,
+    liveness: Liveness,
+    max_message_bytes: usize,
+    admin_socket: Option<PathBuf>,
+) -> Plane {
     Plane::start(PlaneConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tls: pki.server.clone(),
-        admin_socket: None,
+        admin_socket,
         liveness,
         plane_id: "test-plane".into(),
         max_message_bytes,

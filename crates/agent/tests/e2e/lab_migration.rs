@@ -19,6 +19,11 @@ struct Hosts {
 
 /// The lab's two hosts as csagent hosts of one plane, or why not.
 async fn two_hosts() -> Option<Hosts> {
+    two_hosts_with(None).await
+}
+
+/// The same, with the plane serving csagent-mgmt on `admin` when given.
+async fn two_hosts_with(admin: Option<std::path::PathBuf>) -> Option<Hosts> {
     let lab = match Lab::get(2) {
         Ok(l) => l,
         Err(why) => {
@@ -26,9 +31,16 @@ async fn two_hosts() -> Option<Hosts> {
             return None;
         }
     };
-    let f = Fixture::new(fast_liveness()).await;
+    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
+    let f = Fixture {
+        plane: start_plane_at(&pki, fast_liveness(), 16 << 20, admin).await,
+        host: uuid::Uuid::new_v4(),
+        work: workdir(),
+        pki,
+    };
     let target = uuid::Uuid::new_v4();
-    let source_cfg = lab_config(f.config(), 1);
+    let mut source_cfg = lab_config(f.config(), 1);
+    source_cfg.migration.address = lab.hosts[0].addr.clone();
     let target_work = f.work.path().join("target");
     std::fs::create_dir_all(&target_work).unwrap();
     let mut target_cfg = agent_config(
@@ -260,6 +272,58 @@ async fn a_cancelled_migration_reports_progress_and_leaves_the_vm_running_on_the
         None,
         "the target kept a half-migrated VM"
     );
+    for a in h.agents {
+        a.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csagent_mgmt_migrate_moves_a_vm_there_and_back() {
+    let dir = workdir();
+    let socket = dir.path().join("admin.sock");
+    let Some(h) = two_hosts_with(Some(socket.clone())).await else {
+        return;
+    };
+    let name = format!(
+        "cslab-test-cli-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let _domain = LabDomain {
+        lab: &h.lab,
+        name: name.clone(),
+    };
+    let vm = start_guest(&h, &name).await;
+    for (to, lab_host) in [(h.target, 2), (h.f.host, 1)] {
+        let out = tokio::process::Command::new(mgmt_bin())
+            .args(["migrate", "--admin-socket", socket.to_str().unwrap()])
+            .args([
+                "--vm",
+                &vm.to_string(),
+                "--to",
+                &to.to_string(),
+                "--max-downtime-ms",
+                "300",
+            ])
+            .output()
+            .await
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(said.contains(&format!("moved to {to}")), "{said}");
+        println!("{}", said.trim());
+        assert_eq!(h.lab.domstate(lab_host, &name).as_deref(), Some("running"));
+        assert_eq!(h.lab.domstate(3 - lab_host, &name), None);
+    }
+    // Moving it where it already is is refused, naming why.
+    let out = tokio::process::Command::new(mgmt_bin())
+        .args(["migrate", "--admin-socket", socket.to_str().unwrap()])
+        .args(["--vm", &vm.to_string(), "--to", &h.f.host.to_string()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("already runs on"), "{why}");
     for a in h.agents {
         a.stop().await;
     }
