@@ -29,6 +29,7 @@ mod link_failover;
 mod link_host;
 mod link_security;
 mod link_session;
+mod migration;
 mod network_netns;
 mod ops_metrics;
 mod ops_notify;
