@@ -112,7 +112,7 @@ cat >"$STATE/vm.json" <<JSON
     "serial_console": true,
     "serial_console_log": "$CONSOLE"
   },
-  "volumes": [{"volume": {"pool": "$POOL", "name": "$ROOT", "template": "template.qcow2", "mode": 1}, "disk_target": "vda"}]
+  "volumes": [{"volume": {"pool": "$POOL", "name": "$ROOT", "template": "template.qcow2", "mode": "LINKED"}, "disk_target": "vda"}]
 }}
 JSON
 

@@ -69,6 +69,23 @@ impl PlaneAdmin for AdminService {
             .map(Response::new)
     }
 
+    async fn set_maintenance(
+        &self,
+        req: Request<pb::SetMaintenanceRequest>,
+    ) -> Result<Response<pb::SetMaintenanceResponse>, Status> {
+        let req = req.into_inner();
+        let state = pb::MaintenanceState::try_from(req.state).map_err(|_| {
+            Status::invalid_argument(format!("maintenance state {} is unknown", req.state))
+        })?;
+        let host = req.host_uuid.to_ascii_lowercase();
+        if !self.registry.set_maintenance(&host, state, req.errors) {
+            return Err(Status::not_found(format!(
+                "host {host} is not known to this plane"
+            )));
+        }
+        Ok(Response::new(pb::SetMaintenanceResponse {}))
+    }
+
     type SendCommandStream = BoxStream<pb::CommandUpdate>;
 
     async fn send_command(
@@ -105,7 +122,7 @@ impl PlaneAdmin for AdminService {
             vcpus: req.vcpus,
             memory: csagent_host::MiB(req.memory_mib),
         };
-        match self.registry.place(&want) {
+        match self.registry.place(&want, &req.exclude_hosts) {
             Ok(host_uuid) => Ok(Response::new(pb::PlaceVmResponse { host_uuid })),
             Err(e @ PlacementError::InvalidRequest(_)) => {
                 Err(Status::invalid_argument(e.to_string()))

@@ -11,6 +11,7 @@ pub mod convert;
 pub mod enroll;
 pub mod identity_admin;
 pub mod identity_link;
+pub mod maintenance;
 pub mod migrate;
 pub mod registry;
 pub mod revocation;

@@ -102,6 +102,25 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         timeout_secs: u64,
     },
+    /// Maintenance of a host. `on`: it takes no new VMs, its running VMs
+    /// move live to hosts chosen by placement, a few at a time, and it ends
+    /// MAINTENANCE_STATE_ON, or ERROR naming each VM that could not move
+    /// (exit code 1). `off`: back in service.
+    Maintenance {
+        #[arg(long, default_value = DEFAULT_ADMIN)]
+        admin_socket: PathBuf,
+        /// Host UUID.
+        #[arg(long)]
+        host: String,
+        #[arg(value_enum)]
+        mode: MaintenanceMode,
+        /// VMs moved at once.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        /// Per VM: the move is aborted after this long and the VM stays.
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
+    },
     /// Where would a new VM go? First fit over Up hosts; "Insufficient
     /// capacity" (exit code 1) with each host's reason when none fits.
     Place {
@@ -131,6 +150,12 @@ enum Cmd {
         #[arg(long)]
         host: String,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MaintenanceMode {
+    On,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -287,6 +312,20 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             wait_secs,
         } => send(&admin_socket, host, &json, id, deadline_ms, wait_secs).await,
         Cmd::Events { admin_socket } => events(&admin_socket).await,
+        Cmd::Maintenance {
+            admin_socket,
+            host,
+            mode,
+            concurrency,
+            timeout_secs,
+        } => {
+            let drain = csagent_mgmt::maintenance::Drain {
+                host: host.to_ascii_lowercase(),
+                concurrency,
+                timeout: Duration::from_secs(timeout_secs),
+            };
+            maintenance(&admin_socket, &drain, mode).await
+        }
         Cmd::Migrate {
             admin_socket,
             vm,
@@ -503,6 +542,41 @@ async fn send(
     }
 }
 
+async fn maintenance(
+    socket: &Path,
+    drain: &csagent_mgmt::maintenance::Drain,
+    mode: MaintenanceMode,
+) -> anyhow::Result<ExitCode> {
+    use csagent_mgmt::maintenance;
+    let mut client = admin::connect(socket)
+        .await
+        .with_context(|| format!("cannot reach the plane at {}", socket.display()))?;
+    if let MaintenanceMode::Off = mode {
+        maintenance::leave(&mut client, &drain.host).await?;
+        println!("host {} is back in service", drain.host);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = maintenance::enter(&mut client, drain, |line| eprintln!("{line}")).await?;
+    if done.failed.is_empty() {
+        println!(
+            "host {} is in maintenance: {} VMs moved",
+            drain.host,
+            done.moved.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "host {} is in MAINTENANCE_ERROR: {} VMs moved, {} could not:",
+        drain.host,
+        done.moved.len(),
+        done.failed.len()
+    );
+    for (vm, why) in &done.failed {
+        println!("  {vm}: {why}");
+    }
+    Ok(ExitCode::from(1))
+}
+
 async fn migrate(
     socket: &Path,
     ask: &csagent_mgmt::migrate::MigrateAsk,
@@ -564,7 +638,11 @@ async fn place(socket: &Path, vcpus: u32, memory_mib: u64) -> anyhow::Result<Exi
         .await
         .with_context(|| format!("cannot reach the plane at {}", socket.display()))?;
     match client
-        .place_vm(pb::PlaceVmRequest { vcpus, memory_mib })
+        .place_vm(pb::PlaceVmRequest {
+            vcpus,
+            memory_mib,
+            exclude_hosts: Vec::new(),
+        })
         .await
     {
         Ok(r) => {

@@ -154,7 +154,7 @@ async fn lookup_source(
     }
 }
 
-async fn vm_status(
+pub(crate) async fn vm_status(
     client: &mut PlaneAdminClient<Channel>,
     host: &str,
     vm: &str,

@@ -70,6 +70,8 @@ struct Host {
     late: VecDeque<pb::CommandResult>,
     /// Expiry of the host's certificate from its heartbeats, Unix ms.
     cert_not_after_unix_ms: i64,
+    maintenance: pb::MaintenanceState,
+    maintenance_errors: Vec<String>,
 }
 
 /// Late results kept per host.
@@ -274,7 +276,11 @@ impl Registry {
         let (wtx, wrx) = mpsc::unbounded_channel();
         let mut hosts = self.lock();
         let host = hosts.entry(uuid.to_string()).or_default();
-        if let Some(r) = host.late.iter().find(|r| r.command_id == id) {
+        if let Some(refused) = refuse_in_maintenance(host, &cmd) {
+            let _ = wtx.send(pb::CommandUpdate {
+                update: Some(pb::command_update::Update::Result(refused)),
+            });
+        } else if let Some(r) = host.late.iter().find(|r| r.command_id == id) {
             let _ = wtx.send(pb::CommandUpdate {
                 update: Some(pb::command_update::Update::Result(r.clone())),
             });
@@ -399,11 +405,14 @@ impl Registry {
     pub fn place(
         &self,
         req: &csagent_host::Request,
+        exclude: &[String],
     ) -> Result<String, csagent_host::placement::PlacementError> {
         let hosts = self.lock();
         let mut candidates: Vec<_> = hosts
             .iter()
             .filter(|(_, h)| h.conn.is_some() && h.state == pb::HostState::Up)
+            .filter(|(_, h)| h.maintenance == pb::MaintenanceState::Off)
+            .filter(|(uuid, _)| !exclude.iter().any(|e| e.eq_ignore_ascii_case(uuid)))
             .filter_map(|(uuid, h)| {
                 h.last_report
                     .as_ref()
@@ -412,6 +421,24 @@ impl Registry {
             .collect();
         candidates.sort_by(|a, b| a.host.cmp(&b.host));
         csagent_host::placement::first_fit(&candidates, req).map(|i| candidates[i].host.clone())
+    }
+
+    /// Sets a host's maintenance state; false when the plane does not know
+    /// the host.
+    pub fn set_maintenance(
+        &self,
+        uuid: &str,
+        state: pb::MaintenanceState,
+        errors: Vec<String>,
+    ) -> bool {
+        let mut hosts = self.lock();
+        let Some(h) = hosts.get_mut(uuid) else {
+            return false;
+        };
+        tracing::info!(host = %uuid, state = state.as_str_name(), errors = errors.len(), "maintenance");
+        h.maintenance = state;
+        h.maintenance_errors = errors;
+        true
     }
 
     pub fn list(&self) -> Vec<pb::HostSummary> {
@@ -448,7 +475,24 @@ fn summary(uuid: &str, h: &Host) -> pb::HostSummary {
         late_results: u32::try_from(h.late.len()).unwrap_or(u32::MAX),
         revoked: false,
         cert_not_after_unix_ms: h.cert_not_after_unix_ms,
+        maintenance: h.maintenance as i32,
+        maintenance_errors: h.maintenance_errors.clone(),
     }
+}
+
+/// A host in maintenance takes no new VM: StartVm is answered at once.
+fn refuse_in_maintenance(h: &Host, cmd: &pb::Command) -> Option<pb::CommandResult> {
+    let starts = matches!(cmd.body, Some(pb::command::Body::StartVm(_)));
+    (starts && h.maintenance != pb::MaintenanceState::Off).then(|| pb::CommandResult {
+        command_id: cmd.id.clone(),
+        status: pb::CommandStatus::Error as i32,
+        error_code: pb::ErrorCode::Unavailable as i32,
+        message: format!(
+            "the host is in maintenance ({}): it takes no new VMs; place the VM elsewhere",
+            h.maintenance.as_str_name()
+        ),
+        ..Default::default()
+    })
 }
 
 fn ms(d: Duration) -> u32 {

@@ -328,3 +328,91 @@ async fn csagent_mgmt_migrate_moves_a_vm_there_and_back() {
         a.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_drains_the_host_and_it_takes_no_new_vms_until_off() {
+    let dir = workdir();
+    let socket = dir.path().join("admin.sock");
+    let Some(h) = two_hosts_with(Some(socket.clone())).await else {
+        return;
+    };
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let names = [
+        format!("cslab-test-mt1-{tag}"),
+        format!("cslab-test-mt2-{tag}"),
+    ];
+    let _domains: Vec<_> = names
+        .iter()
+        .map(|n| LabDomain {
+            lab: &h.lab,
+            name: n.clone(),
+        })
+        .collect();
+    for n in &names {
+        start_guest(&h, n).await;
+    }
+    let source = h.f.host.to_string();
+    let summary = |h: &Hosts| host_summary(&h.f.plane, &h.f.host).unwrap();
+    // The plane places on hosts with a report; wait for the target's.
+    assert!(
+        wait_for(Duration::from_secs(20), || host_summary(
+            &h.f.plane, &h.target
+        )
+        .is_some_and(|s| s.last_report.is_some()))
+        .await
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || summary(&h).vms.len() >= 2).await,
+        "the source's heartbeat never listed both VMs"
+    );
+    let mgmt = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(mgmt_bin());
+        c.args([
+            "maintenance",
+            "--admin-socket",
+            socket.to_str().unwrap(),
+            "--host",
+            &source,
+        ]);
+        c.args(args);
+        c.output()
+    };
+    let out = mgmt(&["on", "--concurrency", "2"]).await.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(said.contains("2 VMs moved"), "{said}");
+    for n in &names {
+        assert_eq!(h.lab.domstate(2, n).as_deref(), Some("running"), "{n}");
+        assert_eq!(h.lab.domstate(1, n), None, "{n}");
+    }
+    assert_eq!(summary(&h).maintenance, pb::MaintenanceState::On as i32);
+
+    // A host in maintenance is sent no StartVm.
+    let img = h.lab.shared_guest(&guest_image());
+    let spec = guest_spec(
+        &uuid::Uuid::new_v4(),
+        &format!("cslab-test-mt3-{tag}"),
+        &img,
+        64,
+    );
+    let start = pb::command::Body::StartVm(pb::StartVm {
+        spec: Some(spec),
+        ..Default::default()
+    });
+    let r = call(
+        &h.f.plane,
+        &h.f.host,
+        body_cmd(start),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(r.error_code, pb::ErrorCode::Unavailable as i32, "{r:?}");
+    assert!(r.message.contains("maintenance"), "{}", r.message);
+
+    let out = mgmt(&["off"]).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(summary(&h).maintenance, pb::MaintenanceState::Off as i32);
+    for a in h.agents {
+        a.stop().await;
+    }
+}

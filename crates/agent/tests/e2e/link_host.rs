@@ -40,12 +40,12 @@ async fn plane_sees_facts_health_reports_and_places_by_them() {
         vcpus: 1,
         memory: MiB(16),
     };
-    assert_eq!(plane.registry.place(&small).unwrap(), host.to_string());
+    assert_eq!(plane.registry.place(&small, &[]).unwrap(), host.to_string());
     let huge = Request {
         vcpus: 100_000,
         memory: MiB(16),
     };
-    let e = plane.registry.place(&huge).unwrap_err();
+    let e = plane.registry.place(&huge, &[]).unwrap_err();
     assert!(matches!(e, PlacementError::NoHostFits { .. }));
     let msg = e.to_string();
     assert!(msg.starts_with("Insufficient capacity"), "{msg}");
