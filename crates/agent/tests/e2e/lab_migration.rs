@@ -416,3 +416,73 @@ async fn maintenance_drains_the_host_and_it_takes_no_new_vms_until_off() {
         a.stop().await;
     }
 }
+
+/// Brings a lab host's network back however the test ends.
+struct LinkDown<'a>(&'a Lab, usize);
+
+impl Drop for LinkDown<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(self.1, &["ip", "link", "set", "eth0", "up"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_cut_off_from_its_target_is_aborted_and_the_vm_stays_on_the_source() {
+    let Some(h) = two_hosts().await else { return };
+    let name = format!(
+        "cslab-test-cut-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let _domain = LabDomain {
+        lab: &h.lab,
+        name: name.clone(),
+    };
+    let vm = start_guest(&h, &name).await;
+    let p = prepare(&h, &vm).await;
+    let mut body = migrate_body(&vm, &p, 2);
+    if let pb::command::Body::MigrateVm(m) = &mut body {
+        m.completion_timeout_ms = 8_000;
+    }
+    let (_, mut rx) =
+        h.f.plane
+            .registry
+            .send(&h.f.host.to_string(), body_cmd(body));
+    // Cut the target's network once data flows.
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(u) = rx.recv().await {
+            if matches!(&u.update, Some(pb::command_update::Update::Progress(p)) if p.migration.is_some()) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "no migration progress");
+    let _restore = LinkDown(&h.lab, 2);
+    let out = h.lab.run(2, &["ip", "link", "set", "eth0", "down"]);
+    assert!(out.status.success(), "{out:?}");
+
+    let r = result_of(&mut rx, Duration::from_secs(90)).await;
+    assert_eq!(r.status, pb::CommandStatus::Error as i32, "{r:?}");
+    assert!(
+        r.message.contains("keeps running on this host"),
+        "{}",
+        r.message
+    );
+    println!("cut-off migration answered: {}", r.message);
+    assert!(
+        running(&state_on(&h, &h.f.host, &vm).await),
+        "the source no longer runs the VM"
+    );
+    drop(_restore);
+    // The target's half-made incoming VM goes once libvirt notices.
+    assert!(
+        csagent_testkit::lab::wait_for(Duration::from_secs(60), || h
+            .lab
+            .domstate(2, &name)
+            .is_none()),
+        "the target kept the half-migrated VM"
+    );
+    for a in h.agents {
+        a.stop().await;
+    }
+}
