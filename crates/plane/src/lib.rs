@@ -14,6 +14,7 @@ pub mod identity_link;
 pub mod registry;
 pub mod revocation;
 pub mod server;
+pub mod show;
 pub mod statefile;
 pub mod tokens;
 
