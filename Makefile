@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all deps services build test lint demo bench package clean
+.PHONY: all deps tools services build test lint demo bench package clean
 
 all: build
 
@@ -25,10 +25,16 @@ lint: deps
 
 # clippy --all-targets already type-checks the benches; building them in
 # release here would double CI's compile time for nothing.
-test: services lint
+# Every command the scripts, tests and demo run, each missing one named with
+# its package: test and demo check it before anything else of theirs runs,
+# so a tool lost since install is one clear line, not thirty failed tests.
+tools: deps
+	bash scripts/verify-tools.sh
+
+test: tools services lint
 	bash scripts/test.sh
 
-demo: services
+demo: tools services
 	bash scripts/demo.sh
 
 bench: services

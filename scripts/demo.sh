@@ -86,11 +86,14 @@ cleanup_vm() {
 }
 trap 'cleanup_vm; cleanup' EXIT
 
-step "a storage pool ($POOL_DIR) with a 64 MiB qcow2 template the VM's root disk is cloned from"
+step "command: add_pool, a directory pool at $POOL_DIR (defined, started, autostarted by the agent)"
 mkdir -p "$POOL_DIR"
-virsh -c qemu:///system pool-define-as "$POOL" dir --target "$POOL_DIR" >/dev/null
-virsh -c qemu:///system pool-start "$POOL" >/dev/null
-qemu-img create -q -f qcow2 "$POOL_DIR/template.qcow2" 64M
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \
+  "{\"add_pool\":{\"pool\":{\"name\":\"$POOL\",\"kind\":{\"dir\":{\"path\":\"$POOL_DIR\"}}}}}"
+
+step "command: create_volume, a blank 64 MiB qcow2 template the VM's root disk is cloned from"
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \
+  "{\"create_volume\":{\"pool\":\"$POOL\",\"name\":\"template.qcow2\",\"format\":\"QCOW2\",\"size_bytes\":67108864}}"
 
 # StartVm prepares the root volume (a linked clone of the template) before
 # it defines the VM; the guest boots its kernel directly and logs its serial
@@ -149,6 +152,10 @@ grep -E "^CSAGENT-GUEST-POWEROFF" "$CONSOLE" || true
 
 step "destroy it (undefine, NVRAM and snapshot metadata too)"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"destroy_vm\":{\"vm_uuid\":\"$VM_UUID\"}}"
+
+step "command: remove_pool (stopped and undefined; its files are kept, and removed by this script)"
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \
+  "{\"remove_pool\":{\"name\":\"$POOL\"}}"
 
 step "command with a deadline it cannot meet (echo waits 2 s, deadline 300 ms)"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" --deadline-ms 300 \

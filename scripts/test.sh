@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Runs every test (unit, integration, CLI) and ends with one total line,
-# "N passed, N failed", so a reader of the last line sees the whole run.
+# "N passed, N failed, N skipped", so a reader of the last line sees the
+# whole run. libtest has no "skipped": a test that cannot run here calls
+# csagent_testkit::skip!, which appends "<test><TAB><reason>" to
+# $CSAGENT_SKIP_FILE and returns (libtest counts it "ok"); those are listed
+# under "Skipped:" and moved from passed to skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
+skips=$(mktemp)
+export CSAGENT_SKIP_FILE="$skips"
 # The lab of hosts on one machine (scripts/lab.sh) comes up once per run
 # for the multi-host tests and goes down however the run ends; without it
 # those tests skip and say why.
-trap 'bash scripts/lab.sh down >/dev/null 2>&1; rm -f "$log"' EXIT
+trap 'bash scripts/lab.sh down >/dev/null 2>&1; rm -f "$log" "$skips"' EXIT
 if ! bash scripts/lab.sh up 2 >"$log" 2>&1; then
   echo "test: the lab did not come up; its tests will skip:" >&2
   tail -5 "$log" >&2
@@ -32,6 +38,14 @@ pkg_status=${PIPESTATUS[0]}
 read -r pkg_passed pkg_failed < <(sed -nE 's/^package-test: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$log" | tail -1)
 passed=$((passed + ${pkg_passed:-0}))
 failed=$((failed + ${pkg_failed:-1}))
+skipped=$(grep -c . "$skips")
+passed=$((passed - skipped))
 echo
-echo "${passed} passed, ${failed} failed"
+if [ "$skipped" -gt 0 ]; then
+  echo "Skipped:"
+  sort "$skips" | while IFS=$'\t' read -r test reason; do
+    echo "  ${test}: ${reason}"
+  done
+fi
+echo "${passed} passed, ${failed} failed, ${skipped} skipped"
 exit "$status"

@@ -16,6 +16,7 @@ pub mod migrate;
 pub mod registry;
 pub mod revocation;
 pub mod server;
+pub mod show;
 pub mod statefile;
 pub mod tokens;
 

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use tokio_stream::StreamExt;
 
 use csagent_core::logging::LogFormat;
-use csagent_mgmt::{admin, IdentityConfig, Liveness, Plane, PlaneConfig};
+use csagent_mgmt::{admin, show, IdentityConfig, Liveness, Plane, PlaneConfig};
 use csagent_proto::v1 as pb;
 use csagent_tls::pki::{self as pki, Ca, Validity};
 use csagent_tls::TlsFiles;
@@ -44,20 +44,23 @@ enum Cmd {
     Hosts {
         #[arg(long, default_value = DEFAULT_ADMIN)]
         admin_socket: PathBuf,
-        /// Print JSON instead of a table.
+        /// Print JSON instead of a table (enum values by name).
         #[arg(long)]
         json: bool,
     },
-    /// Send a command to a host and print its progress, events and result
-    /// as JSON lines. Exit code 1 if the command failed.
+    /// Send a command to a host and print its progress, events and result,
+    /// a line each (enum values by name: RUNNING, OK, DEADLINE_EXCEEDED).
+    /// Exit code 1 if the command failed.
     Send {
         #[arg(long, default_value = DEFAULT_ADMIN)]
         admin_socket: PathBuf,
         /// Host UUID.
         #[arg(long)]
         host: String,
-        /// The command body as JSON, e.g. '{"echo":{"payload":"hi"}}'.
-        json: String,
+        /// The command body as JSON, e.g. '{"echo":{"payload":"hi"}}'; enum
+        /// fields take a name ("mode":"LINKED") or a number.
+        #[arg(value_name = "JSON")]
+        body: String,
         /// Command id (default: a fresh one). Reusing an id never runs it twice.
         #[arg(long)]
         id: Option<String>,
@@ -67,6 +70,10 @@ enum Cmd {
         /// Stop waiting after this many seconds.
         #[arg(long, default_value_t = 600)]
         wait_secs: u64,
+        /// Print each update as one line of JSON (the proto's field names,
+        /// enum values by name) instead of a line for a person.
+        #[arg(long)]
+        json: bool,
     },
     /// Move a running VM live to another host: the target prepares (or
     /// refuses, changing nothing), the source migrates, the target confirms.
@@ -131,10 +138,13 @@ enum Cmd {
         #[arg(long)]
         memory_mib: u64,
     },
-    /// Print VM events and host state changes as they happen (JSON lines).
+    /// Print VM events and host state changes as they happen, a line each.
     Events {
         #[arg(long, default_value = DEFAULT_ADMIN)]
         admin_socket: PathBuf,
+        /// One line of JSON per event (enum values by name).
+        #[arg(long)]
+        json: bool,
     },
     /// One-time enrollment tokens for hosts.
     Token {
@@ -306,12 +316,16 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Send {
             admin_socket,
             host,
-            json,
+            body,
             id,
             deadline_ms,
             wait_secs,
-        } => send(&admin_socket, host, &json, id, deadline_ms, wait_secs).await,
-        Cmd::Events { admin_socket } => events(&admin_socket).await,
+            json,
+        } => {
+            let wait = Duration::from_secs(wait_secs);
+            send(&admin_socket, host, &body, id, deadline_ms, wait, json).await
+        }
+        Cmd::Events { admin_socket, json } => events(&admin_socket, json).await,
         Cmd::Maintenance {
             admin_socket,
             host,
@@ -463,7 +477,11 @@ async fn hosts(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
         .into_inner()
         .hosts;
     if json {
-        println!("{}", serde_json::to_string_pretty(&hosts)?);
+        let named: Vec<_> = hosts
+            .iter()
+            .map(|h| show::named(show::HOST_SUMMARY, h))
+            .collect::<Result<_, _>>()?;
+        println!("{}", serde_json::to_string_pretty(&named)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -497,12 +515,13 @@ async fn hosts(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
 async fn send(
     socket: &Path,
     host: String,
-    json: &str,
+    body: &str,
     id: Option<String>,
     deadline_ms: u64,
-    wait_secs: u64,
+    wait: Duration,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let body: pb::command::Body = serde_json::from_str(json)
+    let body = show::parse_body(body)
         .context("the command is not valid JSON for a Command body (e.g. '{\"noop\":{}}')")?;
     let mut client = admin::connect(socket)
         .await
@@ -519,7 +538,8 @@ async fn send(
         })
         .await?
         .into_inner();
-    let wait = tokio::time::sleep(Duration::from_secs(wait_secs));
+    let wait_secs = wait.as_secs();
+    let wait = tokio::time::sleep(wait);
     tokio::pin!(wait);
     loop {
         let next = tokio::select! {
@@ -530,7 +550,13 @@ async fn send(
             bail!("the plane ended the stream without a result")
         };
         let update = update?;
-        println!("{}", serde_json::to_string(&update)?);
+        if json {
+            println!("{}", show::named(show::COMMAND_UPDATE, &update)?);
+        } else {
+            for line in show::update_lines(&update) {
+                println!("{line}");
+            }
+        }
         if let Some(pb::command_update::Update::Result(r)) = update.update {
             let ok = r.status == pb::CommandStatus::Ok as i32;
             return Ok(if ok {
@@ -619,7 +645,7 @@ async fn migrate(
     }
 }
 
-async fn events(socket: &Path) -> anyhow::Result<ExitCode> {
+async fn events(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let mut client = admin::connect(socket)
         .await
         .with_context(|| format!("cannot reach the plane at {}", socket.display()))?;
@@ -628,7 +654,12 @@ async fn events(socket: &Path) -> anyhow::Result<ExitCode> {
         .await?
         .into_inner();
     while let Some(ev) = stream.next().await {
-        println!("{}", serde_json::to_string(&ev?)?);
+        let ev = ev?;
+        if json {
+            println!("{}", show::named(show::PLANE_EVENT, &ev)?);
+        } else {
+            println!("{}", show::plane_event_line(&ev));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod guest;
+pub mod skip;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

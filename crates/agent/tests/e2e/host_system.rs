@@ -65,25 +65,30 @@ fn kvm_check_uses_the_qemu_users_groups() {
     fs::write(dev.path().join("kvm"), "").unwrap();
     let not_dev = csagent_host::facts::kvm_status(dev.path(), Some("root"));
     assert!(!not_dev.usable && not_dev.detail.contains("character device"));
+}
+
+/// The same checks against this machine's own /dev/kvm.
+#[test]
+fn kvm_check_of_the_real_dev_kvm() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        csagent_testkit::skip!("/dev/kvm absent on this machine");
+        return;
+    }
     let unknown =
         csagent_host::facts::kvm_status(std::path::Path::new("/dev"), Some("no-such-user-csagent"));
-    if std::path::Path::new("/dev/kvm").exists() {
-        assert!(
-            !unknown.usable && unknown.detail.contains("not found"),
-            "{unknown:?}"
-        );
-        // nobody is in no kvm group: it must not be reported usable when the
-        // device is not world-writable, even though root (us) can open it.
-        let meta = fs::metadata("/dev/kvm").unwrap();
-        let nobody = csagent_host::facts::kvm_status(std::path::Path::new("/dev"), Some("nobody"));
-        assert_eq!(
-            nobody.usable,
-            meta.permissions().mode() & 0o006 == 0o006,
-            "{nobody:?}"
-        );
-    } else {
-        println!("skipped: /dev/kvm absent on this machine");
-    }
+    assert!(
+        !unknown.usable && unknown.detail.contains("not found"),
+        "{unknown:?}"
+    );
+    // nobody is in no kvm group: it must not be reported usable when the
+    // device is not world-writable, even though root (us) can open it.
+    let meta = fs::metadata("/dev/kvm").unwrap();
+    let nobody = csagent_host::facts::kvm_status(std::path::Path::new("/dev"), Some("nobody"));
+    assert_eq!(
+        nobody.usable,
+        meta.permissions().mode() & 0o006 == 0o006,
+        "{nobody:?}"
+    );
 }
 
 #[test]
@@ -464,7 +469,7 @@ fn facts_from_a_fixture_server() {
 fn kvm_device_modes_against_user_groups() {
     use nix::sys::stat::{makedev, mknod, Mode, SFlag};
     let Some(qemu) = nix::unistd::User::from_name("libvirt-qemu").ok().flatten() else {
-        println!("skipped: no libvirt-qemu user on this machine");
+        csagent_testkit::skip!("no libvirt-qemu user on this machine");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -475,7 +480,7 @@ fn kvm_device_modes_against_user_groups() {
         Mode::from_bits_truncate(0o660),
         makedev(10, 232),
     ) {
-        println!("skipped: cannot create a device node here ({e})");
+        csagent_testkit::skip!("cannot create a device node here ({e})");
         return;
     }
     // Owned by root, group = QEMU user's primary group (kvm on Debian).

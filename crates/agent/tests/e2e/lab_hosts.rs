@@ -7,19 +7,15 @@ use std::time::{Duration, Instant};
 use csagent_testkit::guest::guest_image;
 use csagent_testkit::lab::{wait_for, Lab, LabDomain, SHARED};
 
-fn lab_or_skip(min: usize) -> Option<Lab> {
-    match Lab::get(min) {
-        Ok(lab) => Some(lab),
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            None
-        }
-    }
-}
-
 #[test]
 fn lab_hosts_are_separate_libvirt_hosts() {
-    let Some(lab) = lab_or_skip(2) else { return };
+    let lab = match Lab::get(2) {
+        Ok(l) => l,
+        Err(why) => {
+            csagent_testkit::skip!("{why}");
+            return;
+        }
+    };
     let out = lab.run(1, &["hostname"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cslab-h1");
     // Host 1 reaches host 2's libvirtd over the lab network, and it answers
@@ -42,7 +38,13 @@ fn lab_hosts_are_separate_libvirt_hosts() {
 
 #[test]
 fn a_tcg_guest_migrates_live_between_lab_hosts_and_keeps_running() {
-    let Some(lab) = lab_or_skip(2) else { return };
+    let lab = match Lab::get(2) {
+        Ok(l) => l,
+        Err(why) => {
+            csagent_testkit::skip!("{why}");
+            return;
+        }
+    };
     let img = lab.shared_guest(&guest_image());
     let name = format!(
         "cslab-test-mig-{}",

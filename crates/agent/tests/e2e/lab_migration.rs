@@ -8,6 +8,7 @@ use std::time::Duration;
 use csagent_proto::v1 as pb;
 use csagent_testkit::guest::{guest_image, guest_spec};
 use csagent_testkit::lab::{Lab, LabDomain};
+use csagent_testkit::skip;
 use csagent_testkit::*;
 
 struct Hosts {
@@ -18,19 +19,13 @@ struct Hosts {
 }
 
 /// The lab's two hosts as csagent hosts of one plane, or why not.
-async fn two_hosts() -> Option<Hosts> {
+async fn two_hosts() -> Result<Hosts, String> {
     two_hosts_with(None).await
 }
 
 /// The same, with the plane serving csagent-mgmt on `admin` when given.
-async fn two_hosts_with(admin: Option<std::path::PathBuf>) -> Option<Hosts> {
-    let lab = match Lab::get(2) {
-        Ok(l) => l,
-        Err(why) => {
-            println!("SKIPPED: {why}");
-            return None;
-        }
-    };
+async fn two_hosts_with(admin: Option<std::path::PathBuf>) -> Result<Hosts, String> {
+    let lab = Lab::get(2)?;
     let pki = TestPki::new(&["localhost", "127.0.0.1"]);
     let f = Fixture {
         plane: start_plane_at(&pki, fast_liveness(), 16 << 20, admin).await,
@@ -57,7 +52,7 @@ async fn two_hosts_with(admin: Option<std::path::PathBuf>) -> Option<Hosts> {
         wait_for(Duration::from_secs(10), || is_up(&f.plane, &target)).await,
         "the target agent never registered"
     );
-    Some(Hosts {
+    Ok(Hosts {
         f,
         lab,
         target,
@@ -151,7 +146,13 @@ fn running(r: &pb::CommandResult) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_moves_live_to_the_prepared_host_and_only_it_reports_the_vm() {
-    let Some(h) = two_hosts().await else { return };
+    let h = match two_hosts().await {
+        Ok(h) => h,
+        Err(why) => {
+            skip!("{why}");
+            return;
+        }
+    };
     let name = format!(
         "cslab-test-mv-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -223,7 +224,13 @@ async fn a_vm_moves_live_to_the_prepared_host_and_only_it_reports_the_vm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_migration_reports_progress_and_leaves_the_vm_running_on_the_source() {
-    let Some(h) = two_hosts().await else { return };
+    let h = match two_hosts().await {
+        Ok(h) => h,
+        Err(why) => {
+            skip!("{why}");
+            return;
+        }
+    };
     let name = format!(
         "cslab-test-cx-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -281,8 +288,12 @@ async fn a_cancelled_migration_reports_progress_and_leaves_the_vm_running_on_the
 async fn csagent_mgmt_migrate_moves_a_vm_there_and_back() {
     let dir = workdir();
     let socket = dir.path().join("admin.sock");
-    let Some(h) = two_hosts_with(Some(socket.clone())).await else {
-        return;
+    let h = match two_hosts_with(Some(socket.clone())).await {
+        Ok(h) => h,
+        Err(why) => {
+            skip!("{why}");
+            return;
+        }
     };
     let name = format!(
         "cslab-test-cli-{}",
@@ -333,8 +344,12 @@ async fn csagent_mgmt_migrate_moves_a_vm_there_and_back() {
 async fn maintenance_drains_the_host_and_it_takes_no_new_vms_until_off() {
     let dir = workdir();
     let socket = dir.path().join("admin.sock");
-    let Some(h) = two_hosts_with(Some(socket.clone())).await else {
-        return;
+    let h = match two_hosts_with(Some(socket.clone())).await {
+        Ok(h) => h,
+        Err(why) => {
+            skip!("{why}");
+            return;
+        }
     };
     let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let names = [
@@ -428,7 +443,13 @@ impl Drop for LinkDown<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_cut_off_from_its_target_is_aborted_and_the_vm_stays_on_the_source() {
-    let Some(h) = two_hosts().await else { return };
+    let h = match two_hosts().await {
+        Ok(h) => h,
+        Err(why) => {
+            skip!("{why}");
+            return;
+        }
+    };
     let name = format!(
         "cslab-test-cut-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]

@@ -34,6 +34,7 @@ mod network_netns;
 mod ops_metrics;
 mod ops_notify;
 mod ops_status;
+mod setup_tools;
 mod storage_pools;
 mod storage_snapshots;
 mod storage_templates;

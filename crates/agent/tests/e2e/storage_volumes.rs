@@ -330,7 +330,7 @@ async fn cancel_during_full_copy_kills_qemu_img_and_removes_output() {
         .create_volume_from_template(req, CallOpts::new(token), Some(sink))
         .await;
     if !mid.load(Ordering::SeqCst) {
-        println!("SKIP: convert finished before any mid-copy progress; nothing to cancel");
+        csagent_testkit::skip!("convert finished before any mid-copy progress; nothing to cancel");
         return;
     }
     let e = r.unwrap_err();

@@ -445,7 +445,9 @@ async fn a_failed_step_is_named_and_undoes_the_steps_before_it() {
     agent.stop().await;
 }
 
-/// Runs `csagent-mgmt` with `args`; its JSON-line updates and exit status.
+/// Runs `csagent-mgmt` with `args`; its updates (from `--json` lines, enum
+/// values by name, read back through the plane's names), exit status and
+/// whole output.
 async fn mgmt(args: &[&str]) -> (Vec<pb::CommandUpdate>, bool, String) {
     let out = tokio::process::Command::new(mgmt_bin())
         .args(args)
@@ -456,7 +458,9 @@ async fn mgmt(args: &[&str]) -> (Vec<pb::CommandUpdate>, bool, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let updates = text
         .lines()
-        .filter_map(|l| serde_json::from_str::<pb::CommandUpdate>(l).ok())
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .map(|v| csagent_mgmt::show::numbered(csagent_mgmt::show::COMMAND_UPDATE, v))
+        .filter_map(|v| serde_json::from_value::<pb::CommandUpdate>(v).ok())
         .collect();
     let all = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
     (updates, out.status.success(), all)
@@ -510,7 +514,18 @@ async fn full_lifecycle_through_the_csagent_mgmt_binary() {
     let h = host.to_string();
     let send = |json: String| {
         let (admin, h) = (admin.clone(), h.clone());
-        async move { mgmt(&["send", "--admin-socket", &admin, "--host", &h, &json]).await }
+        async move {
+            mgmt(&[
+                "send",
+                "--json",
+                "--admin-socket",
+                &admin,
+                "--host",
+                &h,
+                &json,
+            ])
+            .await
+        }
     };
     let up = Instant::now();
     loop {
@@ -555,6 +570,9 @@ async fn full_lifecycle_through_the_csagent_mgmt_binary() {
     );
     let res = started(&result_of_updates(&u));
     assert!(res.vnc_port >= 5900, "{out}");
+    // What a person (or jq) reads: enum values by name.
+    assert!(out.contains(r#""state":"RUNNING""#), "{out}");
+    assert!(out.contains(r#""status":"OK""#), "{out}");
     wait_contains(&log, MARKER, BOOT_LIMIT)
         .await
         .unwrap_or_else(|t| panic!("no {MARKER} on the console:\n{t}"));
@@ -584,5 +602,19 @@ async fn full_lifecycle_through_the_csagent_mgmt_binary() {
         result_of_updates(&u).error_code,
         pb::ErrorCode::NotFound as i32
     );
+    assert!(out.contains(r#""error_code":"NOT_FOUND""#), "{out}");
+    // Without --json: a line a person reads, no JSON, no numbers for enums.
+    let (u, ok, out) = mgmt(&[
+        "send",
+        "--admin-socket",
+        &admin,
+        "--host",
+        &h,
+        &format!(r#"{{"get_vm_state":{{"vm_uuid":"{uuid}"}}}}"#),
+    ])
+    .await;
+    assert!(!ok && u.is_empty(), "{out}");
+    assert!(out.contains("result    ERROR NOT_FOUND in "), "{out}");
+    assert!(!out.contains("error_code"), "{out}");
     assert!(!domain_exists(&uuid));
 }
