@@ -14,6 +14,21 @@ use std::time::{Duration, Instant};
 use crate::guest::GuestImage;
 
 const RUN: &str = "/run/cslab";
+
+/// One lab test at a time: a drain moves every VM of a host and a cut
+/// takes a host's network down, so lab tests sharing the hosts would see
+/// each other's VMs and outages.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for this test's turn on the lab (async tests).
+pub async fn turn() -> tokio::sync::MutexGuard<'static, ()> {
+    TURN.lock().await
+}
+
+/// Waits for this test's turn on the lab (plain tests).
+pub fn turn_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    TURN.blocking_lock()
+}
 /// The same path in every lab host's mount namespace.
 pub const SHARED: &str = "/var/lib/cslab/shared";
 

@@ -9,6 +9,7 @@ use csagent_testkit::lab::{wait_for, Lab, LabDomain, SHARED};
 
 #[test]
 fn lab_hosts_are_separate_libvirt_hosts() {
+    let _turn = csagent_testkit::lab::turn_blocking();
     let lab = match Lab::get(2) {
         Ok(l) => l,
         Err(why) => {
@@ -38,6 +39,7 @@ fn lab_hosts_are_separate_libvirt_hosts() {
 
 #[test]
 fn a_tcg_guest_migrates_live_between_lab_hosts_and_keeps_running() {
+    let _turn = csagent_testkit::lab::turn_blocking();
     let lab = match Lab::get(2) {
         Ok(l) => l,
         Err(why) => {

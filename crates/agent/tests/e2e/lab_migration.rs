@@ -146,6 +146,7 @@ fn running(r: &pb::CommandResult) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_moves_live_to_the_prepared_host_and_only_it_reports_the_vm() {
+    let _turn = csagent_testkit::lab::turn().await;
     let h = match two_hosts().await {
         Ok(h) => h,
         Err(why) => {
@@ -224,6 +225,7 @@ async fn a_vm_moves_live_to_the_prepared_host_and_only_it_reports_the_vm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_migration_reports_progress_and_leaves_the_vm_running_on_the_source() {
+    let _turn = csagent_testkit::lab::turn().await;
     let h = match two_hosts().await {
         Ok(h) => h,
         Err(why) => {
@@ -288,6 +290,7 @@ async fn a_cancelled_migration_reports_progress_and_leaves_the_vm_running_on_the
 async fn csagent_mgmt_migrate_moves_a_vm_there_and_back() {
     let dir = workdir();
     let socket = dir.path().join("admin.sock");
+    let _turn = csagent_testkit::lab::turn().await;
     let h = match two_hosts_with(Some(socket.clone())).await {
         Ok(h) => h,
         Err(why) => {
@@ -344,6 +347,7 @@ async fn csagent_mgmt_migrate_moves_a_vm_there_and_back() {
 async fn maintenance_drains_the_host_and_it_takes_no_new_vms_until_off() {
     let dir = workdir();
     let socket = dir.path().join("admin.sock");
+    let _turn = csagent_testkit::lab::turn().await;
     let h = match two_hosts_with(Some(socket.clone())).await {
         Ok(h) => h,
         Err(why) => {
@@ -443,6 +447,7 @@ impl Drop for LinkDown<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_cut_off_from_its_target_is_aborted_and_the_vm_stays_on_the_source() {
+    let _turn = csagent_testkit::lab::turn().await;
     let h = match two_hosts().await {
         Ok(h) => h,
         Err(why) => {
