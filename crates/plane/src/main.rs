@@ -485,7 +485,7 @@ async fn hosts(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<36}  {:<7} {:<9} {:>4}  {:<22} HYPERVISOR",
+        "{:<36}  {:<12} {:<9} {:>4}  {:<22} HYPERVISOR",
         "HOST", "STATE", "CONNECTED", "VMS", "PEER"
     );
     for h in hosts {
@@ -496,7 +496,7 @@ async fn hosts(socket: &Path, json: bool) -> anyhow::Result<ExitCode> {
             state.as_str_name().trim_start_matches("HOST_STATE_")
         };
         println!(
-            "{:<36}  {:<7} {:<9} {:>4}  {:<22} {}",
+            "{:<36}  {:<12} {:<9} {:>4}  {:<22} {}",
             h.host_uuid,
             state,
             if h.connected { "yes" } else { "no" },

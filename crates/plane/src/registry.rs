@@ -158,6 +158,9 @@ impl Registry {
             if h.conn.as_ref().is_some_and(|c| c.id == conn) {
                 h.conn = None;
                 tracing::info!(host = %uuid, conn, "host disconnected");
+                if h.state == pb::HostState::Up {
+                    self.set_state(uuid, h, pb::HostState::Disconnected);
+                }
             }
         }
     }
@@ -370,6 +373,8 @@ impl Registry {
                 pb::HostState::Down
             } else if age > self.liveness.alert_after {
                 pb::HostState::Alert
+            } else if host.conn.is_none() {
+                pb::HostState::Disconnected
             } else {
                 pb::HostState::Up
             };
@@ -385,6 +390,9 @@ impl Registry {
         }
         match state {
             pb::HostState::Up => tracing::info!(host = %uuid, "host is Up"),
+            pb::HostState::Disconnected => {
+                tracing::info!(host = %uuid, "host is Disconnected: its stream ended")
+            }
             pb::HostState::Alert => {
                 tracing::warn!(host = %uuid, "host is in Alert: heartbeats missed")
             }

@@ -298,6 +298,17 @@ async fn sigterm_finishes_in_flight_and_exits_zero() {
         "{}",
         agent.log_text()
     );
+    // The plane shows the stopped host as disconnected at once, not Up.
+    let state = |h: &pb::HostSummary| (h.state, h.connected);
+    assert!(
+        wait_for(Duration::from_secs(1), || host_summary(plane, &host)
+            .is_some_and(
+                |h| state(&h) == (pb::HostState::Disconnected as i32, false)
+            ))
+        .await,
+        "{:?}",
+        host_summary(plane, &host)
+    );
     assert!(
         wait_for(Duration::from_secs(3), || !host_summary(plane, &host)
             .unwrap()
