@@ -6,9 +6,9 @@
 //! managed-only) lives in vm/; this file must not decide either.
 
 use virt::connect::Connect;
-use virt::domain::Domain;
 use virt::sys;
 
+use super::lifecycle::lookup;
 use super::HvError;
 
 /// Which definitions a change applies to: the running VM (`live`) and/or
@@ -40,11 +40,6 @@ impl Scope {
         }
         f
     }
-}
-
-fn lookup(c: &Connect, uuid: &uuid::Uuid) -> Result<Domain, HvError> {
-    c.lookup_domain_by_uuid_string(&uuid.to_string())
-        .map_err(|_| HvError::NotFound(uuid.to_string()))
 }
 
 pub fn attach(c: &Connect, uuid: &uuid::Uuid, xml: &str, scope: Scope) -> Result<(), HvError> {

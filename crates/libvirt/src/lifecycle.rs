@@ -10,7 +10,9 @@ use virt::sys;
 
 use super::HvError;
 
-fn lookup(c: &Connect, uuid: &uuid::Uuid) -> Result<Domain, HvError> {
+/// The domain with this UUID, or NotFound: every domain call of the crate
+/// starts here.
+pub(crate) fn lookup(c: &Connect, uuid: &uuid::Uuid) -> Result<Domain, HvError> {
     c.lookup_domain_by_uuid_string(&uuid.to_string())
         .map_err(|_| HvError::NotFound(uuid.to_string()))
 }

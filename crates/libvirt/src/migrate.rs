@@ -7,10 +7,11 @@
 //! nothing: when to abort or switch is the caller's.
 
 use virt::connect::Connect;
-use virt::domain::{Domain, MigrateParameters};
+use virt::domain::MigrateParameters;
 use virt::sys;
 
 use super::ffi;
+use super::lifecycle::lookup;
 use super::HvError;
 
 /// How to migrate, as libvirt is told.
@@ -77,11 +78,6 @@ pub struct JobProgress {
     /// The switch-over pause (completed jobs only).
     pub downtime_ms: u64,
     pub elapsed_ms: u64,
-}
-
-fn lookup(c: &Connect, uuid: &uuid::Uuid) -> Result<Domain, HvError> {
-    c.lookup_domain_by_uuid_string(&uuid.to_string())
-        .map_err(|_| HvError::NotFound(uuid.to_string()))
 }
 
 /// Migrates the domain; returns when libvirt says it is done, failed or was

@@ -14,10 +14,7 @@ use csagent_proto::v1 as pb;
 use crate::ctx::Progress;
 use crate::vm::migrate::{MigrateRequest, Migrated, PrepareRequest};
 
-fn vm(s: &str) -> Result<uuid::Uuid, CommandError> {
-    uuid::Uuid::parse_str(s)
-        .map_err(|_| CommandError::invalid(format!("vm_uuid {s:?} is not a UUID")))
-}
+use crate::convert::vm_ops::vm_uuid as vm;
 
 /// A libvirt URI the source's libvirtd can dial: qemu+tcp or qemu+tls.
 fn libvirt_uri(s: &str) -> Result<String, CommandError> {

@@ -30,11 +30,7 @@ impl Handlers {
                 format!("VM {id} already exists on this host: refusing to receive it"),
             ));
         }
-        let want = csagent_host::Request {
-            vcpus: req.vcpus,
-            memory: csagent_host::MiB(req.memory_kib.div_ceil(1024)),
-        };
-        self.monitor.admit(want, &vms).await?;
+        self.admit(&vms, req.vcpus, req.memory_kib).await?;
         migrate::check_disks(&req.disk_paths).await?;
         let address = self.migration_address()?;
         tracing::info!(vm = %id, address = %address, tls = self.migration.tls, "ready to receive a migration");

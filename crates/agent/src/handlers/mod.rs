@@ -194,11 +194,8 @@ impl Handlers {
                 .list_vms()
                 .await
                 .map_err(CommandError::from)?;
-            let want = csagent_host::Request {
-                vcpus: spec.vcpu.current.unwrap_or(spec.vcpu.max),
-                memory: csagent_host::MiB(spec.memory.size.0.div_ceil(1024)),
-            };
-            self.monitor.admit(want, &vms).await?;
+            let vcpus = spec.vcpu.current.unwrap_or(spec.vcpu.max);
+            self.admit(&vms, vcpus, spec.memory.size.0).await?;
         }
         let deps = crate::vm::prepare::Deps {
             hypervisor: &self.hypervisor,
@@ -211,6 +208,16 @@ impl Handlers {
 }
 
 impl Handlers {
+    /// Host admission of a VM with `vcpus` and `memory_kib` beside `vms`,
+    /// the domains this host runs now.
+    async fn admit(&self, vms: &[VmInfo], vcpus: u32, memory_kib: u64) -> Result<(), CommandError> {
+        let want = csagent_host::Request {
+            vcpus,
+            memory: csagent_host::MiB(memory_kib.div_ceil(1024)),
+        };
+        self.monitor.admit(want, vms).await
+    }
+
     /// A destroyed VM no longer holds its bridges nor its security group:
     /// its rules go, and the last user's leaving removes a bridge csagent
     /// made. A failure here is logged, not returned: the VM is gone either
