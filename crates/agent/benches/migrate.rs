@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use csagent_proto::v1 as pb;
 use csagent_testkit::guest::{guest_image, guest_spec};
-use csagent_testkit::lab::{Lab, LabDomain};
+use csagent_testkit::lab::{Lab, LabAgents, LabDomain};
 use csagent_testkit::*;
 
 const MAX_DOWNTIME_MS: u64 = 300;
@@ -63,25 +63,8 @@ fn median(v: &[u64]) -> u64 {
 }
 
 async fn run(lab: &Lab, rounds: usize) {
-    let f = Fixture::new(fast_liveness()).await;
-    let target = uuid::Uuid::new_v4();
-    let target_work = f.work.path().join("target");
-    std::fs::create_dir_all(&target_work).expect("target work dir");
-    let mut src_cfg = lab_config(f.config(), 1);
-    src_cfg.migration.address = lab.hosts[0].addr.clone();
-    let mut dst_cfg = lab_config(
-        agent_config(
-            &target,
-            &f.pki.agent(&target),
-            &[f.plane.addr.to_string()],
-            &target_work,
-        ),
-        2,
-    );
-    dst_cfg.migration.address = lab.hosts[1].addr.clone();
-    let agents = [run_in_process(src_cfg), run_in_process(dst_cfg)];
-    f.wait_up(String::new).await;
-    assert!(wait_for(Duration::from_secs(10), || is_up(&f.plane, &target)).await);
+    let agents = LabAgents::start(lab, None).await;
+    let (f, target) = (&agents.f, agents.target);
     let img = lab.shared_guest(&guest_image());
     for mib in [256u64, 1024] {
         let name = format!("cslab-bench-mig-{mib}");
@@ -106,7 +89,7 @@ async fn run(lab: &Lab, rounds: usize) {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (mut ours, mut theirs) = (Figures::new(), Figures::new());
         for _ in 0..rounds {
-            let (total, down) = through_csagent(&f, &target, &vm, mib).await;
+            let (total, down) = through_csagent(f, &target, &vm, mib).await;
             ours.total_ms.push(total);
             ours.downtime_ms.push(down);
             let (total, down) = with_virsh(lab, &name);
@@ -121,19 +104,7 @@ async fn run(lab: &Lab, rounds: usize) {
             o as f64 / t.max(1) as f64
         );
     }
-    for a in agents {
-        a.stop().await;
-    }
-}
-
-fn lab_config(mut cfg: csagent::config::Config, i: usize) -> csagent::config::Config {
-    cfg.hypervisor.uri = format!("qemu+unix:///system?socket=/run/cslab/h{i}/run/libvirt-sock");
-    cfg.hypervisor.call_timeout_ms = 60_000;
-    cfg.host.capacity.reserved_memory_mib = 0;
-    cfg.host.capacity.cpu_overcommit = 16.0;
-    cfg.migration.tls = false;
-    cfg.metrics.enabled = false;
-    cfg
+    agents.stop().await;
 }
 
 /// h1 → h2 through the plane; (total ms as the operator waits, downtime).

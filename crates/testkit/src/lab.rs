@@ -168,3 +168,81 @@ impl Drop for LabDomain<'_> {
         }
     }
 }
+
+/// A lab domain name with the test's `tag` and a random part, so runs and
+/// tests never share one.
+pub fn domain_name(tag: &str) -> String {
+    format!(
+        "cslab-{tag}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// One in-process plane and a csagent agent for each of lab hosts 1 and 2
+/// (the Fixture's host on h1, `target` on h2), each driving its host's
+/// libvirtd over that host's own socket and receiving migrations on its lab
+/// address.
+pub struct LabAgents {
+    pub f: crate::Fixture,
+    pub target: uuid::Uuid,
+    pub agents: Vec<crate::InProcessAgent>,
+}
+
+impl LabAgents {
+    /// Starts both agents and waits until both are registered; the plane
+    /// also serves csagent-mgmt on `admin` when given.
+    pub async fn start(lab: &Lab, admin: Option<PathBuf>) -> LabAgents {
+        let pki = crate::TestPki::new(&["localhost", "127.0.0.1"]);
+        let f = crate::Fixture {
+            plane: crate::start_plane_at(&pki, crate::fast_liveness(), 16 << 20, admin).await,
+            host: uuid::Uuid::new_v4(),
+            work: crate::workdir(),
+            pki,
+        };
+        let target = uuid::Uuid::new_v4();
+        let target_work = f.work.path().join("target");
+        std::fs::create_dir_all(&target_work).expect("the target agent's work dir");
+        let target_cfg = crate::agent_config(
+            &target,
+            &f.pki.agent(&target),
+            &[f.plane.addr.to_string()],
+            &target_work,
+        );
+        let agents = vec![
+            crate::run_in_process(lab.agent_config(f.config(), 1)),
+            crate::run_in_process(lab.agent_config(target_cfg, 2)),
+        ];
+        f.wait_up(String::new).await;
+        assert!(
+            crate::wait_for(Duration::from_secs(10), || crate::is_up(&f.plane, &target)).await,
+            "the target agent never registered"
+        );
+        LabAgents { f, target, agents }
+    }
+
+    pub async fn stop(self) {
+        for a in self.agents {
+            a.stop().await;
+        }
+    }
+}
+
+impl Lab {
+    /// `cfg` for an agent on lab host `i`: its libvirtd over the host's own
+    /// socket, its lab address for migrations, plain TCP (the lab has no
+    /// libvirt TLS), room for several tiny guests.
+    pub fn agent_config(
+        &self,
+        mut cfg: csagent::config::Config,
+        i: usize,
+    ) -> csagent::config::Config {
+        cfg.hypervisor.uri = format!("qemu+unix:///system?socket={RUN}/h{i}/run/libvirt-sock");
+        cfg.hypervisor.call_timeout_ms = 60_000;
+        cfg.host.capacity.reserved_memory_mib = 0;
+        cfg.host.capacity.cpu_overcommit = 16.0;
+        cfg.migration.tls = false;
+        cfg.migration.address = self.hosts[i - 1].addr.clone();
+        cfg.metrics.enabled = false;
+        cfg
+    }
+}

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use csagent_testkit::guest::guest_image;
-use csagent_testkit::lab::{wait_for, Lab, LabDomain, SHARED};
+use csagent_testkit::lab::{domain_name, wait_for, Lab, LabDomain, SHARED};
 
 #[test]
 fn lab_hosts_are_separate_libvirt_hosts() {
@@ -48,10 +48,7 @@ fn a_tcg_guest_migrates_live_between_lab_hosts_and_keeps_running() {
         }
     };
     let img = lab.shared_guest(&guest_image());
-    let name = format!(
-        "cslab-test-mig-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let name = domain_name("test-mig");
     let console = format!("{SHARED}/{name}.console.log");
     let xml_path = format!("{SHARED}/{name}.xml");
     std::fs::write(&xml_path, guest_xml(&name, &img, &console)).unwrap();
@@ -62,11 +59,7 @@ fn a_tcg_guest_migrates_live_between_lab_hosts_and_keeps_running() {
 
     let out = lab.virsh(1, &["create", &xml_path]);
     assert!(out.status.success(), "{out:?}");
-    let booted = || {
-        std::fs::read_to_string(&console)
-            .unwrap_or_default()
-            .contains("CSAGENT-GUEST-UP")
-    };
+    let booted = || console_says(&console, "CSAGENT-GUEST-UP");
     assert!(
         wait_for(Duration::from_secs(60), booted),
         "guest did not boot on cslab-h1 ({console})"
@@ -100,17 +93,20 @@ fn a_tcg_guest_migrates_live_between_lab_hosts_and_keeps_running() {
     // and the guest's init answers on the same console.
     let out = lab.virsh(2, &["shutdown", &name]);
     assert!(out.status.success(), "{out:?}");
-    let off = || {
-        std::fs::read_to_string(&console)
-            .unwrap_or_default()
-            .contains("CSAGENT-GUEST-POWEROFF")
-    };
+    let off = || console_says(&console, "CSAGENT-GUEST-POWEROFF");
     assert!(
         wait_for(Duration::from_secs(30), off),
         "guest did not answer ACPI on cslab-h2"
     );
     let _ = std::fs::remove_file(&console);
     let _ = std::fs::remove_file(&xml_path);
+}
+
+/// Whether the guest wrote `marker` to its console file yet.
+fn console_says(console: &str, marker: &str) -> bool {
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .contains(marker)
 }
 
 /// A diskless 128 MiB TCG guest with a migratable CPU model and ACPI (for a

@@ -7,69 +7,38 @@ use std::time::Duration;
 
 use csagent_proto::v1 as pb;
 use csagent_testkit::guest::{guest_image, guest_spec};
-use csagent_testkit::lab::{Lab, LabDomain};
+use csagent_testkit::lab::{domain_name, Lab, LabAgents, LabDomain};
 use csagent_testkit::skip;
 use csagent_testkit::*;
 
 struct Hosts {
-    f: Fixture,
     lab: Lab,
-    target: uuid::Uuid,
-    agents: Vec<InProcessAgent>,
+    a: LabAgents,
+    /// This test's turn on the lab, held while it runs.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
-/// The lab's two hosts as csagent hosts of one plane, or why not.
-async fn two_hosts() -> Result<Hosts, String> {
-    two_hosts_with(None).await
-}
-
-/// The same, with the plane serving csagent-mgmt on `admin` when given.
+/// The lab's two hosts as csagent hosts of one plane, or why not; the
+/// plane also serves csagent-mgmt on `admin` when given.
 async fn two_hosts_with(admin: Option<std::path::PathBuf>) -> Result<Hosts, String> {
+    let _turn = csagent_testkit::lab::turn().await;
     let lab = Lab::get(2)?;
-    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
-    let f = Fixture {
-        plane: start_plane_at(&pki, fast_liveness(), 16 << 20, admin).await,
-        host: uuid::Uuid::new_v4(),
-        work: workdir(),
-        pki,
-    };
-    let target = uuid::Uuid::new_v4();
-    let mut source_cfg = lab_config(f.config(), 1);
-    source_cfg.migration.address = lab.hosts[0].addr.clone();
-    let target_work = f.work.path().join("target");
-    std::fs::create_dir_all(&target_work).unwrap();
-    let mut target_cfg = agent_config(
-        &target,
-        &f.pki.agent(&target),
-        &[f.plane.addr.to_string()],
-        &target_work,
-    );
-    target_cfg = lab_config(target_cfg, 2);
-    target_cfg.migration.address = lab.hosts[1].addr.clone();
-    let agents = vec![run_in_process(source_cfg), run_in_process(target_cfg)];
-    f.wait_up(String::new).await;
-    assert!(
-        wait_for(Duration::from_secs(10), || is_up(&f.plane, &target)).await,
-        "the target agent never registered"
-    );
-    Ok(Hosts {
-        f,
-        lab,
-        target,
-        agents,
-    })
+    let a = LabAgents::start(&lab, admin).await;
+    Ok(Hosts { lab, a, _turn })
 }
 
-/// An agent on lab host `i`'s libvirtd, migrating in plain TCP (the lab
-/// has no libvirt TLS).
-fn lab_config(mut cfg: csagent::config::Config, i: usize) -> csagent::config::Config {
-    cfg.hypervisor.uri = format!("qemu+unix:///system?socket=/run/cslab/h{i}/run/libvirt-sock");
-    cfg.hypervisor.call_timeout_ms = 60_000;
-    cfg.host.capacity.reserved_memory_mib = 0;
-    cfg.host.capacity.cpu_overcommit = 16.0;
-    cfg.migration.tls = false;
-    cfg.metrics.enabled = false;
-    cfg
+/// The lab's hosts for the calling test, or a skip (in that test's name)
+/// saying why there are none.
+macro_rules! hosts_or_skip {
+    ($admin:expr) => {
+        match two_hosts_with($admin).await {
+            Ok(h) => h,
+            Err(why) => {
+                skip!("{why}");
+                return;
+            }
+        }
+    };
 }
 
 fn body_cmd(body: pb::command::Body) -> pb::Command {
@@ -86,8 +55,8 @@ async fn start_guest(h: &Hosts, name: &str) -> uuid::Uuid {
         ..Default::default()
     });
     let r = call(
-        &h.f.plane,
-        &h.f.host,
+        &h.a.f.plane,
+        &h.a.f.host,
         body_cmd(start),
         Duration::from_secs(120),
     )
@@ -104,8 +73,8 @@ async fn prepare(h: &Hosts, vm: &uuid::Uuid) -> pb::PrepareMigrationResult {
         disk_paths: Vec::new(),
     });
     let r = call(
-        &h.f.plane,
-        &h.target,
+        &h.a.f.plane,
+        &h.a.target,
         body_cmd(body),
         Duration::from_secs(30),
     )
@@ -137,7 +106,7 @@ async fn state_on(h: &Hosts, host: &uuid::Uuid, vm: &uuid::Uuid) -> pb::CommandR
     let body = pb::command::Body::GetVmState(pb::GetVmState {
         vm_uuid: vm.to_string(),
     });
-    call(&h.f.plane, host, body_cmd(body), Duration::from_secs(30)).await
+    call(&h.a.f.plane, host, body_cmd(body), Duration::from_secs(30)).await
 }
 
 fn running(r: &pb::CommandResult) -> bool {
@@ -146,18 +115,8 @@ fn running(r: &pb::CommandResult) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_moves_live_to_the_prepared_host_and_only_it_reports_the_vm() {
-    let _turn = csagent_testkit::lab::turn().await;
-    let h = match two_hosts().await {
-        Ok(h) => h,
-        Err(why) => {
-            skip!("{why}");
-            return;
-        }
-    };
-    let name = format!(
-        "cslab-test-mv-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let h = hosts_or_skip!(None);
+    let name = domain_name("test-mv");
     let _domain = LabDomain {
         lab: &h.lab,
         name: name.clone(),
@@ -170,8 +129,8 @@ async fn a_vm_moves_live_to_the_prepared_host_and_only_it_reports_the_vm() {
     );
 
     let r = call(
-        &h.f.plane,
-        &h.f.host,
+        &h.a.f.plane,
+        &h.a.f.host,
         body_cmd(migrate_body(&vm, &p, 0)),
         Duration::from_secs(120),
     )
@@ -187,10 +146,10 @@ async fn a_vm_moves_live_to_the_prepared_host_and_only_it_reports_the_vm() {
     assert!(m.data_total_bytes > 0, "{m:?}");
 
     assert!(
-        running(&state_on(&h, &h.target, &vm).await),
+        running(&state_on(&h, &h.a.target, &vm).await),
         "the target does not run the VM"
     );
-    let gone = state_on(&h, &h.f.host, &vm).await;
+    let gone = state_on(&h, &h.a.f.host, &vm).await;
     assert_eq!(
         gone.error_code,
         pb::ErrorCode::NotFound as i32,
@@ -207,8 +166,8 @@ async fn a_vm_moves_live_to_the_prepared_host_and_only_it_reports_the_vm() {
         disk_paths: Vec::new(),
     });
     let again = call(
-        &h.f.plane,
-        &h.target,
+        &h.a.f.plane,
+        &h.a.target,
         body_cmd(body),
         Duration::from_secs(30),
     )
@@ -218,25 +177,13 @@ async fn a_vm_moves_live_to_the_prepared_host_and_only_it_reports_the_vm() {
         pb::ErrorCode::AlreadyExists as i32,
         "{again:?}"
     );
-    for a in h.agents {
-        a.stop().await;
-    }
+    h.a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_migration_reports_progress_and_leaves_the_vm_running_on_the_source() {
-    let _turn = csagent_testkit::lab::turn().await;
-    let h = match two_hosts().await {
-        Ok(h) => h,
-        Err(why) => {
-            skip!("{why}");
-            return;
-        }
-    };
-    let name = format!(
-        "cslab-test-cx-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let h = hosts_or_skip!(None);
+    let name = domain_name("test-cx");
     let _domain = LabDomain {
         lab: &h.lab,
         name: name.clone(),
@@ -247,9 +194,10 @@ async fn a_cancelled_migration_reports_progress_and_leaves_the_vm_running_on_the
     // 1 MiB/s: 128 MiB would take minutes, so the job is surely running
     // when the cancel comes.
     let (id, mut rx) =
-        h.f.plane
+        h.a.f
+            .plane
             .registry
-            .send(&h.f.host.to_string(), body_cmd(migrate_body(&vm, &p, 1)));
+            .send(&h.a.f.host.to_string(), body_cmd(migrate_body(&vm, &p, 1)));
     let progress = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(u) = rx.recv().await {
             if let Some(pb::command_update::Update::Progress(p)) = u.update {
@@ -263,7 +211,7 @@ async fn a_cancelled_migration_reports_progress_and_leaves_the_vm_running_on_the
     .await
     .expect("no migration progress in 30 s");
     assert!(progress.data_total_bytes > 0, "{progress:?}");
-    h.f.plane.registry.cancel(&h.f.host.to_string(), &id);
+    h.a.f.plane.registry.cancel(&h.a.f.host.to_string(), &id);
     let r = result_of(&mut rx, Duration::from_secs(60)).await;
     assert_eq!(r.error_code, pb::ErrorCode::Cancelled as i32, "{r:?}");
     assert!(
@@ -273,7 +221,7 @@ async fn a_cancelled_migration_reports_progress_and_leaves_the_vm_running_on_the
     );
 
     assert!(
-        running(&state_on(&h, &h.f.host, &vm).await),
+        running(&state_on(&h, &h.a.f.host, &vm).await),
         "the source no longer runs the VM"
     );
     assert_eq!(
@@ -281,33 +229,21 @@ async fn a_cancelled_migration_reports_progress_and_leaves_the_vm_running_on_the
         None,
         "the target kept a half-migrated VM"
     );
-    for a in h.agents {
-        a.stop().await;
-    }
+    h.a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csagent_mgmt_migrate_moves_a_vm_there_and_back() {
     let dir = workdir();
     let socket = dir.path().join("admin.sock");
-    let _turn = csagent_testkit::lab::turn().await;
-    let h = match two_hosts_with(Some(socket.clone())).await {
-        Ok(h) => h,
-        Err(why) => {
-            skip!("{why}");
-            return;
-        }
-    };
-    let name = format!(
-        "cslab-test-cli-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let h = hosts_or_skip!(Some(socket.clone()));
+    let name = domain_name("test-cli");
     let _domain = LabDomain {
         lab: &h.lab,
         name: name.clone(),
     };
     let vm = start_guest(&h, &name).await;
-    for (to, lab_host) in [(h.target, 2), (h.f.host, 1)] {
+    for (to, lab_host) in [(h.a.target, 2), (h.a.f.host, 1)] {
         let out = tokio::process::Command::new(mgmt_bin())
             .args(["migrate", "--admin-socket", socket.to_str().unwrap()])
             .args([
@@ -331,35 +267,22 @@ async fn csagent_mgmt_migrate_moves_a_vm_there_and_back() {
     // Moving it where it already is is refused, naming why.
     let out = tokio::process::Command::new(mgmt_bin())
         .args(["migrate", "--admin-socket", socket.to_str().unwrap()])
-        .args(["--vm", &vm.to_string(), "--to", &h.f.host.to_string()])
+        .args(["--vm", &vm.to_string(), "--to", &h.a.f.host.to_string()])
         .output()
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(why.contains("already runs on"), "{why}");
-    for a in h.agents {
-        a.stop().await;
-    }
+    h.a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_drains_the_host_and_it_takes_no_new_vms_until_off() {
     let dir = workdir();
     let socket = dir.path().join("admin.sock");
-    let _turn = csagent_testkit::lab::turn().await;
-    let h = match two_hosts_with(Some(socket.clone())).await {
-        Ok(h) => h,
-        Err(why) => {
-            skip!("{why}");
-            return;
-        }
-    };
-    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let names = [
-        format!("cslab-test-mt1-{tag}"),
-        format!("cslab-test-mt2-{tag}"),
-    ];
+    let h = hosts_or_skip!(Some(socket.clone()));
+    let names = [domain_name("test-mt1"), domain_name("test-mt2")];
     let _domains: Vec<_> = names
         .iter()
         .map(|n| LabDomain {
@@ -370,12 +293,13 @@ async fn maintenance_drains_the_host_and_it_takes_no_new_vms_until_off() {
     for n in &names {
         start_guest(&h, n).await;
     }
-    let source = h.f.host.to_string();
-    let summary = |h: &Hosts| host_summary(&h.f.plane, &h.f.host).unwrap();
+    let source = h.a.f.host.to_string();
+    let summary = |h: &Hosts| host_summary(&h.a.f.plane, &h.a.f.host).unwrap();
     // The plane places on hosts with a report; wait for the target's.
     assert!(
         wait_for(Duration::from_secs(20), || host_summary(
-            &h.f.plane, &h.target
+            &h.a.f.plane,
+            &h.a.target
         )
         .is_some_and(|s| s.last_report.is_some()))
         .await
@@ -408,19 +332,14 @@ async fn maintenance_drains_the_host_and_it_takes_no_new_vms_until_off() {
 
     // A host in maintenance is sent no StartVm.
     let img = h.lab.shared_guest(&guest_image());
-    let spec = guest_spec(
-        &uuid::Uuid::new_v4(),
-        &format!("cslab-test-mt3-{tag}"),
-        &img,
-        64,
-    );
+    let spec = guest_spec(&uuid::Uuid::new_v4(), &domain_name("test-mt3"), &img, 64);
     let start = pb::command::Body::StartVm(pb::StartVm {
         spec: Some(spec),
         ..Default::default()
     });
     let r = call(
-        &h.f.plane,
-        &h.f.host,
+        &h.a.f.plane,
+        &h.a.f.host,
         body_cmd(start),
         Duration::from_secs(30),
     )
@@ -431,9 +350,7 @@ async fn maintenance_drains_the_host_and_it_takes_no_new_vms_until_off() {
     let out = mgmt(&["off"]).await.unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(summary(&h).maintenance, pb::MaintenanceState::Off as i32);
-    for a in h.agents {
-        a.stop().await;
-    }
+    h.a.stop().await;
 }
 
 /// Brings a lab host's network back however the test ends.
@@ -447,18 +364,8 @@ impl Drop for LinkDown<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_migration_cut_off_from_its_target_is_aborted_and_the_vm_stays_on_the_source() {
-    let _turn = csagent_testkit::lab::turn().await;
-    let h = match two_hosts().await {
-        Ok(h) => h,
-        Err(why) => {
-            skip!("{why}");
-            return;
-        }
-    };
-    let name = format!(
-        "cslab-test-cut-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let h = hosts_or_skip!(None);
+    let name = domain_name("test-cut");
     let _domain = LabDomain {
         lab: &h.lab,
         name: name.clone(),
@@ -470,9 +377,10 @@ async fn a_migration_cut_off_from_its_target_is_aborted_and_the_vm_stays_on_the_
         m.completion_timeout_ms = 8_000;
     }
     let (_, mut rx) =
-        h.f.plane
+        h.a.f
+            .plane
             .registry
-            .send(&h.f.host.to_string(), body_cmd(body));
+            .send(&h.a.f.host.to_string(), body_cmd(body));
     // Cut the target's network once data flows.
     let seen = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(u) = rx.recv().await {
@@ -496,7 +404,7 @@ async fn a_migration_cut_off_from_its_target_is_aborted_and_the_vm_stays_on_the_
     );
     println!("cut-off migration answered: {}", r.message);
     assert!(
-        running(&state_on(&h, &h.f.host, &vm).await),
+        running(&state_on(&h, &h.a.f.host, &vm).await),
         "the source no longer runs the VM"
     );
     drop(_restore);
@@ -508,7 +416,5 @@ async fn a_migration_cut_off_from_its_target_is_aborted_and_the_vm_stays_on_the_
             .is_none()),
         "the target kept the half-migrated VM"
     );
-    for a in h.agents {
-        a.stop().await;
-    }
+    h.a.stop().await;
 }
