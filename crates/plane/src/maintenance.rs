@@ -33,7 +33,18 @@ pub struct Drained {
     pub failed: Vec<(String, String)>,
 }
 
+/// Rounds of a drain: a VM started while the first round ran (a StartVm
+/// accepted just before PREPARING) is moved by the next one.
+const ROUNDS: usize = 3;
+/// How long a drain waits for the host's next heartbeat before it gives up.
+const FRESH_WAIT: Duration = Duration::from_secs(30);
+
 /// Puts the host in maintenance and moves its running VMs off it.
+///
+/// The list of VMs to move is read from a heartbeat the host sent after it
+/// entered PREPARING, never an older one, and re-read after each round, so
+/// the host ends ON only when a fresh heartbeat lists no running VM of
+/// csagent's left on it.
 pub async fn enter(
     client: &mut PlaneAdminClient<Channel>,
     drain: &Drain,
@@ -46,13 +57,68 @@ pub async fn enter(
         Vec::new(),
     )
     .await?;
-    let vms = running_vms(client, &drain.host).await?;
-    report(&format!(
-        "maintenance: {} VMs to move off {}",
-        vms.len(),
-        drain.host
-    ));
     let mut done = Drained::default();
+    for round in 0..ROUNDS {
+        let vms: Vec<String> = running_vms(client, &drain.host)
+            .await?
+            .into_iter()
+            .filter(|vm| !done.tried(vm))
+            .collect();
+        if vms.is_empty() {
+            break;
+        }
+        report(&format!(
+            "maintenance: {} VMs to move off {}{}",
+            vms.len(),
+            drain.host,
+            if round > 0 {
+                " (started meanwhile)"
+            } else {
+                ""
+            }
+        ));
+        move_all(client, drain, &vms, &mut done, &mut report).await;
+    }
+    let left: Vec<String> = running_vms(client, &drain.host)
+        .await?
+        .into_iter()
+        .filter(|vm| !done.tried(vm))
+        .collect();
+    for vm in left {
+        let why = format!("still started on the host after {ROUNDS} rounds");
+        report(&format!("maintenance: VM {vm} did not move: {why}"));
+        done.failed.push((vm, why));
+    }
+    let (state, errors) = if done.failed.is_empty() {
+        (pb::MaintenanceState::On, Vec::new())
+    } else {
+        let errors = done
+            .failed
+            .iter()
+            .map(|(vm, why)| format!("{vm}: {why}"))
+            .collect();
+        (pb::MaintenanceState::Error, errors)
+    };
+    set(client, &drain.host, state, errors).await?;
+    Ok(done)
+}
+
+impl Drained {
+    /// Moved or failed already: a later round leaves it alone (the source
+    /// may list a moved VM for one more heartbeat).
+    fn tried(&self, vm: &str) -> bool {
+        self.moved.iter().chain(&self.failed).any(|(v, _)| v == vm)
+    }
+}
+
+/// Moves `vms`, `concurrency` at a time, recording each outcome.
+async fn move_all(
+    client: &mut PlaneAdminClient<Channel>,
+    drain: &Drain,
+    vms: &[String],
+    done: &mut Drained,
+    report: &mut impl FnMut(&str),
+) {
     for batch in vms.chunks(drain.concurrency.max(1)) {
         let moves = batch.iter().map(|vm| {
             let mut c = client.clone();
@@ -75,18 +141,6 @@ pub async fn enter(
             }
         }
     }
-    let (state, errors) = if done.failed.is_empty() {
-        (pb::MaintenanceState::On, Vec::new())
-    } else {
-        let errors = done
-            .failed
-            .iter()
-            .map(|(vm, why)| format!("{vm}: {why}"))
-            .collect();
-        (pb::MaintenanceState::Error, errors)
-    };
-    set(client, &drain.host, state, errors).await?;
-    Ok(done)
 }
 
 /// Returns the host to service.
@@ -111,19 +165,32 @@ async fn set(
     Ok(())
 }
 
-/// The csagent VMs the host's latest heartbeat lists running or paused.
+/// The csagent VMs the host lists running or paused, in a heartbeat it
+/// sent after this call began (two sequence numbers on: the first may have
+/// been on its way already).
 async fn running_vms(
     client: &mut PlaneAdminClient<Channel>,
     host: &str,
 ) -> anyhow::Result<Vec<String>> {
-    let hosts = client
-        .list_hosts(pb::ListHostsRequest {})
-        .await?
-        .into_inner()
-        .hosts;
-    let Some(h) = hosts.iter().find(|h| h.host_uuid == host) else {
-        bail!("host {host} is not known to this plane")
+    let first = host_summary(client, host).await?;
+    let deadline = tokio::time::Instant::now() + FRESH_WAIT;
+    let mut h = first.clone();
+    // A reconnect restarts the sequence; a heartbeat on the new stream is
+    // fresh enough.
+    let fresh = |h: &pb::HostSummary| {
+        h.heartbeat_seq >= first.heartbeat_seq + 2
+            || (h.heartbeat_seq > 0 && h.heartbeat_seq < first.heartbeat_seq)
     };
+    while !fresh(&h) {
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "host {host} sent no heartbeat for {}s; its VM list cannot be trusted",
+                FRESH_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h = host_summary(client, host).await?;
+    }
     let live = [
         pb::VmPowerState::Running as i32,
         pb::VmPowerState::Paused as i32,
@@ -133,6 +200,21 @@ async fn running_vms(
         .filter(|v| v.managed && live.contains(&v.state))
         .map(|v| v.vm_uuid.clone())
         .collect())
+}
+
+async fn host_summary(
+    client: &mut PlaneAdminClient<Channel>,
+    host: &str,
+) -> anyhow::Result<pb::HostSummary> {
+    let hosts = client
+        .list_hosts(pb::ListHostsRequest {})
+        .await?
+        .into_inner()
+        .hosts;
+    match hosts.into_iter().find(|h| h.host_uuid == host) {
+        Some(h) => Ok(h),
+        None => bail!("host {host} is not known to this plane"),
+    }
 }
 
 /// Places one VM on another host and moves it there; the target's UUID.

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::convert::vmstate::{self as convert, Memo};
 use crate::outbox::Outbox;
-use csagent_libvirt::{DomainEvent, HvEvent, Hypervisor, VmInfo};
+use csagent_libvirt::{DomainEvent, HvError, HvEvent, Hypervisor, VmInfo};
 
 /// The latest view of the host's VMs, refreshed in the background so a
 /// heartbeat never waits on libvirt.
@@ -125,17 +125,36 @@ impl Watcher {
             let managed = before.get(&e.uuid).copied().unwrap_or(false);
             self.forward(&e, managed);
         }
-        if refresh
-            && tokio::time::timeout(FORWARD_WAIT, self.refresh())
-                .await
-                .is_err()
-        {
-            tracing::debug!("snapshot refresh slower than {FORWARD_WAIT:?}; forwarding events with what is known");
+        // The listing runs on its own task: a slow one is waited for after
+        // the events went out, never dropped, or the snapshot would miss a
+        // new VM until the next poll.
+        let mut listing = refresh.then(|| {
+            let hv = self.hv.clone();
+            tokio::spawn(async move { hv.list_vms().await })
+        });
+        if let Some(task) = listing.as_mut() {
+            match tokio::time::timeout(FORWARD_WAIT, task).await {
+                Ok(done) => {
+                    listing = None;
+                    self.apply(done);
+                }
+                Err(_) => tracing::debug!("snapshot refresh slower than {FORWARD_WAIT:?}; forwarding events with what is known"),
+            }
         }
         let after = managed_map(&self.snap.borrow());
         for e in new {
             let managed = after.get(&e.uuid).copied().unwrap_or(false);
             self.forward(&e, managed);
+        }
+        if let Some(task) = listing {
+            self.apply(task.await);
+        }
+    }
+
+    fn apply(&mut self, done: Result<Result<Vec<VmInfo>, HvError>, tokio::task::JoinError>) {
+        match done {
+            Ok(listed) => self.listed(listed),
+            Err(e) => self.unavailable(format!("the VM listing task failed: {e}")),
         }
     }
 
@@ -153,7 +172,12 @@ impl Watcher {
     }
 
     async fn refresh(&mut self) {
-        match self.hv.list_vms().await {
+        let listed = self.hv.list_vms().await;
+        self.listed(listed);
+    }
+
+    fn listed(&mut self, listed: Result<Vec<VmInfo>, HvError>) {
+        match listed {
             Ok(vms) => {
                 if self.logged != Some(true) {
                     if self.logged.is_some() {

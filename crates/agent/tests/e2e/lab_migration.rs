@@ -290,8 +290,9 @@ async fn maintenance_drains_the_host_and_it_takes_no_new_vms_until_off() {
             name: n.clone(),
         })
         .collect();
+    let mut uuids = Vec::new();
     for n in &names {
-        start_guest(&h, n).await;
+        uuids.push(start_guest(&h, n).await.to_string());
     }
     let source = h.a.f.host.to_string();
     let summary = |h: &Hosts| host_summary(&h.a.f.plane, &h.a.f.host).unwrap();
@@ -304,9 +305,18 @@ async fn maintenance_drains_the_host_and_it_takes_no_new_vms_until_off() {
         .is_some_and(|s| s.last_report.is_some()))
         .await
     );
+    let both_running = |h: &Hosts| {
+        let vms = summary(h).vms;
+        uuids.iter().all(|u| {
+            vms.iter().any(|v| {
+                &v.vm_uuid == u && v.managed && v.state == pb::VmPowerState::Running as i32
+            })
+        })
+    };
     assert!(
-        wait_for(Duration::from_secs(20), || summary(&h).vms.len() >= 2).await,
-        "the source's heartbeat never listed both VMs"
+        wait_for(Duration::from_secs(20), || both_running(&h)).await,
+        "the source's heartbeat never listed both VMs running: {:?}",
+        summary(&h).vms
     );
     let mgmt = |args: &[&str]| {
         let mut c = tokio::process::Command::new(mgmt_bin());
@@ -323,7 +333,11 @@ async fn maintenance_drains_the_host_and_it_takes_no_new_vms_until_off() {
     let out = mgmt(&["on", "--concurrency", "2"]).await.unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(said.contains("2 VMs moved"), "{said}");
+    assert!(
+        said.contains("2 VMs moved"),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for n in &names {
         assert_eq!(h.lab.domstate(2, n).as_deref(), Some("running"), "{n}");
         assert_eq!(h.lab.domstate(1, n), None, "{n}");
