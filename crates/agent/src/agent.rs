@@ -69,6 +69,26 @@ async fn restore_network(handlers: Arc<Handlers>, mut vms: watch::Receiver<VmSna
     }
 }
 
+/// Starts writing this host's heartbeat on the `[ha]` pools (none: nothing
+/// is written, and CheckHost needs pools named in the command).
+fn storage_heartbeat(
+    cfg: &Config,
+    host: uuid::Uuid,
+    stop: CancellationToken,
+) -> Arc<csagent_ha::Beat> {
+    let beat = Arc::new(csagent_ha::Beat::new(csagent_ha::BeatConfig {
+        host,
+        pools: cfg.ha.pools.clone(),
+        interval: Duration::from_secs(cfg.ha.heartbeat_interval_secs),
+        timeout: Duration::from_secs(cfg.ha.timeout_secs),
+    }));
+    if !cfg.ha.pools.is_empty() {
+        tracing::info!(pools = ?cfg.ha.pools, interval_s = cfg.ha.heartbeat_interval_secs, "storage heartbeat on the shared pools");
+    }
+    tokio::spawn(Arc::clone(&beat).run(stop));
+    beat
+}
+
 /// Runs the agent until `stop` fires, then shuts down cleanly.
 pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError> {
     let host_uuid = host::host_uuid(&cfg.agent.state_dir, Some(&cfg.agent.guid))?;
@@ -124,6 +144,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
             None
         }
     };
+    let beat = storage_heartbeat(&cfg, host_uuid, background.clone());
     let handlers = Arc::new(Handlers {
         hypervisor: hv.clone(),
         monitor: Arc::clone(&monitor),
@@ -131,6 +152,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         network,
         vm_stats: Default::default(),
         migration: cfg.migration.clone(),
+        ha: Arc::clone(&beat),
     });
     let metrics = Arc::new(crate::metrics::CommandMetrics::default());
     let dispatcher = Dispatcher::new(
@@ -186,7 +208,8 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
             vm_rx,
             monitor,
         )
-        .with_credentials(credentials),
+        .with_credentials(credentials)
+        .with_storage_heartbeat(beat),
     );
     tracing::info!(host_uuid = %host_uuid, endpoints = ?m.hosts, version = env!("CARGO_PKG_VERSION"), "csagent starting");
     let close = CancellationToken::new();

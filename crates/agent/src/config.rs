@@ -43,6 +43,7 @@ pub struct Config {
     pub host: csagent_host::HostConfig,
     pub guest: GuestSection,
     pub migration: MigrationSection,
+    pub ha: HaSection,
     pub log: LogSection,
     pub status: StatusSection,
     pub metrics: MetricsSection,
@@ -294,6 +295,29 @@ impl Default for MigrationSection {
     }
 }
 
+/// High availability: this host's storage heartbeat, read by its
+/// neighbours when it goes silent.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaSection {
+    /// Mount points of the shared pools (the same path on every host) that
+    /// carry the heartbeat; empty: no storage heartbeat.
+    pub pools: Vec<PathBuf>,
+    pub heartbeat_interval_secs: u64,
+    /// A heartbeat write (or a neighbour's read) slower than this failed.
+    pub timeout_secs: u64,
+}
+
+impl Default for HaSection {
+    fn default() -> Self {
+        HaSection {
+            pools: Vec::new(),
+            heartbeat_interval_secs: 5,
+            timeout_secs: 10,
+        }
+    }
+}
+
 pub use csagent_core::logging::LogFormat;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -434,6 +458,17 @@ impl Config {
             "hypervisor.poll_interval_ms",
             self.hypervisor.poll_interval_ms,
         )?;
+        positive(
+            "ha.heartbeat_interval_secs",
+            self.ha.heartbeat_interval_secs,
+        )?;
+        positive("ha.timeout_secs", self.ha.timeout_secs)?;
+        if let Some(p) = self.ha.pools.iter().find(|p| !p.is_absolute()) {
+            return Err((
+                "ha.pools",
+                format!("{} is not an absolute path", p.display()),
+            ));
+        }
         if self.metrics.enabled {
             positive("metrics.port", u64::from(self.metrics.port))?;
         }

@@ -62,6 +62,7 @@ struct Host {
     hypervisor_available: bool,
     vms: Vec<pb::VmPower>,
     health: Option<pb::HostHealth>,
+    storage_heartbeats: Vec<pb::StorageHeartbeat>,
     last_report: Option<pb::HostReport>,
     skew_ms: i64,
     state: pb::HostState,
@@ -217,6 +218,7 @@ impl Registry {
         host.hypervisor_available = hb.hypervisor_available;
         host.vms = hb.vms;
         host.health = hb.health;
+        host.storage_heartbeats = hb.storage_heartbeats;
         host.skew_ms = now_ms - hb.sent_at_unix_ms;
         host.cert_not_after_unix_ms = hb.cert_not_after_unix_ms;
         if let Some(c) = &host.conn {
@@ -485,6 +487,7 @@ fn summary(uuid: &str, h: &Host) -> pb::HostSummary {
         cert_not_after_unix_ms: h.cert_not_after_unix_ms,
         maintenance: h.maintenance as i32,
         maintenance_errors: h.maintenance_errors.clone(),
+        storage_heartbeats: h.storage_heartbeats.clone(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! link's session and dispatch's envelope, which carry them unopened.
 
 pub mod domain;
+pub mod ha;
 pub mod host;
 pub mod identity;
 pub mod link;

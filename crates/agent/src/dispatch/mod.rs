@@ -343,6 +343,11 @@ fn decode(body: Option<pb::command::Body>) -> Result<(Request, Option<String>), 
             let key = r.vm.to_string();
             (Request::MigrateVm(Box::new(r)), Some(key))
         }
+        // About another host; reads only: not serialised.
+        Body::CheckHost(m) => (
+            Request::CheckHost(crate::convert::ha::check_from_proto(&m)?),
+            None,
+        ),
         Body::GetConsole(m) => {
             let vm = crate::convert::vm_ops::vm_uuid(&m.vm_uuid)?;
             (Request::GetConsole(vm), Some(vm.to_string()))
@@ -411,6 +416,9 @@ fn encode(reply: Reply) -> pb::command_result::Result {
             crate::convert::migrate::prepared_to_proto(&vm, &address, tls),
         ),
         Reply::Migrated(m) => R::MigrateVm(crate::convert::migrate::migrated_to_proto(&m)),
+        Reply::HostChecked(host, f) => {
+            R::CheckHost(crate::convert::ha::finding_to_proto(&host, &f))
+        }
         // Taken by the storage and network encoders above.
         other => unreachable_reply(other),
     }

@@ -6,6 +6,7 @@
 //! stop promptly when `ctx.cancel` fires. Adding a command: a `Request`
 //! variant, a `Reply` variant, one arm in `handle`.
 
+pub mod ha;
 mod migration;
 pub mod network;
 pub mod storage;
@@ -48,6 +49,7 @@ pub enum Request {
     GetConsole(uuid::Uuid),
     PrepareMigration(crate::vm::migrate::PrepareRequest),
     MigrateVm(Box<crate::vm::migrate::MigrateRequest>),
+    CheckHost(ha::CheckRequest),
 }
 
 impl Request {
@@ -79,6 +81,7 @@ impl Request {
             Request::GetConsole(_) => "get_console",
             Request::PrepareMigration(_) => "prepare_migration",
             Request::MigrateVm(_) => "migrate_vm",
+            Request::CheckHost(_) => "check_host",
         }
     }
 }
@@ -112,6 +115,8 @@ pub enum Reply {
     /// whether it expects TLS.
     MigrationPrepared(uuid::Uuid, String, bool),
     Migrated(crate::vm::migrate::Migrated),
+    /// A neighbour's verdict on a silent host.
+    HostChecked(uuid::Uuid, csagent_ha::Finding),
 }
 
 pub struct Handlers {
@@ -123,6 +128,8 @@ pub struct Handlers {
     /// Previous samples per collector and unresponsive VMs, for GetVmStats.
     pub vm_stats: Arc<crate::vm::stats::VmStatsService>,
     pub migration: crate::config::MigrationSection,
+    /// This host's storage heartbeat; its config answers CheckHost's defaults.
+    pub ha: Arc<csagent_ha::Beat>,
 }
 
 impl Handlers {
@@ -173,6 +180,7 @@ impl Handlers {
             Request::Network(op) => network::handle(self.network.as_ref(), op).await,
             Request::PrepareMigration(req) => self.prepare_migration(req).await,
             Request::MigrateVm(req) => self.migrate_vm(*req, ctx).await,
+            Request::CheckHost(req) => self.check_host(req).await,
             other => self.vm_ops(other).await,
         }
     }

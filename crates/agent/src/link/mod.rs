@@ -59,6 +59,8 @@ pub struct LinkCtx {
     /// The host's certificate and its renewal (identity/); None: `tls` is
     /// used as given and never renewed.
     pub credentials: Option<Arc<crate::identity::Credentials>>,
+    /// The storage heartbeat whose status each heartbeat carries.
+    pub storage_heartbeat: Option<Arc<csagent_ha::Beat>>,
     /// What operators see of the link (`csagent status`, metrics).
     pub status: Arc<crate::status::LinkStatus>,
     heartbeat_seq: std::sync::atomic::AtomicU64,
@@ -93,6 +95,7 @@ impl LinkCtx {
             vms,
             host,
             credentials: None,
+            storage_heartbeat: None,
             status: Arc::default(),
             heartbeat_seq: std::sync::atomic::AtomicU64::new(0),
             last_heartbeat_sent: AtomicI64::new(0),
@@ -105,11 +108,22 @@ impl LinkCtx {
         self
     }
 
+    /// Report this storage heartbeat's status in every heartbeat.
+    pub fn with_storage_heartbeat(mut self, b: Arc<csagent_ha::Beat>) -> LinkCtx {
+        self.storage_heartbeat = Some(b);
+        self
+    }
+
     pub fn heartbeat(&self) -> pb::Heartbeat {
         let snap = self.vms.borrow();
         let sent = session::unix_ms();
         self.last_heartbeat_sent.store(sent, Ordering::Relaxed);
         let seq = self.heartbeat_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let beats = self
+            .storage_heartbeat
+            .as_ref()
+            .map(|b| b.status())
+            .unwrap_or_default();
         self.status.heartbeat_sent(seq, sent);
         pb::Heartbeat {
             seq,
@@ -119,17 +133,24 @@ impl LinkCtx {
                 .iter()
                 .map(crate::convert::link::vm_power)
                 .collect(),
-            health: Some(
-                self.health_with_certificate(crate::convert::host::health_to_proto(
-                    &self.host.health(),
-                )),
-            ),
+            health: Some(self.health_with_storage(&beats)),
             hypervisor_available: snap.available,
             hypervisor_status: snap.status.clone(),
             in_flight_commands: u32::try_from(self.dispatcher.in_flight().len())
                 .unwrap_or(u32::MAX),
             cert_not_after_unix_ms: self.cert_not_after_unix_ms(),
+            storage_heartbeats: beats
+                .iter()
+                .map(crate::convert::ha::beat_to_proto)
+                .collect(),
         }
+    }
+
+    fn health_with_storage(&self, beats: &[csagent_ha::PoolBeat]) -> pb::HostHealth {
+        let mut health = self
+            .health_with_certificate(crate::convert::host::health_to_proto(&self.host.health()));
+        crate::convert::ha::beat_findings(beats, &mut health);
+        health
     }
 
     pub async fn host_report(&self) -> pb::HostReport {
