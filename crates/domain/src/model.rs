@@ -158,6 +158,9 @@ pub struct CsagentMeta {
     pub account_id: String,
     pub zone_id: String,
     pub service_offering_id: String,
+    /// High availability: the plane restarts the VM elsewhere when its host
+    /// dies (rendered only when set).
+    pub ha: bool,
 }
 
 /// A complete domain, as csagent defines it or understands it from dumpxml.

@@ -172,14 +172,15 @@ fn metadata<'a>(p: &mut P<'a>, c: &Child<'a>) -> Res<Option<CsagentMeta>> {
     }
     while let Some(ch) = p.child()? {
         if found.is_none() && is_ours(p, &ch.0)? {
-            let keys = ["instance", "account", "zone", "service-offering"];
-            let [instance, account, zone, offering] = p.attrs(&ch.0, keys)?;
+            let keys = ["instance", "account", "zone", "service-offering", "ha"];
+            let [instance, account, zone, offering, ha] = p.attrs(&ch.0, keys)?;
             let own = |v: Option<Cow<str>>| v.map(Cow::into_owned).unwrap_or_default();
             found = Some(CsagentMeta {
                 instance_id: own(instance),
                 account_id: own(account),
                 zone_id: own(zone),
                 service_offering_id: own(offering),
+                ha: ha.is_some_and(|v| v == "yes"),
             });
         }
         p.skip(&ch)?;

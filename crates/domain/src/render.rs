@@ -227,6 +227,9 @@ fn identity(o: &mut Out, spec: &VmSpec) -> Res {
         o.a("instance", &m.instance_id).a("account", &m.account_id);
         o.a("zone", &m.zone_id)
             .a("service-offering", &m.service_offering_id);
+        if m.ha {
+            o.a("ha", "yes");
+        }
         o.empty()?;
         o.close("metadata")?;
     }

@@ -35,11 +35,16 @@ pub fn spec_from_proto(p: &pb::VmSpec) -> Result<VmSpec, DomainError> {
     .unwrap_or(DomainType::Kvm);
     spec.title = non_empty(&p.title);
     spec.description = non_empty(&p.description);
-    spec.meta = p.ids.as_ref().map(|i| CsagentMeta {
-        instance_id: i.instance_id.clone(),
-        account_id: i.account_id.clone(),
-        zone_id: i.zone_id.clone(),
-        service_offering_id: i.service_offering_id.clone(),
+    let no_ids = pb::VmCloudIds::default();
+    spec.meta = (p.ids.is_some() || p.ha).then(|| {
+        let i = p.ids.as_ref().unwrap_or(&no_ids);
+        CsagentMeta {
+            instance_id: i.instance_id.clone(),
+            account_id: i.account_id.clone(),
+            zone_id: i.zone_id.clone(),
+            service_offering_id: i.service_offering_id.clone(),
+            ha: p.ha,
+        }
     });
     spec.memory = memory_from(p.memory.as_ref());
     cpu_from(&mut e, p.cpu.as_ref(), &mut spec);
@@ -703,6 +708,7 @@ pub fn spec_to_proto(s: &VmSpec) -> pb::VmSpec {
             zone_id: m.zone_id.clone(),
             service_offering_id: m.service_offering_id.clone(),
         }),
+        ha: s.meta.as_ref().is_some_and(|m| m.ha),
         memory: Some(memory_to(&s.memory)),
         cpu: Some(cpu_to(s)),
         boot: Some(os_to(&s.os)),

@@ -442,11 +442,12 @@ fn gen_spec(seed: u64, texts: &[String]) -> VmSpec {
     spec.domain_type = pick(&mut rng, &[DomainType::Kvm, DomainType::Qemu]);
     spec.title = maybe(&mut rng, |_| format!("t{}", texts[1]));
     spec.description = maybe(&mut rng, |_| format!("{}\n\t{}", texts[2], texts[1]));
-    spec.meta = maybe(&mut rng, |_| CsagentMeta {
+    spec.meta = maybe(&mut rng, |rng| CsagentMeta {
         instance_id: format!("i-{}", texts[3]),
         account_id: texts[1].clone(),
         zone_id: "zone-1".into(),
         service_offering_id: texts[2].clone(),
+        ha: rng.random::<bool>(),
     });
     spec.memory = gen_memory(&mut rng);
     gen_cpu(&mut rng, &mut spec);
