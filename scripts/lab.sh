@@ -6,6 +6,8 @@
 #   lab.sh down     tear everything down, including a crashed run's leftovers
 #   lab.sh status   hosts, addresses, daemon pids, remote libvirt reachability
 #   lab.sh enter I [CMD...]   run CMD (default: bash) inside host I
+#   lab.sh cut I    power cut of host I: SIGKILL to all its processes (HA fence)
+#   lab.sh revive I host I down and up again, with a fresh libvirtd
 #
 # Each host is a libvirtd + virtlogd pair in its own network, mount and UTS
 # namespaces; see docs/lab.md. Everything the lab creates
@@ -178,6 +180,47 @@ down_host() {
   if [ -e "/run/netns/$name" ]; then
     ip netns del "$name" 2>/dev/null || warn "ip netns del $name failed"
   fi
+}
+
+# A power cut of host I (the HA fence of the lab): SIGKILL at once to every
+# process in its netns (libvirtd, virtlogd, QEMUs), no shutdown of anything.
+# The namespaces and the config stay; `revive I` brings the host back.
+cmd_cut() {
+  local i=${1:-} name netino pids
+  [[ "$i" =~ ^[0-9]+$ ]] && [ -e "/run/netns/$(host_name "$i")" ] ||
+    { echo "usage: lab.sh cut I   (I: a lab host that is up)" >&2; exit 2; }
+  name=$(host_name "$i"); STEP="cut $name"
+  netino=$(ns_inode "/run/netns/$name")
+  mapfile -t pids < <(pids_in_netns "$netino")
+  log "cut: $name: SIGKILL to ${#pids[@]} process(es): ${pids[*]:-none}"
+  [ "${#pids[@]}" -eq 0 ] || kill -KILL "${pids[@]}" 2>/dev/null || true
+  local t
+  for t in $(seq 1 50); do
+    [ -z "$(pids_in_netns "$netino")" ] && { log "cut: $name is off"; return 0; }
+    sleep 0.1
+  done
+  die "processes of $name outlived SIGKILL: $(pids_in_netns "$netino" | tr '\n' ' ')"
+}
+
+# Host I down (whatever state it is in) and up again with a fresh libvirtd.
+cmd_revive() {
+  local i=${1:-}
+  [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le "$(cat "$RUN/hosts.count" 2>/dev/null || echo 0)" ] ||
+    { echo "usage: lab.sh revive I   (I: a host of the lab that is up)" >&2; exit 2; }
+  preflight
+  down_host "$i"
+  up_host "$i"
+  # The other hosts still have the old eth0's MAC for this address.
+  local j n
+  n=$(cat "$RUN/hosts.count")
+  for j in $(seq 1 "$n"); do
+    [ "$j" = "$i" ] && continue
+    ip -n "$(host_name "$j")" neigh flush all 2>/dev/null || true
+    wait_for 30 "$(host_name "$j") reaching revived $(host_name "$i")" \
+      in_host_net "$j" timeout 10 virsh -q -c "qemu+tcp://$(host_addr "$i")/system" version
+  done
+  STEP="revive"
+  log "revive: $(host_name "$i") is up again"
 }
 
 # Unmounts, deepest first, every root-namespace mount under the lab's dirs.
@@ -461,6 +504,8 @@ case "${1:-}" in
   down) [ "$(id -u)" -eq 0 ] || { echo "lab: must run as root" >&2; exit 1; }; cmd_down ;;
   status) cmd_status ;;
   enter) shift; cmd_enter "$@" ;;
+  cut) shift; cmd_cut "$@" ;;
+  revive) shift; cmd_revive "$@" ;;
   _inner-setup) shift; STEP="inner setup of host $1"; inner_setup "$1" ;;
-  *) echo "usage: lab.sh up N | down | status | enter I [CMD...]" >&2; exit 2 ;;
+  *) echo "usage: lab.sh up N | down | status | enter I [CMD...] | cut I | revive I" >&2; exit 2 ;;
 esac

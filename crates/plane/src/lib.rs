@@ -9,6 +9,7 @@ pub mod admin;
 pub mod authority;
 pub mod convert;
 pub mod enroll;
+pub mod ha;
 pub mod identity_admin;
 pub mod identity_link;
 pub mod maintenance;
@@ -59,6 +60,9 @@ pub struct PlaneConfig {
     pub liveness: Liveness,
     pub plane_id: String,
     pub max_message_bytes: usize,
+    /// High availability: investigate silent hosts, fence, restart HA VMs.
+    /// None: hosts go Down by heartbeat age and nothing is restarted.
+    pub ha: Option<ha::HaConfig>,
 }
 
 /// A running plane.
@@ -100,9 +104,16 @@ impl Plane {
             addr: cfg.listen.to_string(),
             source,
         })?;
-        let registry = Arc::new(Registry::new(cfg.liveness.clone(), cfg.plane_id.clone()));
+        let mut registry = Registry::new(cfg.liveness.clone(), cfg.plane_id.clone());
+        if cfg.ha.is_some() {
+            registry = registry.with_ha();
+        }
+        let registry = Arc::new(registry);
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
+        if let Some(ha) = cfg.ha.clone() {
+            tasks.push(ha::spawn(Arc::clone(&registry), ha, stop.clone()));
+        }
         let incoming = server::accept_loop(listener, tls, stop.clone());
         let link = server::LinkService {
             registry: Arc::clone(&registry),

@@ -218,6 +218,36 @@ struct ServeArgs {
     /// (default 7 days: short, so renewal is routine).
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     cert_lifetime_secs: u64,
+    /// High availability: a silent host is investigated by its neighbours,
+    /// fenced when they find it dead, and its HA VMs restarted elsewhere.
+    /// Without it a silent host goes Down by heartbeat age and nothing is
+    /// restarted.
+    #[arg(long)]
+    ha: bool,
+    /// How one host is fenced before its VMs restart elsewhere:
+    /// HOST_UUID=none | HOST_UUID=ipmi:ADDRESS,USER,PASSWORD_FILE |
+    /// HOST_UUID=lab:SCRIPT,INDEX. Repeatable.
+    #[arg(long = "fence", value_parser = parse_host_fence)]
+    fences: Vec<(String, csagent_mgmt::ha::Fence)>,
+    /// The fence of hosts without a --fence.
+    #[arg(long, default_value = "none")]
+    fence_default: csagent_mgmt::ha::Fence,
+    /// How long a neighbour watches a silent host (0: three of its storage
+    /// heartbeat intervals).
+    #[arg(long, default_value_t = 0)]
+    ha_check_window_ms: u64,
+    /// A host judged alive or undecided is checked again after this long.
+    #[arg(long, default_value_t = 10_000)]
+    ha_recheck_ms: u64,
+}
+
+fn parse_host_fence(s: &str) -> Result<(String, csagent_mgmt::ha::Fence), String> {
+    let (host, fence) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--fence wants HOST_UUID=FENCE, not {s:?}"))?;
+    let host = uuid::Uuid::parse_str(host)
+        .map_err(|e| format!("--fence: {host:?} is not a host UUID: {e}"))?;
+    Ok((host.to_string(), fence.parse()?))
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -401,6 +431,13 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             },
             plane_id: a.plane_id,
             max_message_bytes: a.max_message_bytes,
+            ha: a.ha.then(|| csagent_mgmt::ha::HaConfig {
+                check_window: Duration::from_millis(a.ha_check_window_ms),
+                recheck: Duration::from_millis(a.ha_recheck_ms.max(1000)),
+                fences: a.fences.into_iter().collect(),
+                default_fence: a.fence_default,
+                ..Default::default()
+            }),
         },
         identity,
     )

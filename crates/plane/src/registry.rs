@@ -1,8 +1,10 @@
 //! The plane's registry of hosts: connection, liveness state, last reports,
 //! and the commands waiting for each host's answer.
 //!
-//! Owns host state (Up / Alert / Down from heartbeat age) and command
-//! bookkeeping. A command for a disconnected host is queued and sent when it
+//! Owns host state (Up / Alert / Down from heartbeat age; with high
+//! availability on, Investigating, Disconnected and Down are set by the HA
+//! engine instead, ha/mod.rs) and command bookkeeping, including the book of
+//! HA VMs the results and heartbeats feed. A command for a disconnected host is queued and sent when it
 //! registers; every unanswered command is sent again on each Register (the
 //! agent answers repeats from its cache, so this is safe), which is how a
 //! command sent during a network cut or a failover still gets its answer.
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
 
+use crate::ha::book::Book;
 use csagent_core::time::unix_ms;
 use csagent_proto::v1 as pb;
 
@@ -73,6 +76,10 @@ struct Host {
     cert_not_after_unix_ms: i64,
     maintenance: pb::MaintenanceState,
     maintenance_errors: Vec<String>,
+    /// The state was set by the HA engine, not by heartbeat age; it holds
+    /// until the host is heard from again.
+    ha_hold: bool,
+    state_reason: String,
 }
 
 /// Late results kept per host.
@@ -88,6 +95,10 @@ pub struct Registry {
     /// Random per process: ids this plane generates must never repeat after
     /// a restart, or an agent would answer a new command from its cache.
     id_prefix: String,
+    /// High availability is on: a silent host stays in Alert until the HA
+    /// engine investigates it, never Down by heartbeat age alone.
+    ha: bool,
+    book: Mutex<Book>,
 }
 
 impl Registry {
@@ -100,7 +111,24 @@ impl Registry {
             next_cmd: AtomicU64::new(1),
             id_prefix: format!("{plane_id}-{:08x}", rand::random::<u32>()),
             plane_id,
+            ha: false,
+            book: Mutex::default(),
         }
+    }
+
+    /// The same registry with high availability on.
+    pub fn with_ha(mut self) -> Registry {
+        self.ha = true;
+        self
+    }
+
+    pub fn ha_enabled(&self) -> bool {
+        self.ha
+    }
+
+    /// The book of HA VMs. Lock order: hosts, then book.
+    pub fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        csagent_core::sync::lock(&self.book)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Host>> {
@@ -147,9 +175,74 @@ impl Registry {
         host.conn = Some(Conn { id, tx, peer });
         host.last_heartbeat = Some(Instant::now());
         host.last_heartbeat_unix_ms = unix_ms();
-        self.set_state(&uuid, host, pb::HostState::Up);
+        self.heard_from(&uuid, host);
+        let running = live_vms(&host.vms);
+        let stale = self.book().stale_on_return(&uuid, &running);
+        drop(hosts);
         tracing::info!(host = %uuid, conn = id, "host registered");
+        for (vm, now_on) in stale {
+            self.stop_stale_copy(&uuid, &vm, &now_on);
+        }
         id
+    }
+
+    /// The host came back running a VM that HA restarted on `now_on` while
+    /// it was away: that copy goes, at once and without a shutdown (the
+    /// other is the one the cloud kept).
+    fn stop_stale_copy(&self, uuid: &str, vm: &str, now_on: &str) {
+        let message = format!("VM {vm} was restarted on {now_on} while {uuid} was away; {uuid} still reported it, so that copy was destroyed");
+        tracing::warn!(host = %uuid, vm = %vm, now_on = %now_on, "{message}");
+        let cmd = pb::Command {
+            id: format!(
+                "ha-stale-{vm}-{}",
+                self.next_cmd.fetch_add(1, Ordering::Relaxed)
+            ),
+            deadline_ms: 60_000,
+            body: Some(pb::command::Body::StopVm(pb::StopVm {
+                vm_uuid: vm.to_string(),
+                force: true,
+                timeout_ms: 0,
+            })),
+        };
+        let (id, _updates) = self.send(uuid, cmd);
+        self.ha_event(
+            uuid,
+            vm,
+            pb::ha_action::Kind::StoppedStaleCopy,
+            "",
+            &format!("{message} (command {id})"),
+        );
+    }
+
+    /// Announces one HA step.
+    pub fn ha_event(
+        &self,
+        host: &str,
+        vm: &str,
+        kind: pb::ha_action::Kind,
+        to: &str,
+        message: &str,
+    ) {
+        let _ = self.events.send(pb::PlaneEvent {
+            host_uuid: host.to_string(),
+            at_unix_ms: unix_ms(),
+            event: Some(pb::plane_event::Event::Ha(pb::HaAction {
+                vm_uuid: vm.to_string(),
+                kind: kind as i32,
+                to_host: to.to_string(),
+                message: message.to_string(),
+            })),
+        });
+    }
+
+    /// A heartbeat or Register arrived: the host is Up, whatever HA decided.
+    fn heard_from(&self, uuid: &str, host: &mut Host) {
+        if host.ha_hold {
+            tracing::info!(host = %uuid, was = host.state.as_str_name(), "host is heard from again");
+        }
+        host.ha_hold = false;
+        host.state_reason.clear();
+        self.set_state(uuid, host, pb::HostState::Up);
     }
 
     /// The stream of connection `conn` ended.
@@ -177,6 +270,7 @@ impl Registry {
             Some(Msg::Heartbeat(hb)) => self.on_heartbeat(uuid, host, hb),
             Some(Msg::Result(r)) => match host.pending.remove(&r.command_id) {
                 Some(p) => {
+                    self.note_result(uuid, &p.cmd, &r);
                     let update = pb::CommandUpdate {
                         update: Some(pb::command_update::Update::Result(r)),
                     };
@@ -221,6 +315,7 @@ impl Registry {
         host.storage_heartbeats = hb.storage_heartbeats;
         host.skew_ms = now_ms - hb.sent_at_unix_ms;
         host.cert_not_after_unix_ms = hb.cert_not_after_unix_ms;
+        self.book().seen_running(uuid, &live_vms(&host.vms));
         if let Some(c) = &host.conn {
             let ack = pb::HeartbeatAck {
                 seq: hb.seq,
@@ -229,8 +324,26 @@ impl Registry {
             let _ =
                 c.tx.try_send(Ok(plane(pb::plane_message::Msg::HeartbeatAck(ack))));
         }
-        if host.state != pb::HostState::Up {
-            self.set_state(uuid, host, pb::HostState::Up);
+        if host.state != pb::HostState::Up || host.ha_hold {
+            self.heard_from(uuid, host);
+        }
+    }
+
+    /// Keeps the book of HA VMs in step with what hosts answered.
+    fn note_result(&self, uuid: &str, cmd: &pb::Command, r: &pb::CommandResult) {
+        use pb::command::Body;
+        if r.status != pb::CommandStatus::Ok as i32 {
+            return;
+        }
+        match (&cmd.body, &r.result) {
+            (Some(Body::StartVm(s)), Some(pb::command_result::Result::StartVm(res))) => {
+                self.book().started(uuid, s, res)
+            }
+            (Some(Body::StopVm(s)), _) if !cmd.id.starts_with("ha-stale-") => {
+                self.book().stopped(&s.vm_uuid)
+            }
+            (Some(Body::DestroyVm(d)), _) => self.book().stopped(&d.vm_uuid),
+            _ => {}
         }
     }
 
@@ -370,8 +483,11 @@ impl Registry {
             let Some(last) = host.last_heartbeat else {
                 continue;
             };
+            if host.ha_hold {
+                continue;
+            }
             let age = last.elapsed();
-            let state = if age > self.liveness.down_after {
+            let state = if age > self.liveness.down_after && !self.ha {
                 pb::HostState::Down
             } else if age > self.liveness.alert_after {
                 pb::HostState::Alert
@@ -397,6 +513,12 @@ impl Registry {
             }
             pb::HostState::Alert => {
                 tracing::warn!(host = %uuid, "host is in Alert: heartbeats missed")
+            }
+            pb::HostState::Investigating => {
+                tracing::warn!(host = %uuid, "host is Investigating: asking its neighbours whether it lives")
+            }
+            _ if host.ha_hold => {
+                tracing::error!(host = %uuid, "host is Down: {}", host.state_reason)
             }
             _ => {
                 tracing::error!(host = %uuid, "host is Down: no heartbeat for {} ms", self.liveness.down_after.as_millis())
@@ -431,6 +553,87 @@ impl Registry {
             .collect();
         candidates.sort_by(|a, b| a.host.cmp(&b.host));
         csagent_host::placement::first_fit(&candidates, req).map(|i| candidates[i].host.clone())
+    }
+
+    /// Hosts gone silent (Alert) that HA has not taken up yet.
+    pub fn silent_hosts(&self) -> Vec<String> {
+        let hosts = self.lock();
+        let mut out: Vec<String> = hosts
+            .iter()
+            .filter(|(_, h)| h.state == pb::HostState::Alert && !h.ha_hold)
+            .map(|(u, _)| u.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Hosts HA holds in `state` (e.g. Disconnected by a partition verdict).
+    pub fn held_in(&self, state: pb::HostState) -> Vec<String> {
+        let hosts = self.lock();
+        let mut out: Vec<String> = hosts
+            .iter()
+            .filter(|(_, h)| h.ha_hold && h.state == state)
+            .map(|(u, _)| u.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// HA's decision about a host: applied only while the host is still in
+    /// one of `from` and not heard from since, so a host that came back
+    /// during an investigation is never fenced. True when applied.
+    pub fn decide(
+        &self,
+        uuid: &str,
+        from: &[pb::HostState],
+        to: pb::HostState,
+        reason: &str,
+    ) -> bool {
+        let mut hosts = self.lock();
+        let Some(h) = hosts.get_mut(uuid) else {
+            return false;
+        };
+        let silent = h.state == pb::HostState::Alert || h.ha_hold;
+        if !silent || !from.contains(&h.state) {
+            return false;
+        }
+        h.ha_hold = true;
+        h.state_reason = reason.to_string();
+        if h.state == to {
+            tracing::info!(host = %uuid, state = to.as_str_name(), "{reason}");
+        }
+        self.set_state(uuid, h, to);
+        true
+    }
+
+    /// Connected, Up hosts other than `uuid`: who can be asked about it.
+    pub fn neighbours(&self, uuid: &str) -> Vec<String> {
+        let hosts = self.lock();
+        let mut out: Vec<String> = hosts
+            .iter()
+            .filter(|(u, h)| *u != uuid && h.conn.is_some() && h.state == pb::HostState::Up)
+            .map(|(u, _)| u.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The VMs the host's last heartbeat listed running or paused.
+    pub fn live_vms_of(&self, uuid: &str) -> Vec<String> {
+        let hosts = self.lock();
+        hosts
+            .get(uuid)
+            .map(|h| {
+                live_vms(&h.vms)
+                    .into_iter()
+                    .map(str::to_ascii_lowercase)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn state_of(&self, uuid: &str) -> Option<pb::HostState> {
+        self.lock().get(uuid).map(|h| h.state)
     }
 
     /// Sets a host's maintenance state; false when the plane does not know
@@ -488,6 +691,7 @@ fn summary(uuid: &str, h: &Host) -> pb::HostSummary {
         maintenance: h.maintenance as i32,
         maintenance_errors: h.maintenance_errors.clone(),
         storage_heartbeats: h.storage_heartbeats.clone(),
+        state_reason: h.state_reason.clone(),
     }
 }
 
@@ -504,6 +708,18 @@ fn refuse_in_maintenance(h: &Host, cmd: &pb::Command) -> Option<pb::CommandResul
         ),
         ..Default::default()
     })
+}
+
+/// The VMs a host's report lists running or paused: what a restart
+/// elsewhere must not duplicate.
+pub fn live_vms(vms: &[pb::VmPower]) -> Vec<&str> {
+    vms.iter()
+        .filter(|v| {
+            v.state == pb::VmPowerState::Running as i32
+                || v.state == pb::VmPowerState::Paused as i32
+        })
+        .map(|v| v.vm_uuid.as_str())
+        .collect()
 }
 
 fn ms(d: Duration) -> u32 {

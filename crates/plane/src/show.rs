@@ -309,9 +309,30 @@ pub fn plane_event_line(e: &pb::PlaneEvent) -> String {
                 result_lines(r).join(" ")
             )
         }
+        Some(Event::Ha(a)) => ha_text(a),
         None => "(empty event)".to_string(),
     };
     format!("{} host {} {what}", clock(e.at_unix_ms), e.host_uuid)
+}
+
+fn ha_text(a: &pb::HaAction) -> String {
+    use pb::ha_action::Kind;
+    let kind = Kind::try_from(a.kind).unwrap_or_default();
+    match kind {
+        Kind::Host => format!("ha {}", a.message),
+        Kind::Restarted => format!(
+            "ha vm {} restarted on {}: {}",
+            a.vm_uuid, a.to_host, a.message
+        ),
+        _ => format!(
+            "ha vm {} {}: {}",
+            a.vm_uuid,
+            kind.as_str_name()
+                .trim_start_matches("KIND_")
+                .to_ascii_lowercase(),
+            a.message
+        ),
+    }
 }
 
 /// UTC wall time of a Unix millisecond timestamp, `2024-05-01T12:00:00.250Z`.

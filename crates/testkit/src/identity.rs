@@ -36,6 +36,7 @@ pub async fn identity_plane(leaf: Duration) -> IdPlane {
             liveness: fast_liveness(),
             plane_id: "id-plane".into(),
             max_message_bytes: 16 << 20,
+            ha: None,
         },
         Some(IdentityConfig {
             tls_dir: pki.dir.path().to_path_buf(),

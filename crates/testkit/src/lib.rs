@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod guest;
+pub mod ha;
 pub mod skip;
 
 use std::net::SocketAddr;
@@ -99,6 +100,7 @@ pub async fn start_plane_at(
         liveness,
         plane_id: "test-plane".into(),
         max_message_bytes,
+        ha: None,
     })
     .await
     .unwrap()

@@ -22,6 +22,7 @@ mod host_sensors;
 mod host_system;
 mod identity_enroll;
 mod identity_rotation;
+mod lab_ha;
 mod lab_hosts;
 mod lab_migration;
 mod layering;

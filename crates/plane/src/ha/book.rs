@@ -1,0 +1,186 @@
+//! The plane's book of HA VMs: for each VM started with `ha`, the StartVm
+//! that made it (to start it again elsewhere), where it runs now, and
+//! whether a restart is under way or done.
+//!
+//! Owns only that memory. It decides nothing and sends nothing: the engine
+//! (ha/mod.rs) asks it which VMs a dead host leaves behind, and the registry
+//! feeds it results and heartbeats. Kept in memory: a plane that restarts
+//! forgets it (noted in the README's HA section).
+
+use std::collections::HashMap;
+
+use csagent_proto::v1 as pb;
+
+/// One HA VM.
+#[derive(Clone, Debug)]
+pub struct HaVm {
+    /// The StartVm that made it, sent again unchanged to restart it.
+    pub start: pb::StartVm,
+    /// The host that runs it, by its latest heartbeats.
+    pub host: String,
+    /// Volume paths the host reported for its disks (the disks a neighbour
+    /// watches for writes).
+    pub disk_paths: Vec<String>,
+    /// Restarts begun so far; the n-th restart is sent with id
+    /// `ha-<vm>-<n>`, so a resend of one attempt runs it once.
+    pub attempts: u32,
+    /// The host it was last restarted away from, while that host has not
+    /// come back (a copy reported there then is stale).
+    pub restarted_from: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Book {
+    vms: HashMap<String, HaVm>,
+}
+
+impl Book {
+    /// A StartVm answered OK on `host`: remembered if its spec asks for HA.
+    pub fn started(&mut self, host: &str, start: &pb::StartVm, result: &pb::StartVmResult) {
+        let Some(spec) = start.spec.as_ref().filter(|s| s.ha) else {
+            return;
+        };
+        let vm = spec.uuid.to_ascii_lowercase();
+        let mut disk_paths: Vec<String> = result.volume_paths.clone();
+        for d in &spec.disks {
+            if d.source_type == "file"
+                && d.source.starts_with('/')
+                && !disk_paths.contains(&d.source)
+            {
+                disk_paths.push(d.source.clone());
+            }
+        }
+        let entry = self.vms.entry(vm).or_insert_with(|| HaVm {
+            start: start.clone(),
+            host: host.to_string(),
+            disk_paths: Vec::new(),
+            attempts: 0,
+            restarted_from: None,
+        });
+        entry.start = start.clone();
+        entry.host = host.to_string();
+        entry.disk_paths = disk_paths;
+    }
+
+    /// A VM was stopped or destroyed on purpose: no longer HA's business.
+    pub fn stopped(&mut self, vm: &str) {
+        self.vms.remove(&vm.to_ascii_lowercase());
+    }
+
+    /// A heartbeat of `host` lists these VMs running: that is where they are
+    /// (a live migration moves them without a StartVm).
+    pub fn seen_running(&mut self, host: &str, vms: &[&str]) {
+        for vm in vms {
+            if let Some(e) = self.vms.get_mut(&vm.to_ascii_lowercase()) {
+                if e.restarted_from.as_deref() != Some(host) {
+                    e.host = host.to_string();
+                }
+            }
+        }
+    }
+
+    /// HA VMs whose host is `host`.
+    pub fn on_host(&self, host: &str) -> Vec<(String, HaVm)> {
+        let mut out: Vec<_> = self
+            .vms
+            .iter()
+            .filter(|(_, v)| v.host.eq_ignore_ascii_case(host))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Begins one restart attempt; its command id.
+    pub fn attempt(&mut self, vm: &str) -> Option<String> {
+        let e = self.vms.get_mut(vm)?;
+        e.attempts += 1;
+        Some(format!("ha-{vm}-{}", e.attempts))
+    }
+
+    /// The restart on `to` succeeded.
+    pub fn restarted(&mut self, vm: &str, from: &str, to: &str) {
+        if let Some(e) = self.vms.get_mut(vm) {
+            e.host = to.to_string();
+            e.restarted_from = Some(from.to_string());
+        }
+    }
+
+    /// `host` registered and reports `running`: the VMs among them that HA
+    /// restarted elsewhere while it was away. The host is current again.
+    pub fn stale_on_return(&mut self, host: &str, running: &[&str]) -> Vec<(String, String)> {
+        let mut stale = Vec::new();
+        for (vm, e) in self.vms.iter_mut() {
+            if e.restarted_from.as_deref() != Some(host) {
+                continue;
+            }
+            if running.iter().any(|r| r.eq_ignore_ascii_case(vm)) {
+                stale.push((vm.clone(), e.host.clone()));
+            }
+            e.restarted_from = None;
+        }
+        stale.sort();
+        stale
+    }
+
+    pub fn disk_paths_on(&self, host: &str) -> Vec<String> {
+        let mut paths: Vec<String> = self
+            .on_host(host)
+            .into_iter()
+            .flat_map(|(_, v)| v.disk_paths)
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(vm: &str, ha: bool) -> pb::StartVm {
+        pb::StartVm {
+            spec: Some(pb::VmSpec {
+                uuid: vm.into(),
+                ha,
+                disks: vec![pb::VmDisk {
+                    source_type: "file".into(),
+                    source: "/shared/a.qcow2".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_ha_vms_are_kept_and_a_migration_moves_them() {
+        let mut b = Book::default();
+        b.started("h1", &start("V1", true), &Default::default());
+        b.started("h1", &start("v2", false), &Default::default());
+        assert_eq!(b.on_host("h1").len(), 1);
+        assert_eq!(b.disk_paths_on("h1"), vec!["/shared/a.qcow2".to_string()]);
+        b.seen_running("h2", &["v1"]);
+        assert!(b.on_host("h1").is_empty());
+        assert_eq!(b.on_host("h2")[0].0, "v1");
+    }
+
+    #[test]
+    fn attempts_get_distinct_ids_and_a_stale_copy_is_named_once() {
+        let mut b = Book::default();
+        b.started("h1", &start("v1", true), &Default::default());
+        assert_eq!(b.attempt("v1").as_deref(), Some("ha-v1-1"));
+        assert_eq!(b.attempt("v1").as_deref(), Some("ha-v1-2"));
+        b.restarted("v1", "h1", "h2");
+        // The dead host's last heartbeat cannot pull the VM back.
+        b.seen_running("h1", &["v1"]);
+        assert_eq!(b.on_host("h2").len(), 1);
+        assert_eq!(
+            b.stale_on_return("h1", &["v1"]),
+            vec![("v1".into(), "h2".into())]
+        );
+        assert!(b.stale_on_return("h1", &["v1"]).is_empty());
+    }
+}
