@@ -204,12 +204,25 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
             m.ping_retries,
             Arc::clone(&dispatcher),
             outbox,
-            hv,
+            hv.clone(),
             vm_rx,
             monitor,
         )
         .with_credentials(credentials)
-        .with_storage_heartbeat(beat),
+        .with_storage_heartbeat(Arc::clone(&beat)),
+    );
+    tokio::spawn(
+        crate::isolation::Watch {
+            policy: cfg.ha.on_isolation,
+            after: Duration::from_secs(cfg.ha.isolation_after_secs),
+            hypervisor: hv,
+            link: Arc::clone(&ctx.status),
+            beat,
+            record: Arc::clone(&ctx.isolation),
+            started_unix_ms: csagent_core::time::unix_ms(),
+            reboot: crate::isolation::reboot_host,
+        }
+        .run(background.clone()),
     );
     tracing::info!(host_uuid = %host_uuid, endpoints = ?m.hosts, version = env!("CARGO_PKG_VERSION"), "csagent starting");
     let close = CancellationToken::new();

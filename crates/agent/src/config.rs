@@ -306,6 +306,9 @@ pub struct HaSection {
     pub heartbeat_interval_secs: u64,
     /// A heartbeat write (or a neighbour's read) slower than this failed.
     pub timeout_secs: u64,
+    /// What to do when cut off from the plane and every pool.
+    pub on_isolation: crate::isolation::OnIsolation,
+    pub isolation_after_secs: u64,
 }
 
 impl Default for HaSection {
@@ -314,6 +317,8 @@ impl Default for HaSection {
             pools: Vec::new(),
             heartbeat_interval_secs: 5,
             timeout_secs: 10,
+            on_isolation: crate::isolation::OnIsolation::None,
+            isolation_after_secs: 30,
         }
     }
 }
@@ -463,6 +468,7 @@ impl Config {
             self.ha.heartbeat_interval_secs,
         )?;
         positive("ha.timeout_secs", self.ha.timeout_secs)?;
+        positive("ha.isolation_after_secs", self.ha.isolation_after_secs)?;
         if let Some(p) = self.ha.pools.iter().find(|p| !p.is_absolute()) {
             return Err((
                 "ha.pools",

@@ -27,6 +27,7 @@ pub mod endpoints;
 pub mod handlers;
 mod heap;
 pub mod identity;
+pub mod isolation;
 pub mod link;
 pub mod metrics;
 pub mod monitor;

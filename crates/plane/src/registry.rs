@@ -170,6 +170,9 @@ impl Registry {
             })
             .collect();
         host.hypervisor_available = reg.hypervisor_available;
+        for what in &reg.isolation_actions {
+            tracing::warn!(host = %uuid, "while isolated, the agent did: {what}");
+        }
         host.skew_ms = unix_ms() - reg.sent_at_unix_ms;
         host.register = reg;
         host.conn = Some(Conn { id, tx, peer });
@@ -692,6 +695,7 @@ fn summary(uuid: &str, h: &Host) -> pb::HostSummary {
         maintenance_errors: h.maintenance_errors.clone(),
         storage_heartbeats: h.storage_heartbeats.clone(),
         state_reason: h.state_reason.clone(),
+        isolation_actions: h.register.isolation_actions.clone(),
     }
 }
 

@@ -63,6 +63,8 @@ pub struct LinkCtx {
     pub storage_heartbeat: Option<Arc<csagent_ha::Beat>>,
     /// What operators see of the link (`csagent status`, metrics).
     pub status: Arc<crate::status::LinkStatus>,
+    /// What the agent did while isolated, for every Register.
+    pub isolation: Arc<crate::isolation::Record>,
     heartbeat_seq: std::sync::atomic::AtomicU64,
     /// Send time (Unix ms) of the latest heartbeat, to measure clock skew
     /// when its ack arrives.
@@ -97,6 +99,7 @@ impl LinkCtx {
             credentials: None,
             storage_heartbeat: None,
             status: Arc::default(),
+            isolation: Arc::default(),
             heartbeat_seq: std::sync::atomic::AtomicU64::new(0),
             last_heartbeat_sent: AtomicI64::new(0),
         }

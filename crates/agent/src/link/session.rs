@@ -258,6 +258,7 @@ async fn register(ctx: &LinkCtx) -> pb::Register {
         sent_at_unix_ms: unix_ms(),
         in_flight_command_ids: ctx.dispatcher.in_flight(),
         hypervisor_available: snapshot.available,
+        isolation_actions: ctx.isolation.notes(),
     }
 }
 
