@@ -99,6 +99,18 @@ for n in /sys/class/net/*; do
 done
 # Proof beyond the console: the kernel log has it too (dmesg).
 echo "csagent guest init ran" >/dev/kmsg
+# A guest that is seen alive by its disk alone (HA tests): with
+# csagent.disk_ticks on the kernel command line it writes its first virtio
+# disk's first sector every second, synced, so the image file on the host
+# keeps changing while the guest runs.
+if grep -q csagent.disk_ticks /proc/cmdline && [ -b /dev/vda ]; then
+  n=0
+  while true; do
+    n=$((n + 1))
+    echo "csagent tick $n" | dd of=/dev/vda bs=512 count=1 conv=fsync 2>/dev/null
+    sleep 1
+  done &
+fi
 while true; do sleep 3600; done
 INIT
 chmod 0755 "$root/init"

@@ -102,12 +102,11 @@ impl Lab {
         let dir = Path::new(SHARED).join("images");
         std::fs::create_dir_all(&dir).expect("create the lab's shared image dir");
         // Tests run at once: a guest of another may be reading the copy, so
-        // an existing copy of the same size is kept and a new one appears
-        // by rename, never rewritten in place.
+        // an identical copy is kept and a new one appears by rename, never
+        // rewritten in place.
         let copy = |from: &Path, name: &str| {
             let to = dir.join(name);
-            let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
-            if len(&to).is_some() && len(&to) == len(from) {
+            if std::fs::read(&to).ok() == std::fs::read(from).ok() {
                 return to;
             }
             let tmp = dir.join(format!(".{name}.{}", uuid::Uuid::new_v4().simple()));

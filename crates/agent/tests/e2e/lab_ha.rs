@@ -8,6 +8,8 @@
 //! libvirtd and QEMUs): its HA VM runs on host 2, once, and its other VM
 //! does not. Fault 2: only host 1's link to the plane is cut: host 2 sees
 //! its storage heartbeat move, host 1 stays Disconnected, nothing restarts.
+//! Fault 3: host 1's agent is frozen (SIGSTOP) while its VM runs: no
+//! heartbeat of any kind, but host 2 sees the VM's disk being written.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -170,12 +172,24 @@ impl Drop for SharedDisk {
     }
 }
 
+/// How a test guest behaves.
+#[derive(Clone, Copy)]
+struct Guest {
+    ha: bool,
+    /// It writes its disk every second (the guest image's disk ticks).
+    writes: bool,
+}
+
 /// Starts a 128 MiB TCG guest with a disk on the shared storage on host 1.
-async fn start_on_a(h: &HaLab, name: &str, ha: bool, disk: &SharedDisk) -> uuid::Uuid {
+async fn start_on_a(h: &HaLab, name: &str, g: Guest, disk: &SharedDisk) -> uuid::Uuid {
     let uuid = uuid::Uuid::new_v4();
     let img = h.lab.shared_guest(&guest_image());
     let mut spec = guest_spec(&uuid, name, &img, 128);
-    spec.ha = ha;
+    spec.ha = g.ha;
+    if g.writes {
+        let boot = spec.boot.as_mut().expect("the test guest boots a kernel");
+        boot.cmdline.push_str(" csagent.disk_ticks");
+    }
     spec.disks.push(pb::VmDisk {
         device: "disk".into(),
         source_type: "file".into(),
@@ -209,6 +223,11 @@ async fn start_on_a(h: &HaLab, name: &str, ha: bool, disk: &SharedDisk) -> uuid:
     uuid
 }
 
+const HA_QUIET: Guest = Guest {
+    ha: true,
+    writes: false,
+};
+
 fn state(h: &HaLab, host: &uuid::Uuid) -> (i32, String) {
     host_summary(&h.plane, host).map_or((0, String::new()), |s| (s.state, s.state_reason))
 }
@@ -238,8 +257,12 @@ async fn power_cut_of_a_host_restarts_its_ha_vm_on_the_other_once() {
         name: n.clone(),
     });
     let (disk_ha, disk_plain) = (SharedDisk::new("ha"), SharedDisk::new("plain"));
-    let ha_vm = start_on_a(&h, &ha_name, true, &disk_ha).await;
-    let plain_vm = start_on_a(&h, &plain_name, false, &disk_plain).await;
+    let ha_vm = start_on_a(&h, &ha_name, HA_QUIET, &disk_ha).await;
+    let plain = Guest {
+        ha: false,
+        writes: false,
+    };
+    let plain_vm = start_on_a(&h, &plain_name, plain, &disk_plain).await;
     let mut events = h.plane.registry.subscribe();
 
     // The power cut: the agent dies with its host's daemons and guests.
@@ -303,7 +326,7 @@ async fn a_host_cut_off_from_the_plane_but_alive_is_disconnected_and_nothing_res
         name: name.clone(),
     };
     let disk = SharedDisk::new("part");
-    let vm = start_on_a(&h, &name, true, &disk).await;
+    let vm = start_on_a(&h, &name, HA_QUIET, &disk).await;
     let mut events = h.plane.registry.subscribe();
 
     h.link.cut();
@@ -340,6 +363,54 @@ async fn a_host_cut_off_from_the_plane_but_alive_is_disconnected_and_nothing_res
     );
     assert_eq!(h.lab.domstate(1, &name).as_deref(), Some("running"));
     let _ = (&h.pki, &h.work, &h.b);
+    if let Some(b) = h.agent_b.take() {
+        b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_agent_whose_vm_writes_its_disk_is_not_restarted() {
+    let mut h = ha_lab_or_skip!();
+    let name = domain_name("test-frozen");
+    let _dom = LabDomain {
+        lab: &h.lab,
+        name: name.clone(),
+    };
+    let disk = SharedDisk::new("frozen");
+    let writes = Guest {
+        ha: true,
+        writes: true,
+    };
+    let vm = start_on_a(&h, &name, writes, &disk).await;
+    let mut events = h.plane.registry.subscribe();
+
+    // Frozen: no heartbeat to the plane, no storage heartbeat; the guest
+    // runs on and writes its disk.
+    h.agent_a.signal(nix::sys::signal::Signal::SIGSTOP);
+    let judged = wait_for(Duration::from_secs(30), || {
+        let (st, reason) = state(&h, &h.a);
+        st == pb::HostState::Disconnected as i32 && reason.contains("alive")
+    })
+    .await;
+    let (st, reason) = state(&h, &h.a);
+    h.agent_a.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(judged, "host 1 is {st} ({reason})");
+    let disk_name = disk.0.to_string_lossy().into_owned();
+    assert!(
+        reason.contains(&format!("disk {disk_name}")) && reason.contains("written"),
+        "the evidence is the VM's disk: {reason}"
+    );
+    assert!(
+        h.lab.domstate(2, &name).is_none(),
+        "the VM runs on host 2 as well"
+    );
+    assert!(ha_actions(&mut events, &vm).is_empty());
+    assert!(
+        wait_for(Duration::from_secs(30), || is_up(&h.plane, &h.a)).await,
+        "host 1 never came back Up after SIGCONT: {}",
+        h.agent_a.log_text()
+    );
+    assert_eq!(h.lab.domstate(1, &name).as_deref(), Some("running"));
     if let Some(b) = h.agent_b.take() {
         b.stop().await;
     }
