@@ -11,130 +11,19 @@
 //! Fault 3: host 1's agent is frozen (SIGSTOP) while its VM runs: no
 //! heartbeat of any kind, but host 2 sees the VM's disk being written.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use csagent_mgmt::ha::{Fence, HaConfig};
-use csagent_mgmt::Plane;
 use csagent_proto::v1 as pb;
-use csagent_testkit::guest::{guest_image, guest_spec};
-use csagent_testkit::ha::{start_plane_ha, CutLink};
-use csagent_testkit::lab::{domain_name, Lab, LabDomain, SHARED};
+use csagent_testkit::ha::{
+    cut_power, ha_actions, start_on_a, state, Guest, HaLab, HaTiming, SharedDisk, HA_QUIET,
+};
+use csagent_testkit::lab::{domain_name, LabDomain};
 use csagent_testkit::skip;
 use csagent_testkit::*;
 
-fn lab_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lab.sh")
-}
-
-/// Brings lab host 1 back after a test cut it, even when the test failed.
-struct Revive;
-
-impl Drop for Revive {
-    fn drop(&mut self) {
-        let out = std::process::Command::new("bash")
-            .arg(lab_script())
-            .args(["revive", "1"])
-            .output()
-            .expect("run lab.sh revive 1");
-        assert!(
-            out.status.success() || std::thread::panicking(),
-            "lab.sh revive 1: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-struct HaLab {
-    lab: Lab,
-    pki: TestPki,
-    plane: Plane,
-    link: CutLink,
-    a: uuid::Uuid,
-    b: uuid::Uuid,
-    agent_a: Proc,
-    agent_b: Option<InProcessAgent>,
-    work: tempfile::TempDir,
-    _turn: tokio::sync::MutexGuard<'static, ()>,
-}
-
-fn liveness() -> csagent_mgmt::Liveness {
-    csagent_mgmt::Liveness {
-        heartbeat_interval: Duration::from_millis(500),
-        alert_after: Duration::from_secs(3),
-        down_after: Duration::from_secs(10),
-        host_report_interval: Duration::from_secs(2),
-    }
-}
-
-fn ha_agent(lab: &Lab, cfg: csagent::config::Config, i: usize) -> csagent::config::Config {
-    let mut cfg = lab.agent_config(cfg, i);
-    cfg.ha.pools = vec![PathBuf::from(SHARED)];
-    cfg.ha.heartbeat_interval_secs = 1;
-    cfg.ha.timeout_secs = 5;
-    cfg.management.backoff_initial_ms = 200;
-    cfg.management.backoff_max_ms = 1000;
-    cfg
-}
-
-async fn ha_lab() -> Result<HaLab, String> {
-    let turn = csagent_testkit::lab::turn().await;
-    let lab = Lab::get(2)?;
-    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
-    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-    let ha = HaConfig {
-        recheck: Duration::from_secs(5),
-        fences: [(
-            a.to_string(),
-            Fence::Lab {
-                script: lab_script(),
-                index: 1,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    };
-    let plane = start_plane_ha(&pki, liveness(), ha).await;
-    let link = CutLink::start(plane.addr).await;
-    let work = workdir();
-    let dir = |n: &str| {
-        let d = work.path().join(n);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    };
-    let cfg_a = agent_config(&a, &pki.agent(&a), &[link.addr.to_string()], &dir("a"));
-    let agent_a = spawn_agent(&ha_agent(&lab, cfg_a, 1), work.path(), "agent-a");
-    let cfg_b = agent_config(&b, &pki.agent(&b), &[plane.addr.to_string()], &dir("b"));
-    let agent_b = Some(run_in_process(ha_agent(&lab, cfg_b, 2)));
-    for (h, name) in [(&a, "host 1"), (&b, "host 2")] {
-        let up = wait_for(Duration::from_secs(20), || {
-            host_summary(&plane, h)
-                .is_some_and(|s| s.state == pb::HostState::Up as i32 && s.last_report.is_some())
-        })
-        .await;
-        assert!(
-            up,
-            "the agent of lab {name} never came Up with a report: {}",
-            agent_a.log_text()
-        );
-    }
-    Ok(HaLab {
-        lab,
-        pki,
-        plane,
-        link,
-        a,
-        b,
-        agent_a,
-        agent_b,
-        work,
-        _turn: turn,
-    })
-}
-
 macro_rules! ha_lab_or_skip {
     () => {
-        match ha_lab().await {
+        match HaLab::start(&HaTiming::fast()).await {
             Ok(h) => h,
             Err(why) => {
                 skip!("{why}");
@@ -142,110 +31,6 @@ macro_rules! ha_lab_or_skip {
             }
         }
     };
-}
-
-/// A test-made qcow2 disk on the shared storage, removed on drop.
-struct SharedDisk(PathBuf);
-
-impl SharedDisk {
-    fn new(tag: &str) -> SharedDisk {
-        let dir = Path::new(SHARED).join("csat-ha");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!(
-            "{tag}-{}.qcow2",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
-        let out = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&path)
-            .arg("64M")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "qemu-img create: {out:?}");
-        SharedDisk(path)
-    }
-}
-
-impl Drop for SharedDisk {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// How a test guest behaves.
-#[derive(Clone, Copy)]
-struct Guest {
-    ha: bool,
-    /// It writes its disk every second (the guest image's disk ticks).
-    writes: bool,
-}
-
-/// Starts a 128 MiB TCG guest with a disk on the shared storage on host 1.
-async fn start_on_a(h: &HaLab, name: &str, g: Guest, disk: &SharedDisk) -> uuid::Uuid {
-    let uuid = uuid::Uuid::new_v4();
-    let img = h.lab.shared_guest(&guest_image());
-    let mut spec = guest_spec(&uuid, name, &img, 128);
-    spec.ha = g.ha;
-    if g.writes {
-        let boot = spec.boot.as_mut().expect("the test guest boots a kernel");
-        boot.cmdline.push_str(" csagent.disk_ticks");
-    }
-    spec.disks.push(pb::VmDisk {
-        device: "disk".into(),
-        source_type: "file".into(),
-        source: disk.0.to_string_lossy().into_owned(),
-        format: "qcow2".into(),
-        target: "vda".into(),
-        bus: "virtio".into(),
-        ..Default::default()
-    });
-    let start = pb::command::Body::StartVm(pb::StartVm {
-        spec: Some(spec),
-        ..Default::default()
-    });
-    let r = call(
-        &h.plane,
-        &h.a,
-        cmd("", 120_000, start),
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
-    let listed = wait_for(Duration::from_secs(20), || {
-        host_summary(&h.plane, &h.a).is_some_and(|s| {
-            s.vms.iter().any(|v| {
-                v.vm_uuid == uuid.to_string() && v.state == pb::VmPowerState::Running as i32
-            })
-        })
-    })
-    .await;
-    assert!(listed, "host 1's heartbeats never listed VM {uuid} running");
-    uuid
-}
-
-const HA_QUIET: Guest = Guest {
-    ha: true,
-    writes: false,
-};
-
-fn state(h: &HaLab, host: &uuid::Uuid) -> (i32, String) {
-    host_summary(&h.plane, host).map_or((0, String::new()), |s| (s.state, s.state_reason))
-}
-
-/// The HA steps the plane announced about `vm`, as (kind, text).
-fn ha_actions(
-    events: &mut tokio::sync::broadcast::Receiver<pb::PlaneEvent>,
-    vm: &uuid::Uuid,
-) -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    while let Ok(e) = events.try_recv() {
-        if let Some(pb::plane_event::Event::Ha(a)) = e.event {
-            if a.vm_uuid == vm.to_string() {
-                out.push((a.kind, a.message));
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,15 +51,8 @@ async fn power_cut_of_a_host_restarts_its_ha_vm_on_the_other_once() {
     let mut events = h.plane.registry.subscribe();
 
     // The power cut: the agent dies with its host's daemons and guests.
-    let _revive = Revive;
     let cut_at = Instant::now();
-    h.agent_a.signal(nix::sys::signal::Signal::SIGKILL);
-    let out = std::process::Command::new("bash")
-        .arg(lab_script())
-        .args(["cut", "1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "lab.sh cut 1: {out:?}");
+    let _revive = cut_power(&h);
 
     let on_b = wait_for(Duration::from_secs(120), || {
         h.lab.domstate(2, &ha_name).as_deref() == Some("running")
