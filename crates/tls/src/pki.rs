@@ -36,6 +36,8 @@ pub enum PkiError {
     Csr(String),
     #[error("no certificate in the PEM text")]
     NoCertificate,
+    #[error("CA bundle refused, nothing written: {0}")]
+    BadBundle(String),
 }
 
 /// A certificate and its private key, both PEM.
@@ -318,6 +320,52 @@ pub fn fingerprints(pem: &str) -> Result<Vec<String>, PkiError> {
     Ok(out)
 }
 
+/// Checks a CA bundle before it replaces `current` (the bundle this host
+/// trusts now): every PEM block is an X.509 certificate, each is a CA,
+/// rustls takes each as a root, and at least one of them is in `current`.
+/// The last rule is what keeps a host reachable: the plane that sent the
+/// bundle was verified against `current`, and during a rotation the bundle
+/// is (new, old), so a bundle without any current CA could only lock the
+/// host out at its next connection.
+pub fn check_ca_bundle(bundle_pem: &str, current_pem: &str) -> Result<(), PkiError> {
+    use rustls_pki_types::pem::PemObject;
+    let bad = |m: String| PkiError::BadBundle(m);
+    let mut roots = rustls::RootCertStore::empty();
+    let mut n = 0;
+    for der in rustls_pki_types::CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+        n += 1;
+        let der = der.map_err(|e| bad(format!("certificate {n}: not PEM: {e:?}")))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| bad(format!("certificate {n}: not an X.509 certificate: {e}")))?;
+        let is_ca = x509
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|b| b.value.ca);
+        if !is_ca {
+            return Err(bad(format!(
+                "certificate {n} ({}) is not a CA certificate",
+                x509.subject()
+            )));
+        }
+        roots
+            .add(der.clone())
+            .map_err(|e| bad(format!("certificate {n}: not usable as a root: {e}")))?;
+    }
+    if n == 0 {
+        return Err(bad("no certificate in it".into()));
+    }
+    let new = fingerprints(bundle_pem)?;
+    let now = fingerprints(current_pem).unwrap_or_default();
+    if !new.iter().any(|f| now.contains(f)) {
+        return Err(bad(
+            "it shares no certificate with the CA bundle this host trusts now, so the host could not verify its plane with it"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A fingerprint as an operator may type it ("AB:CD:..", upper case) in the
 /// form `fingerprints` returns.
 pub fn normalize_fingerprint(text: &str) -> String {
@@ -358,26 +406,88 @@ pub fn write_pair(dir: &Path, stem: &str, pem: &Pem) -> Result<(PathBuf, PathBuf
     Ok((cert_path, key_path))
 }
 
-/// Writes a file atomically (temporary file in the same directory, fsync,
-/// rename), created with its final mode.
+/// Writes a file atomically: a fresh temporary file in the same directory
+/// (O_CREAT|O_EXCL|O_NOFOLLOW, its final mode from the start, so neither a
+/// leftover file with a looser mode nor a planted symlink is ever written
+/// through), fsync, rename over `path`, fsync of the directory so the
+/// rename survives a crash. On failure the temporary file is removed and
+/// `path` is as it was.
 pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     let io = |source| PkiError::Io {
         path: path.to_path_buf(),
         source,
     };
-    // Appended, not replacing the extension: agent.pem and agent.key must
-    // not share a temporary file.
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    let (tmp, mut f) = create_unique(path, mode).map_err(io)?;
+    let written = f
+        .write_all(data)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+}
+
+/// `<path>.<pid>.<n>.tmp`, created new; a name already taken (a leftover,
+/// a planted link) is skipped, never opened.
+fn create_unique(path: &Path, mode: u32) -> std::io::Result<(PathBuf, fs::File)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut last = None;
+    for _ in 0..16 {
+        // Appended, not replacing the extension: agent.pem and agent.key
+        // must not share a temporary name.
+        let mut tmp = path.as_os_str().to_owned();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        tmp.push(format!(".{}.{n}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(mode)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca(name: &str) -> String {
+        Ca::generate(name, Validity::for_lifetime(Duration::from_secs(3600)))
+            .unwrap()
+            .signing_cert_pem()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_bundle_is_refused_with_its_reason_unless_whole_and_continuous() {
+        let current = ca("csat-current");
+        let next = ca("csat-next");
+        check_ca_bundle(&format!("{next}{current}"), &current).unwrap();
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n";
+        for (bundle, says) in [
+            (
+                format!("{current}{garbage}"),
+                "certificate 2: not an X.509 certificate",
+            ),
+            (next.clone(), "shares no certificate"),
+            (String::new(), "no certificate"),
+        ] {
+            let e = check_ca_bundle(&bundle, &current).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("nothing written"), "{e}");
+        }
+    }
 }

@@ -314,18 +314,21 @@ impl Credentials {
     /// pairs with it; used from the next connection on.
     pub fn on_bundle(&self, bundle_pem: &str, renew_now: bool) -> Result<bool, IdentityError> {
         let mut st = self.lock();
+        let stored = self.store_bundle(&mut st, bundle_pem)?;
         if renew_now {
             st.forced = true;
         }
-        self.store_bundle(&mut st, bundle_pem)
+        Ok(stored)
     }
 
     fn store_bundle(&self, st: &mut State, bundle_pem: &str) -> Result<bool, IdentityError> {
-        csagent_tls::pki::fingerprints(bundle_pem)?;
         let old = std::fs::read_to_string(&self.files.ca).unwrap_or_default();
         if old == bundle_pem {
             return Ok(false);
         }
+        // Checked whole before anything is written: a bundle this host
+        // could not connect with must never reach ca_file.
+        csagent_tls::pki::check_ca_bundle(bundle_pem, &old)?;
         csagent_tls::pki::write_file(&self.files.ca, bundle_pem.as_bytes(), 0o644)?;
         st.current = load_pair(&self.files)?;
         if st.next.is_some() {

@@ -259,3 +259,65 @@ async fn ca_rotation_with_agents_connected_drops_none() {
     }
     p.plane.stop().await;
 }
+
+fn bundle(pem: &str) -> pb::PlaneMessage {
+    pb::PlaneMessage {
+        msg: Some(pb::plane_message::Msg::TrustBundle(pb::TrustBundle {
+            ca_bundle_pem: pem.to_string(),
+            renew_now: false,
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_trust_bundle_changes_nothing_on_disk_and_the_host_restarts_fine() {
+    let p = identity_plane(Duration::from_secs(3600)).await;
+    let host = uuid::Uuid::new_v4();
+    let work = workdir();
+    let files = p.enroll(&host, work.path()).await;
+    let cfg = agent_config(&host, &files, &[p.endpoint()], work.path());
+    let agent = run_in_process(cfg.clone());
+    assert!(wait_for(Duration::from_secs(10), || is_up(&p.plane, &host)).await);
+    let current = std::fs::read_to_string(&files.ca).unwrap();
+    let leaf = std::fs::read_to_string(&files.cert).unwrap();
+    let stranger = csagent_tls::pki::Ca::generate(
+        "csat-stranger",
+        csagent_tls::pki::Validity::for_lifetime(Duration::from_secs(3600)),
+    )
+    .unwrap()
+    .signing_cert_pem()
+    .unwrap();
+    let garbage = "-----BEGIN CERTIFICATE-----\nAAAAAAAA\n-----END CERTIFICATE-----\n";
+    for bad in [
+        format!("{current}{garbage}"),
+        format!("{current}{leaf}"),
+        stranger.clone(),
+    ] {
+        assert_eq!(p.plane.registry.broadcast(&bundle(&bad)), 1);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            std::fs::read_to_string(&files.ca).unwrap(),
+            current,
+            "a refused bundle reached ca_file"
+        );
+    }
+    // The refusals left nothing that would lock the host out: it restarts
+    // and registers with what is on disk.
+    agent.stop().await;
+    let agent = run_in_process(cfg);
+    assert!(wait_for(Duration::from_secs(10), || is_up(&p.plane, &host)).await);
+    // A good bundle (the current CA and a new one) is stored.
+    let good = format!("{current}{stranger}");
+    p.plane.registry.broadcast(&bundle(&good));
+    assert!(
+        wait_for(Duration::from_secs(5), || std::fs::read_to_string(
+            &files.ca
+        )
+        .unwrap()
+            == good)
+        .await,
+        "a good bundle was not stored"
+    );
+    agent.stop().await;
+    p.plane.stop().await;
+}
