@@ -143,8 +143,11 @@ impl Registry {
 
     /// A verified agent registered: replaces any older connection of the same
     /// host, acknowledges, and (re)sends every unanswered command.
-    pub fn connect(&self, reg: pb::Register, tx: ToAgent, peer: String) -> u64 {
+    pub fn connect(&self, mut reg: pb::Register, tx: ToAgent, peer: String) -> u64 {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        // Keyed as every lookup spells it (the certificate's identity, lower
+        // case), whatever case the agent sent.
+        reg.host_uuid.make_ascii_lowercase();
         let uuid = reg.host_uuid.clone();
         let ack = pb::RegisterAck {
             heartbeat_interval_ms: ms(self.liveness.heartbeat_interval),
@@ -173,7 +176,7 @@ impl Registry {
         for what in &reg.isolation_actions {
             tracing::warn!(host = %uuid, "while isolated, the agent did: {what}");
         }
-        host.skew_ms = unix_ms() - reg.sent_at_unix_ms;
+        host.skew_ms = unix_ms().saturating_sub(reg.sent_at_unix_ms);
         host.register = reg;
         host.conn = Some(Conn { id, tx, peer });
         host.last_heartbeat = Some(Instant::now());
@@ -316,7 +319,7 @@ impl Registry {
         host.vms = hb.vms;
         host.health = hb.health;
         host.storage_heartbeats = hb.storage_heartbeats;
-        host.skew_ms = now_ms - hb.sent_at_unix_ms;
+        host.skew_ms = now_ms.saturating_sub(hb.sent_at_unix_ms);
         host.cert_not_after_unix_ms = hb.cert_not_after_unix_ms;
         self.book().seen_running(uuid, &live_vms(&host.vms));
         if let Some(c) = &host.conn {
@@ -732,4 +735,39 @@ fn ms(d: Duration) -> u32 {
 
 fn plane(m: pb::plane_message::Msg) -> pb::PlaneMessage {
     pb::PlaneMessage { msg: Some(m) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(sent_at_unix_ms: i64) -> pb::AgentMessage {
+        pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Heartbeat(pb::Heartbeat {
+                seq: 7,
+                sent_at_unix_ms,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn an_upper_case_uuid_registers_under_the_name_lookups_use_and_odd_clocks_do_not_overflow() {
+        let r = Registry::new(Liveness::default(), "p".into());
+        let (tx, _rx) = mpsc::channel(8);
+        let upper = "4F1A0C3E-0000-4000-8000-00000000000A";
+        let reg = pb::Register {
+            host_uuid: upper.into(),
+            sent_at_unix_ms: i64::MIN,
+            ..Default::default()
+        };
+        r.connect(reg, tx, "peer".into());
+        let lower = upper.to_ascii_lowercase();
+        r.on_message(&lower, heartbeat(i64::MIN));
+        let hosts = r.list();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].host_uuid, lower);
+        assert_eq!(hosts[0].heartbeat_seq, 7, "the heartbeat reached the host");
+        assert_eq!(hosts[0].clock_skew_ms, i64::MAX);
+    }
 }
