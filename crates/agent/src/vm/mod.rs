@@ -86,15 +86,17 @@ pub async fn start(h: &Hypervisor, mut spec: VmSpec, ctx: &Ctx) -> Result<Starte
 /// disk targets and sources, and NIC MACs. Anything else is a CONFLICT, and
 /// nothing is changed.
 fn ensure_same(spec: &VmSpec, current_xml: &str) -> Result<(), CommandError> {
+    // Ownership first, from the metadata alone: a foreign domain is never
+    // read further (csagent may not even understand it).
+    if !domain::is_managed(current_xml) {
+        return Err(foreign(&spec.uuid.0));
+    }
     let current = domain::parse(current_xml).map_err(|e| {
         CommandError::new(
             ErrorKind::Internal,
             format!("cannot read the existing domain: {e}"),
         )
     })?;
-    if !domain::is_managed(current_xml) {
-        return Err(foreign(&spec.uuid.0));
-    }
     let differs = summary(spec) != summary(&current.spec);
     if differs {
         return Err(CommandError::new(

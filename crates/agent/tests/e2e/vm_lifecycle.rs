@@ -370,3 +370,51 @@ async fn a_critical_host_refuses_start_vm_naming_the_sensor() {
     );
     agent.stop().await;
 }
+
+/// libvirt's test driver ships a domain "test" csagent never defined.
+const FOREIGN_TEST_DOMAIN: &str = "6695eb01-f6a4-8304-79aa-97f2502e193f";
+
+#[tokio::test]
+async fn start_vm_on_a_foreign_domains_uuid_is_refused_without_touching_it() {
+    let f = Fixture::new(fast_liveness()).await;
+    let mut cfg = f.config();
+    cfg.host.capacity.cpu_overcommit = 8.0;
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
+    let (_, mut s) = spec("/var/lib/libvirt/images/csat-foreign.qcow2");
+    s.uuid = FOREIGN_TEST_DOMAIN.into();
+    let before = call(
+        &f.plane,
+        &f.host,
+        state(&uuid::Uuid::parse_str(FOREIGN_TEST_DOMAIN).unwrap()),
+        Duration::from_secs(10),
+    )
+    .await;
+    let r = call(
+        &f.plane,
+        &f.host,
+        cmd("", 0, start(&s)),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(r.status, pb::CommandStatus::Error as i32, "{r:?}");
+    assert_eq!(
+        r.error_code,
+        pb::ErrorCode::PermissionDenied as i32,
+        "{r:?}"
+    );
+    assert!(
+        r.message.contains("not defined by csagent"),
+        "{}",
+        r.message
+    );
+    let after = call(
+        &f.plane,
+        &f.host,
+        state(&uuid::Uuid::parse_str(FOREIGN_TEST_DOMAIN).unwrap()),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(before.result, after.result, "the foreign domain changed");
+    agent.stop().await;
+}
