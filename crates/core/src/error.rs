@@ -21,6 +21,7 @@ pub enum ErrorKind {
     HostUnhealthy,
     ShuttingDown,
     PermissionDenied,
+    FailedPrecondition,
     Internal,
 }
 

@@ -52,7 +52,12 @@ pub enum HvError {
     #[error("VM {0} not found on this host")]
     NotFound(String),
     #[error("libvirt {call} failed: {message}")]
-    Libvirt { call: &'static str, message: String },
+    Libvirt {
+        call: &'static str,
+        message: String,
+        /// What the failure means to a plane, from libvirt's error code.
+        kind: ErrorKind,
+    },
 }
 
 impl HvError {
@@ -60,15 +65,57 @@ impl HvError {
         match self {
             HvError::Unavailable { .. } | HvError::Timeout { .. } => ErrorKind::Unavailable,
             HvError::NotFound(_) => ErrorKind::NotFound,
-            HvError::Libvirt { .. } => ErrorKind::Internal,
+            HvError::Libvirt { kind, .. } => *kind,
         }
     }
 
     pub fn libvirt(call: &'static str, e: virt::error::Error) -> HvError {
+        let from_rpc = matches!(
+            e.domain(),
+            virt::enumutil::Enum::Known(virt::error::ErrorDomain::Rpc)
+        );
+        let kind = match e.code() {
+            virt::enumutil::Enum::Known(code) => kind_of(code, from_rpc, e.message()),
+            virt::enumutil::Enum::Unknown(_) => ErrorKind::Internal,
+        };
         HvError::Libvirt {
             call,
             message: e.message().to_string(),
+            kind,
         }
+    }
+
+    /// A failure of csagent's own around a libvirt call (not libvirt's).
+    fn internal(call: &'static str, message: String) -> HvError {
+        HvError::Libvirt {
+            call,
+            message,
+            kind: ErrorKind::Internal,
+        }
+    }
+}
+
+/// libvirt's error codes as the wire's: taken → CONFLICT, missing →
+/// NOT_FOUND, wrong state → FAILED_PRECONDITION, libvirt unreachable →
+/// UNAVAILABLE; anything else stays INTERNAL.
+pub fn kind_of(code: virt::error::ErrorNumber, from_rpc: bool, message: &str) -> ErrorKind {
+    use virt::error::ErrorNumber as N;
+    match code {
+        N::DomExist | N::StorageVolExist | N::ResourceBusy => ErrorKind::Conflict,
+        // "domain 'x' already exists with uuid ...": libvirt has no code of
+        // its own for a name taken by another UUID.
+        N::OperationFailed if message.contains("already exists") => ErrorKind::Conflict,
+        N::NoDomain
+        | N::NoStoragePool
+        | N::NoStorageVolume
+        | N::NoNetwork
+        | N::NoSecret
+        | N::NoDomainSnapshot
+        | N::NoNodeDevice => ErrorKind::NotFound,
+        N::OperationInvalid => ErrorKind::FailedPrecondition,
+        N::NoConnect | N::Rpc => ErrorKind::Unavailable,
+        N::SystemError if from_rpc => ErrorKind::Unavailable,
+        _ => ErrorKind::Internal,
     }
 }
 
@@ -205,18 +252,15 @@ impl Hypervisor {
             let _permit = permit;
             match live.conn.as_ref() {
                 Some(c) => f(c),
-                None => Err(HvError::Libvirt {
-                    call,
-                    message: "connection already closed".into(),
-                }),
+                None => Err(HvError::internal(call, "connection already closed".into())),
             }
         });
         match tokio::time::timeout_at(deadline, job).await {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(HvError::Libvirt {
+            Ok(Err(e)) => Err(HvError::internal(
                 call,
-                message: format!("the call panicked or was cancelled: {e}"),
-            }),
+                format!("the call panicked or was cancelled: {e}"),
+            )),
             Err(_) => Err(timeout()),
         }
     }
@@ -377,5 +421,64 @@ fn watch_until_lost(
 impl From<HvError> for csagent_core::CommandError {
     fn from(e: HvError) -> Self {
         csagent_core::CommandError::new(e.kind(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+    use virt::error::ErrorNumber as N;
+
+    #[test]
+    fn libvirt_codes_become_what_a_plane_can_act_on() {
+        for (code, rpc, message, want) in [
+            (N::DomExist, false, "", ErrorKind::Conflict),
+            (
+                N::ResourceBusy,
+                false,
+                "Lockspace resource is locked",
+                ErrorKind::Conflict,
+            ),
+            (N::StorageVolExist, false, "", ErrorKind::Conflict),
+            (
+                N::OperationFailed,
+                false,
+                "domain 'web-1' already exists with uuid 4f1a",
+                ErrorKind::Conflict,
+            ),
+            (
+                N::OperationFailed,
+                false,
+                "cannot open file",
+                ErrorKind::Internal,
+            ),
+            (N::NoDomain, false, "", ErrorKind::NotFound),
+            (N::NoStoragePool, false, "", ErrorKind::NotFound),
+            (N::NoStorageVolume, false, "", ErrorKind::NotFound),
+            (N::NoDomainSnapshot, false, "", ErrorKind::NotFound),
+            (
+                N::OperationInvalid,
+                false,
+                "domain is not running",
+                ErrorKind::FailedPrecondition,
+            ),
+            (N::NoConnect, false, "", ErrorKind::Unavailable),
+            (N::Rpc, false, "", ErrorKind::Unavailable),
+            (
+                N::SystemError,
+                true,
+                "Cannot recv data",
+                ErrorKind::Unavailable,
+            ),
+            (
+                N::SystemError,
+                false,
+                "Permission denied",
+                ErrorKind::Internal,
+            ),
+            (N::InternalError, false, "", ErrorKind::Internal),
+        ] {
+            assert_eq!(kind_of(code, rpc, message), want, "{code:?} {message:?}");
+        }
     }
 }

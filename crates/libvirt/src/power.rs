@@ -64,6 +64,7 @@ pub(super) fn list_all(
         .map_err(|message| HvError::Libvirt {
             call: "get_all_domain_stats",
             message,
+            kind: csagent_core::error::ErrorKind::Internal,
         })?;
     let known = csagent_core::sync::lock(facts).clone();
     let mut fetched = Vec::new();

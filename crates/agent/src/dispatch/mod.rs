@@ -447,6 +447,7 @@ pub fn error_code(kind: ErrorKind) -> pb::ErrorCode {
         ErrorKind::HostUnhealthy => C::HostUnhealthy,
         ErrorKind::ShuttingDown => C::ShuttingDown,
         ErrorKind::PermissionDenied => C::PermissionDenied,
+        ErrorKind::FailedPrecondition => C::FailedPrecondition,
         ErrorKind::Internal => C::Internal,
     }
 }

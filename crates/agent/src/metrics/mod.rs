@@ -94,6 +94,7 @@ fn outcome_label(k: csagent_core::error::ErrorKind) -> &'static str {
         K::HostUnhealthy => "host_unhealthy",
         K::ShuttingDown => "shutting_down",
         K::PermissionDenied => "permission_denied",
+        K::FailedPrecondition => "failed_precondition",
         K::Internal => "internal",
     }
 }

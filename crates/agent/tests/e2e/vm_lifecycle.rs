@@ -418,3 +418,37 @@ async fn start_vm_on_a_foreign_domains_uuid_is_refused_without_touching_it() {
     assert_eq!(before.result, after.result, "the foreign domain changed");
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn a_name_taken_by_another_uuid_is_a_conflict_and_a_missing_vm_not_found() {
+    let f = Fixture::new(fast_liveness()).await;
+    let mut cfg = f.config();
+    cfg.host.capacity.cpu_overcommit = 8.0;
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
+    let (first, s) = spec("/var/lib/libvirt/images/csat-name-1.qcow2");
+    let r = call(
+        &f.plane,
+        &f.host,
+        cmd("", 0, start(&s)),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    // Same name, another UUID: libvirt refuses the define.
+    let (other, mut same_name) = spec("/var/lib/libvirt/images/csat-name-2.qcow2");
+    same_name.name = s.name.clone();
+    let r = call(
+        &f.plane,
+        &f.host,
+        cmd("", 0, start(&same_name)),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(r.error_code, pb::ErrorCode::Conflict as i32, "{r:?}");
+    assert!(r.message.contains("already exists"), "{}", r.message);
+    let r = call(&f.plane, &f.host, state(&other), Duration::from_secs(10)).await;
+    assert_eq!(r.error_code, pb::ErrorCode::NotFound as i32, "{r:?}");
+    let _ = call(&f.plane, &f.host, destroy(&first), Duration::from_secs(10)).await;
+    agent.stop().await;
+}
