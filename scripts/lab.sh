@@ -56,6 +56,21 @@ in_host() {
   nsenter --net="/run/netns/$(host_name "$i")" --mount="$NSDIR/h$i.mnt" \
     --uts="$NSDIR/h$i.uts" -- "$@"
 }
+# Starts daemon CMD inside host I with a clean environment and only fds 0-2.
+# The daemons do not close what they inherit, and they live on after lab.sh:
+# an inherited fd of `flock LOCK lab.sh up` would hold that lock (a flock
+# belongs to the open file) until the lab goes down, and an inherited pipe
+# keeps its reader waiting for EOF.
+start_in_host() {
+  local i=$1 fd; shift
+  (
+    for fd in /proc/self/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    in_host "$i" "${DAEMON_ENV[@]}" "$@"
+  )
+}
 # Only the network namespace of host I (enough for a TCP client).
 in_host_net() {
   local i=$1; shift
@@ -366,13 +381,13 @@ up_host() {
   in_host "$i" "$SELF" _inner-setup "$i"
 
   step "$name: virtlogd"
-  in_host "$i" "${DAEMON_ENV[@]}" /usr/sbin/virtlogd -d -p /run/libvirt/virtlogd.pid
+  start_in_host "$i" /usr/sbin/virtlogd -d -p /run/libvirt/virtlogd.pid
   wait_for 10 "$name virtlogd pidfile" pid_alive "$hr/run/virtlogd.pid"
   wait_for 10 "$name virtlogd socket" test -S "$hr/run/virtlogd-sock"
   cp "$hr/run/virtlogd.pid" "$hr/virtlogd.pid"
 
   step "$name: libvirtd --listen (tcp $addr:16509, auth none)"
-  in_host "$i" "${DAEMON_ENV[@]}" /usr/sbin/libvirtd -d --listen -p /run/libvirt/libvirtd.pid
+  start_in_host "$i" /usr/sbin/libvirtd -d --listen -p /run/libvirt/libvirtd.pid
   wait_for 20 "$name libvirtd pidfile" pid_alive "$hr/run/libvirtd.pid"
   cp "$hr/run/libvirtd.pid" "$hr/libvirtd.pid"
   if ! wait_for_quiet 60 in_host "$i" virsh -q -c qemu:///system version; then
