@@ -15,7 +15,7 @@ packages=(
   libvirt-dev            # the virt crate links libvirt
   libvirt-clients        # virsh, virt-xml-validate (+ RelaxNG schemas)
   libxml2-utils          # xmllint: virt-xml-validate runs it (domain golden tests)
-  libvirt-daemon-system  # libvirtd for end-to-end tests and the demo
+  libvirt-daemon-system  # libvirtd, virtlogd, virtlockd (the lab's disk leases) for end-to-end tests and the demo
   nftables
   iproute2
   kmod                   # modprobe: tests load 8021q where the kernel has it as a module

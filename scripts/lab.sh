@@ -9,11 +9,14 @@
 #   lab.sh cut I    power cut of host I: SIGKILL to all its processes (HA fence)
 #   lab.sh revive I host I down and up again, with a fresh libvirtd
 #
-# Each host is a libvirtd + virtlogd pair in its own network, mount and UTS
-# namespaces; see docs/lab.md. Everything the lab creates
-# carries the prefix "cslab" and is found again only through the lab's own
-# state (pidfiles, namespace handles, mountinfo entries under the lab's dirs),
-# never by process name: the machine's main libvirtd must not be touched.
+# Each host is a libvirtd + virtlogd + virtlockd in its own network, mount and
+# UTS namespaces; see docs/lab.md. The hosts' virtlockds keep their disk
+# leases in one lockspace on the shared storage, so a VM running on one host
+# cannot be started on another (libvirt's guard against split brain).
+# Everything the lab creates carries the prefix "cslab" and is found again
+# only through the lab's own state (pidfiles, namespace handles, mountinfo
+# entries under the lab's dirs), never by process name: the machine's main
+# libvirtd must not be touched.
 set -Eeuo pipefail
 
 SELF=$(readlink -f "$0")
@@ -21,6 +24,10 @@ RUN=/run/cslab                      # runtime state (pidfiles, ns handles)
 NSDIR="$RUN/ns"                     # persistent mnt/uts handles (private mount)
 VAR=/var/lib/cslab                  # per-host persistent dirs + shared storage
 SHARED="$VAR/shared"                # same path in every host: shared storage
+# Disk leases of every host: fcntl locks on files here (one per disk, named by
+# a hash of its path). It must be on the shared storage, or each host would
+# only see its own locks.
+LOCKSPACE="$SHARED/.csagent-lockspace"
 LABNET=cslab-net                    # netns holding the lab bridge
 BRIDGE=cslab-br0
 SUBNET=10.251.0
@@ -166,7 +173,7 @@ down_host() {
 
   # 2. Daemons and guests by pidfile (host's own /run/libvirt view + lab copies).
   for f in "$hrun/run/libvirtd.pid" "$hrun/libvirtd.pid" "$hrun/run/virtlogd.pid" \
-    "$hrun/virtlogd.pid" "$hrun"/run/qemu/*.pid; do
+    "$hrun/virtlogd.pid" "$hrun/run/virtlockd.pid" "$hrun/virtlockd.pid" "$hrun"/run/qemu/*.pid; do
     [ -f "$f" ] || continue
     pid=$(tr -dc '0-9' <"$f" || true)
     [ -n "$pid" ] || continue
@@ -276,7 +283,7 @@ preflight() {
   step "preflight"
   [ "$(id -u)" -eq 0 ] || die "must run as root"
   local t
-  for t in unshare nsenter ip mountpoint virsh /usr/sbin/libvirtd /usr/sbin/virtlogd; do
+  for t in unshare nsenter ip mountpoint virsh /usr/sbin/libvirtd /usr/sbin/virtlogd /usr/sbin/virtlockd; do
     command -v "$t" >/dev/null || die "$t is missing"
   done
   [ -d /etc/libvirt ] || die "/etc/libvirt missing (libvirt-daemon-system not installed?)"
@@ -285,8 +292,10 @@ preflight() {
 
 setup_state() {
   step "state dirs $RUN, $VAR"
-  mkdir -p "$RUN" "$NSDIR" "$SHARED"
+  mkdir -p "$RUN" "$NSDIR" "$SHARED" "$LOCKSPACE"
   chmod 0755 "$VAR" "$SHARED"
+  # Only the virtlockds (root) open the lock files.
+  chmod 0700 "$LOCKSPACE"
   # Mount-namespace handles may only live on a mount that does not propagate
   # (else the kernel refuses the bind: a ns could pin itself).
   if ! is_mountpoint "$NSDIR"; then mount --bind "$NSDIR" "$NSDIR"; fi
@@ -333,7 +342,7 @@ listen_addr = "$(host_addr "$i")"
 host_uuid = "$uuid"
 log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 EOF
-  keys='security_driver|cgroup_controllers|migration_address|vnc_listen|spice_listen'
+  keys='security_driver|cgroup_controllers|migration_address|vnc_listen|spice_listen|lock_manager'
   grep -Ev "^[[:space:]]*($keys)[[:space:]]*=" /etc/libvirt/qemu.conf >"$etc/qemu.conf" || true
   cat >>"$etc/qemu.conf" <<EOF
 
@@ -345,6 +354,17 @@ security_driver = "none"
 # a migration. The lab runs its guests without cgroups.
 cgroup_controllers = [ ]
 migration_address = "$(host_addr "$i")"
+# Disk leases through this host's virtlockd (qemu-lockd.conf below).
+lock_manager = "lockd"
+EOF
+  # Every writable disk gets a lease without the domain XML naming one, a
+  # domain whose disks have none is refused, and the leases are files in the
+  # shared lockspace: what one host holds, the others see.
+  cat >"$etc/qemu-lockd.conf" <<EOF
+# ---- cslab host $i ----
+auto_disk_leases = 1
+require_lease_for_disks = 1
+file_lockspace_dir = "$LOCKSPACE"
 EOF
   echo "$uuid" >"$(host_run "$i")/host_uuid"
 }
@@ -429,6 +449,14 @@ up_host() {
   wait_for 10 "$name virtlogd socket" test -S "$hr/run/virtlogd-sock"
   cp "$hr/run/virtlogd.pid" "$hr/virtlogd.pid"
 
+  # Before libvirtd: its lockd plugin connects at the first domain start,
+  # and a domain with disks does not start without it.
+  step "$name: virtlockd (lockspace $LOCKSPACE)"
+  start_in_host "$i" /usr/sbin/virtlockd -d -p /run/libvirt/virtlockd.pid
+  wait_for 10 "$name virtlockd pidfile" pid_alive "$hr/run/virtlockd.pid"
+  wait_for 10 "$name virtlockd socket" test -S "$hr/run/virtlockd-sock"
+  cp "$hr/run/virtlockd.pid" "$hr/virtlockd.pid"
+
   step "$name: libvirtd --listen (tcp $addr:16509, auth none)"
   start_in_host "$i" /usr/sbin/libvirtd -d --listen -p /run/libvirt/libvirtd.pid
   wait_for 20 "$name libvirtd pidfile" pid_alive "$hr/run/libvirtd.pid"
@@ -437,7 +465,7 @@ up_host() {
     tail -n 20 "$hv/log/libvirtd.log" >&2 || true
     die "$name libvirtd does not answer on qemu:///system (log: $hv/log/libvirtd.log)"
   fi
-  log "$name: up: $addr libvirtd $(cat "$hr/libvirtd.pid") virtlogd $(cat "$hr/virtlogd.pid")"
+  log "$name: up: $addr libvirtd $(cat "$hr/libvirtd.pid") virtlogd $(cat "$hr/virtlogd.pid") virtlockd $(cat "$hr/virtlockd.pid")"
 }
 
 wait_for_quiet() { # like wait_for but returns 1 instead of dying
@@ -470,7 +498,7 @@ cmd_up() {
 # ---------------------------------------------------------------- status
 cmd_status() {
   STEP="status"
-  local n i j name addr hr lpid vpid answer
+  local n i j name addr hr lpid vpid kpid answer
   if [ ! -f "$RUN/hosts.count" ]; then
     log "status: lab is down"
     [ -z "$(known_hosts)" ] || log "status: leftovers of hosts: $(known_hosts | tr '\n' ' ')(run: $0 down)"
@@ -478,13 +506,15 @@ cmd_status() {
   fi
   n=$(cat "$RUN/hosts.count")
   log "status: $n host(s), bridge $BRIDGE in netns $LABNET, shared $SHARED"
-  printf '%-10s %-12s %-14s %-14s %s\n' HOST ADDRESS LIBVIRTD VIRTLOGD "REMOTE CHECK"
+  printf '%-10s %-12s %-14s %-14s %-14s %s\n' HOST ADDRESS LIBVIRTD VIRTLOGD VIRTLOCKD "REMOTE CHECK"
   for i in $(seq 1 "$n"); do
     name=$(host_name "$i"); addr=$(host_addr "$i"); hr=$(host_run "$i")
     lpid=$(cat "$hr/run/libvirtd.pid" 2>/dev/null || echo -)
     vpid=$(cat "$hr/run/virtlogd.pid" 2>/dev/null || echo -)
+    kpid=$(cat "$hr/run/virtlockd.pid" 2>/dev/null || echo -)
     [ "$lpid" != - ] && [ ! -d "/proc/$lpid" ] && lpid="$lpid(dead)"
     [ "$vpid" != - ] && [ ! -d "/proc/$vpid" ] && vpid="$vpid(dead)"
+    [ "$kpid" != - ] && [ ! -d "/proc/$kpid" ] && kpid="$kpid(dead)"
     if [ "$n" -gt 1 ]; then
       j=$(( i % n + 1 ))
       if answer=$(in_host_net "$j" timeout 10 virsh -c "qemu+tcp://$addr/system" version 2>&1 |
@@ -501,7 +531,7 @@ cmd_status() {
         answer="from $LABNET: NO ANSWER"
       fi
     fi
-    printf '%-10s %-12s %-14s %-14s %s\n' "$name" "$addr" "$lpid" "$vpid" "$answer"
+    printf '%-10s %-12s %-14s %-14s %-14s %s\n' "$name" "$addr" "$lpid" "$vpid" "$kpid" "$answer"
   done
 }
 
