@@ -307,7 +307,7 @@ pub struct HaSection {
     /// A heartbeat write (or a neighbour's read) slower than this failed.
     pub timeout_secs: u64,
     /// What to do when cut off from the plane and every pool.
-    pub on_isolation: crate::isolation::OnIsolation,
+    pub on_isolation: OnIsolation,
     pub isolation_after_secs: u64,
 }
 
@@ -317,10 +317,21 @@ impl Default for HaSection {
             pools: Vec::new(),
             heartbeat_interval_secs: 5,
             timeout_secs: 10,
-            on_isolation: crate::isolation::OnIsolation::None,
+            on_isolation: OnIsolation::None,
             isolation_after_secs: 30,
         }
     }
+}
+
+/// What the agent does when isolated (`[ha] on_isolation`; see
+/// isolation.rs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnIsolation {
+    #[default]
+    None,
+    StopHaVms,
+    Reboot,
 }
 
 pub use csagent_core::logging::LogFormat;

@@ -13,22 +13,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use csagent_core::sync::lock;
 use csagent_core::time::unix_ms;
 use csagent_libvirt::{lifecycle, Hypervisor, PowerState};
 
-/// What the agent does when isolated.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnIsolation {
-    #[default]
-    None,
-    StopHaVms,
-    Reboot,
-}
+pub use crate::config::OnIsolation;
 
 /// What the agent sees of its two paths out.
 #[derive(Clone, Copy, Debug)]

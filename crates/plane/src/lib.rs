@@ -10,6 +10,7 @@ pub mod authority;
 pub mod convert;
 pub mod enroll;
 pub mod ha;
+pub mod ha_book;
 pub mod identity_admin;
 pub mod identity_link;
 pub mod maintenance;

@@ -4,7 +4,7 @@
 //! Owns host state (Up / Alert / Down from heartbeat age; with high
 //! availability on, Investigating, Disconnected and Down are set by the HA
 //! engine instead, ha/mod.rs) and command bookkeeping, including the book of
-//! HA VMs the results and heartbeats feed. A command for a disconnected host is queued and sent when it
+//! HA VMs (ha_book.rs) the results and heartbeats feed. A command for a disconnected host is queued and sent when it
 //! registers; every unanswered command is sent again on each Register (the
 //! agent answers repeats from its cache, so this is safe), which is how a
 //! command sent during a network cut or a failover still gets its answer.
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
 
-use crate::ha::book::Book;
+use crate::ha_book::Book;
 use csagent_core::time::unix_ms;
 use csagent_proto::v1 as pb;
 

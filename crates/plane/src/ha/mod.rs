@@ -12,7 +12,6 @@
 //! guard whatever is decided here. It never talks to a host but through the
 //! registry.
 
-pub mod book;
 pub mod fence;
 
 use std::collections::{HashMap, HashSet};
