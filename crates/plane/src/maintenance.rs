@@ -191,13 +191,9 @@ async fn running_vms(
         tokio::time::sleep(Duration::from_millis(100)).await;
         h = host_summary(client, host).await?;
     }
-    let live = [
-        pb::VmPowerState::Running as i32,
-        pb::VmPowerState::Paused as i32,
-    ];
     Ok(h.vms
         .iter()
-        .filter(|v| v.managed && live.contains(&v.state))
+        .filter(|v| v.managed && crate::registry::is_live(v))
         .map(|v| v.vm_uuid.clone())
         .collect())
 }

@@ -131,14 +131,9 @@ async fn lookup_source(
         Some(t) if !t.connected => bail!("target host {to} is not connected"),
         Some(_) => {}
     }
-    let live = |v: &pb::VmPower| {
-        v.vm_uuid == vm
-            && (v.state == pb::VmPowerState::Running as i32
-                || v.state == pb::VmPowerState::Paused as i32)
-    };
     let on: Vec<&str> = hosts
         .iter()
-        .filter(|h| h.vms.iter().any(live))
+        .filter(|h| crate::registry::live_vms(&h.vms).contains(&vm))
         .map(|h| h.host_uuid.as_str())
         .collect();
     match on.as_slice() {

@@ -563,10 +563,15 @@ impl Registry {
 
     /// Hosts gone silent (Alert) that HA has not taken up yet.
     pub fn silent_hosts(&self) -> Vec<String> {
+        self.hosts_where(|_, h| h.state == pb::HostState::Alert && !h.ha_hold)
+    }
+
+    /// The UUIDs of the hosts `keep` accepts, sorted.
+    fn hosts_where(&self, keep: impl Fn(&str, &Host) -> bool) -> Vec<String> {
         let hosts = self.lock();
         let mut out: Vec<String> = hosts
             .iter()
-            .filter(|(_, h)| h.state == pb::HostState::Alert && !h.ha_hold)
+            .filter(|(u, h)| keep(u, h))
             .map(|(u, _)| u.clone())
             .collect();
         out.sort();
@@ -575,14 +580,7 @@ impl Registry {
 
     /// Hosts HA holds in `state` (e.g. Disconnected by a partition verdict).
     pub fn held_in(&self, state: pb::HostState) -> Vec<String> {
-        let hosts = self.lock();
-        let mut out: Vec<String> = hosts
-            .iter()
-            .filter(|(_, h)| h.ha_hold && h.state == state)
-            .map(|(u, _)| u.clone())
-            .collect();
-        out.sort();
-        out
+        self.hosts_where(|_, h| h.ha_hold && h.state == state)
     }
 
     /// HA's decision about a host: applied only while the host is still in
@@ -614,14 +612,7 @@ impl Registry {
 
     /// Connected, Up hosts other than `uuid`: who can be asked about it.
     pub fn neighbours(&self, uuid: &str) -> Vec<String> {
-        let hosts = self.lock();
-        let mut out: Vec<String> = hosts
-            .iter()
-            .filter(|(u, h)| *u != uuid && h.conn.is_some() && h.state == pb::HostState::Up)
-            .map(|(u, _)| u.clone())
-            .collect();
-        out.sort();
-        out
+        self.hosts_where(|u, h| u != uuid && h.conn.is_some() && h.state == pb::HostState::Up)
     }
 
     /// The VMs the host's last heartbeat listed running or paused.
@@ -721,12 +712,14 @@ fn refuse_in_maintenance(h: &Host, cmd: &pb::Command) -> Option<pb::CommandResul
 /// elsewhere must not duplicate.
 pub fn live_vms(vms: &[pb::VmPower]) -> Vec<&str> {
     vms.iter()
-        .filter(|v| {
-            v.state == pb::VmPowerState::Running as i32
-                || v.state == pb::VmPowerState::Paused as i32
-        })
+        .filter(|v| is_live(v))
         .map(|v| v.vm_uuid.as_str())
         .collect()
+}
+
+/// Running or paused: the VM holds its host's resources and its disks.
+pub fn is_live(v: &pb::VmPower) -> bool {
+    v.state == pb::VmPowerState::Running as i32 || v.state == pb::VmPowerState::Paused as i32
 }
 
 fn ms(d: Duration) -> u32 {

@@ -78,13 +78,20 @@ fn states(events: &[pb::Event]) -> Vec<i32> {
     events.iter().map(|e| e.state).collect()
 }
 
-#[tokio::test]
-async fn lifecycle_on_the_test_driver() {
+/// A plane and a registered agent on the test driver, with room for a few
+/// VMs.
+async fn test_driver_agent() -> (Fixture, InProcessAgent) {
     let f = Fixture::new(fast_liveness()).await;
     let mut cfg = f.config();
     cfg.host.capacity.cpu_overcommit = 8.0;
     let agent = run_in_process(cfg);
     f.wait_up(String::new).await;
+    (f, agent)
+}
+
+#[tokio::test]
+async fn lifecycle_on_the_test_driver() {
+    let (f, agent) = test_driver_agent().await;
     let (plane, host) = (&f.plane, f.host);
     let (uuid, s) = spec("/var/lib/libvirt/images/csat-vm-test.qcow2");
 
@@ -376,20 +383,11 @@ const FOREIGN_TEST_DOMAIN: &str = "6695eb01-f6a4-8304-79aa-97f2502e193f";
 
 #[tokio::test]
 async fn start_vm_on_a_foreign_domains_uuid_is_refused_without_touching_it() {
-    let f = Fixture::new(fast_liveness()).await;
-    let mut cfg = f.config();
-    cfg.host.capacity.cpu_overcommit = 8.0;
-    let agent = run_in_process(cfg);
-    f.wait_up(String::new).await;
+    let (f, agent) = test_driver_agent().await;
     let (_, mut s) = spec("/var/lib/libvirt/images/csat-foreign.qcow2");
     s.uuid = FOREIGN_TEST_DOMAIN.into();
-    let before = call(
-        &f.plane,
-        &f.host,
-        state(&uuid::Uuid::parse_str(FOREIGN_TEST_DOMAIN).unwrap()),
-        Duration::from_secs(10),
-    )
-    .await;
+    let foreign = uuid::Uuid::parse_str(FOREIGN_TEST_DOMAIN).unwrap();
+    let before = call(&f.plane, &f.host, state(&foreign), Duration::from_secs(10)).await;
     let r = call(
         &f.plane,
         &f.host,
@@ -408,24 +406,14 @@ async fn start_vm_on_a_foreign_domains_uuid_is_refused_without_touching_it() {
         "{}",
         r.message
     );
-    let after = call(
-        &f.plane,
-        &f.host,
-        state(&uuid::Uuid::parse_str(FOREIGN_TEST_DOMAIN).unwrap()),
-        Duration::from_secs(10),
-    )
-    .await;
+    let after = call(&f.plane, &f.host, state(&foreign), Duration::from_secs(10)).await;
     assert_eq!(before.result, after.result, "the foreign domain changed");
     agent.stop().await;
 }
 
 #[tokio::test]
 async fn a_name_taken_by_another_uuid_is_a_conflict_and_a_missing_vm_not_found() {
-    let f = Fixture::new(fast_liveness()).await;
-    let mut cfg = f.config();
-    cfg.host.capacity.cpu_overcommit = 8.0;
-    let agent = run_in_process(cfg);
-    f.wait_up(String::new).await;
+    let (f, agent) = test_driver_agent().await;
     let (first, s) = spec("/var/lib/libvirt/images/csat-name-1.qcow2");
     let r = call(
         &f.plane,
