@@ -160,6 +160,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
             workers: cfg.agent.workers,
             default_deadline: Duration::from_secs(cfg.agent.cmds_timeout_secs),
             result_cache_size: cfg.agent.result_cache_size,
+            max_message_bytes: cfg.management.max_message_bytes,
         },
         Arc::clone(&outbox),
         Arc::clone(&handlers),

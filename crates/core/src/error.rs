@@ -22,6 +22,8 @@ pub enum ErrorKind {
     ShuttingDown,
     PermissionDenied,
     FailedPrecondition,
+    /// The answer does not fit the link's message limit.
+    ResourceExhausted,
     Internal,
 }
 

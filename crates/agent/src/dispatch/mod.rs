@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedMutexGuard, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -24,6 +24,9 @@ use crate::ctx::Ctx;
 use crate::handlers::{Handlers, Reply, Request};
 use crate::metrics::CommandMetrics;
 use crate::outbox::Outbox;
+use vm_queue::{Place, VmQueues};
+
+mod vm_queue;
 use csagent_core::error::{CommandError, ErrorKind};
 use csagent_proto::v1 as pb;
 
@@ -33,12 +36,15 @@ pub struct DispatchConfig {
     pub workers: usize,
     pub default_deadline: Duration,
     pub result_cache_size: usize,
+    /// The link's message limit: a result that would not fit in one stream
+    /// message is answered with RESOURCE_EXHAUSTED instead (see `fit`).
+    pub max_message_bytes: usize,
 }
 
 pub struct Dispatcher {
     cfg: DispatchConfig,
     workers: Arc<Semaphore>,
-    vm_locks: Arc<KeyedLocks>,
+    vm_queues: Arc<VmQueues>,
     cache: Mutex<ResultCache>,
     outbox: Arc<Outbox>,
     handlers: Arc<Handlers>,
@@ -60,7 +66,7 @@ impl Dispatcher {
             workers: Arc::new(Semaphore::new(cfg.workers.max(1))),
             cache: Mutex::new(ResultCache::new(cfg.result_cache_size)),
             cfg,
-            vm_locks: Arc::new(KeyedLocks::default()),
+            vm_queues: Arc::new(VmQueues::default()),
             outbox,
             handlers,
             metrics,
@@ -100,10 +106,17 @@ impl Dispatcher {
             return;
         }
         let deadline = received + self.deadline_of(&cmd);
+        let pb::Command { id, body, .. } = cmd;
+        // Decoded here, not in the task, so the command takes its place in
+        // its VM's queue in the order the stream delivered it.
+        let decoded = decode(body);
+        let place = match &decoded {
+            Ok((_, Some(key))) => Some(self.vm_queues.enter(key)),
+            _ => None,
+        };
         let this = Arc::clone(self);
         self.tasks.spawn(async move {
-            let id = cmd.id.clone();
-            let outcome = this.execute(cmd, token, deadline).await;
+            let outcome = this.execute(&id, decoded, place, token, deadline).await;
             this.complete(&id, received, outcome);
             // This task is the last one: a burst, if there was one, is over.
             if this.tasks.len() <= 1 {
@@ -160,12 +173,14 @@ impl Dispatcher {
 
     async fn execute(
         &self,
-        cmd: pb::Command,
+        id: &str,
+        decoded: Result<(Request, Option<String>), CommandError>,
+        mut place: Option<Place>,
         token: CancellationToken,
         deadline: Instant,
     ) -> Result<Reply, CommandError> {
         let started = Instant::now();
-        let (req, vm) = match decode(cmd.body) {
+        let (req, vm) = match decoded {
             Ok(d) => d,
             Err(e) => {
                 // Refused before it had a type: still a command the plane
@@ -178,19 +193,18 @@ impl Dispatcher {
         };
         let kind = req.name();
         let stops_itself = req.stops_itself();
-        let span = tracing::info_span!("command", command_id = %cmd.id, vm = %vm.as_deref().unwrap_or("-"), kind = req.name());
+        let span = tracing::info_span!("command", command_id = %id, vm = %vm.as_deref().unwrap_or("-"), kind = req.name());
         let ctx = Ctx {
-            command_id: cmd.id.clone(),
+            command_id: id.to_string(),
             cancel: token.clone(),
             deadline,
             outbox: Arc::clone(&self.outbox),
-            progress: progress_on_stream(&cmd.id, &self.outbox),
+            progress: progress_on_stream(id, &self.outbox),
         };
         let work = async {
-            let _vm_guard = match &vm {
-                Some(key) => Some(self.vm_locks.lock(key).await),
-                None => None,
-            };
+            if let Some(place) = place.as_mut() {
+                place.turn().await;
+            }
             let _permit = self.workers.acquire().await.map_err(|_| shutting_down())?;
             tracing::debug!("started");
             self.handlers.handle(req, &ctx).await
@@ -218,7 +232,7 @@ impl Dispatcher {
     }
 
     fn complete(&self, id: &str, received: Instant, outcome: Result<Reply, CommandError>) {
-        let res = finish(id, outcome, received);
+        let res = fit(finish(id, outcome, received), self.cfg.max_message_bytes);
         let res = self.lock_cache().finish(id, res);
         self.outbox.push(result_msg((*res).clone()));
     }
@@ -385,15 +399,15 @@ fn optional_vm(s: &str) -> Result<Option<String>, CommandError> {
 }
 
 /// The crate's reply -> wire result.
-fn encode(reply: Reply) -> pb::command_result::Result {
+fn encode(reply: Reply) -> Result<pb::command_result::Result, CommandError> {
     use pb::command_result::Result as R;
     let reply = match crate::convert::storage_wire::encode(reply)
         .or_else(|r| crate::convert::network_wire::encode(*r))
     {
-        Ok(r) => return r,
+        Ok(r) => return Ok(r),
         Err(reply) => *reply,
     };
-    match reply {
+    Ok(match reply {
         Reply::Noop => R::Noop(pb::NoopResult {}),
         Reply::Echo(payload) => R::Echo(pb::EchoResult { payload }),
         Reply::VmStatus(vm) => R::VmStatus(crate::convert::link::vm_status(&vm)),
@@ -420,15 +434,24 @@ fn encode(reply: Reply) -> pb::command_result::Result {
             R::CheckHost(crate::convert::ha::finding_to_proto(&host, &f))
         }
         // Taken by the storage and network encoders above.
-        other => unreachable_reply(other),
-    }
+        other => return Err(unencodable(other)),
+    })
 }
 
-/// A reply no encoder took is a programming error; answering with an empty
-/// result keeps the agent up and the plane sees a result without a body.
-fn unreachable_reply(r: Reply) -> pb::command_result::Result {
+/// A reply no encoder took is a programming error. The command may well have
+/// done its work, so the answer must not be OK with an empty body (the plane
+/// would take it as done and learn nothing): it is INTERNAL, naming the reply.
+fn unencodable(r: Reply) -> CommandError {
     tracing::error!(reply = ?r, "reply without an encoder");
-    pb::command_result::Result::Noop(pb::NoopResult {})
+    let debug = format!("{r:?}");
+    let variant = debug.split(['(', ' ', '{']).next().unwrap_or("?");
+    CommandError::new(
+        ErrorKind::Internal,
+        format!(
+            "the agent has no wire encoding for its reply {variant}; the command ran, \
+             check the target's state (this is an agent bug)"
+        ),
+    )
 }
 
 /// The one place error kinds become wire codes.
@@ -448,18 +471,19 @@ pub fn error_code(kind: ErrorKind) -> pb::ErrorCode {
         ErrorKind::ShuttingDown => C::ShuttingDown,
         ErrorKind::PermissionDenied => C::PermissionDenied,
         ErrorKind::FailedPrecondition => C::FailedPrecondition,
+        ErrorKind::ResourceExhausted => C::ResourceExhausted,
         ErrorKind::Internal => C::Internal,
     }
 }
 
 fn finish(id: &str, outcome: Result<Reply, CommandError>, received: Instant) -> pb::CommandResult {
     let elapsed_ms = u64::try_from(received.elapsed().as_millis()).unwrap_or(u64::MAX);
-    match outcome {
-        Ok(reply) => pb::CommandResult {
+    match outcome.and_then(encode) {
+        Ok(body) => pb::CommandResult {
             command_id: id.to_string(),
             status: pb::CommandStatus::Ok as i32,
             elapsed_ms,
-            result: Some(encode(reply)),
+            result: Some(body),
             ..Default::default()
         },
         Err(e) => pb::CommandResult {
@@ -470,6 +494,42 @@ fn finish(id: &str, outcome: Result<Reply, CommandError>, received: Instant) -> 
             elapsed_ms,
             result: None,
         },
+    }
+}
+
+/// Room for gRPC's framing and the AgentMessage wrapper around a result:
+/// tonic counts the encoded message against the limit, the 5-byte frame
+/// header is outside it, so this is margin, not a measured overhead.
+const RESULT_MARGIN: usize = 64;
+
+/// A result too large for the stream would kill the session, and every
+/// resend of its id (answered from the cache) would kill it again, so the
+/// plane could never learn the outcome. It becomes an error that fits; this
+/// runs before the cache, so a resend gets the same error.
+fn fit(res: pb::CommandResult, max_message_bytes: usize) -> pb::CommandResult {
+    use prost::Message;
+    let limit = max_message_bytes.saturating_sub(RESULT_MARGIN);
+    let size = result_msg(res.clone()).encoded_len();
+    if size <= limit {
+        return res;
+    }
+    tracing::warn!(
+        command_id = %res.command_id,
+        size,
+        limit,
+        "result too large for one stream message; answering RESOURCE_EXHAUSTED"
+    );
+    pb::CommandResult {
+        command_id: res.command_id,
+        status: pb::CommandStatus::Error as i32,
+        error_code: pb::ErrorCode::ResourceExhausted as i32,
+        message: format!(
+            "the result is {size} bytes, more than the {limit} bytes one stream message may carry \
+             (management.max_message_bytes {max_message_bytes} less framing); ask for less \
+             (fewer VMs, a page) or raise the limit on both ends"
+        ),
+        elapsed_ms: res.elapsed_ms,
+        result: None,
     }
 }
 
@@ -550,47 +610,6 @@ impl ResultCache {
     }
 }
 
-/// One FIFO lock per key (VM UUID); entries vanish when nobody holds or
-/// waits for them, so the map does not grow with every VM ever seen.
-#[derive(Default)]
-struct KeyedLocks {
-    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-struct KeyGuard {
-    locks: Arc<KeyedLocks>,
-    key: String,
-    mutex: Arc<tokio::sync::Mutex<()>>,
-    guard: Option<OwnedMutexGuard<()>>,
-}
-
-impl KeyedLocks {
-    async fn lock(self: &Arc<Self>, key: &str) -> KeyGuard {
-        let mutex = {
-            let mut map = csagent_core::sync::lock(&self.map);
-            Arc::clone(map.entry(key.to_string()).or_default())
-        };
-        let guard = Arc::clone(&mutex).lock_owned().await;
-        KeyGuard {
-            locks: Arc::clone(self),
-            key: key.to_string(),
-            mutex,
-            guard: Some(guard),
-        }
-    }
-}
-
-impl Drop for KeyGuard {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut map = csagent_core::sync::lock(&self.locks.map);
-        // One reference in the map, one here: nobody else waits for it.
-        if Arc::strong_count(&self.mutex) == 2 {
-            map.remove(&self.key);
-        }
-    }
-}
-
 /// A command's progress as CommandProgress messages on the stream.
 fn progress_on_stream(command_id: &str, outbox: &Arc<Outbox>) -> crate::ctx::ProgressReporter {
     let outbox = Arc::clone(outbox);
@@ -621,18 +640,39 @@ mod tests {
         assert!(matches!(c.admit("a", &root), Admission::New(_)));
     }
 
-    #[tokio::test]
-    async fn keyed_locks_serialise_and_clean_up() {
-        let locks = Arc::new(KeyedLocks::default());
-        let g = locks.lock("vm").await;
-        let l2 = Arc::clone(&locks);
-        let waiter = tokio::spawn(async move {
-            let _g = l2.lock("vm").await;
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiter.is_finished());
-        drop(g);
-        waiter.await.unwrap();
-        assert!(csagent_core::sync::lock(&locks.map).is_empty());
+    fn echo_result(payload: &str) -> pb::CommandResult {
+        finish("big-1", Ok(Reply::Echo(payload.into())), Instant::now())
+    }
+
+    #[test]
+    fn a_result_that_fits_is_sent_as_it_is() {
+        let res = echo_result("small");
+        assert_eq!(fit(res.clone(), 64 * 1024), res);
+    }
+
+    #[test]
+    fn a_result_too_large_becomes_resource_exhausted_naming_size_and_limit() {
+        let res = fit(echo_result(&"x".repeat(70_000)), 64 * 1024);
+        assert_eq!(res.command_id, "big-1");
+        assert_eq!(res.status, pb::CommandStatus::Error as i32);
+        assert_eq!(res.error_code, pb::ErrorCode::ResourceExhausted as i32);
+        assert!(res.result.is_none());
+        assert!(
+            res.message.contains("70")
+                && res
+                    .message
+                    .contains(&(64 * 1024 - RESULT_MARGIN).to_string()),
+            "{}",
+            res.message
+        );
+        use prost::Message;
+        assert!(result_msg(res).encoded_len() < 64 * 1024);
+    }
+
+    #[test]
+    fn a_reply_without_an_encoder_is_internal_not_ok() {
+        let e = unencodable(Reply::Noop);
+        assert_eq!(e.kind, ErrorKind::Internal);
+        assert!(e.message.contains("Noop"), "{}", e.message);
     }
 }

@@ -95,6 +95,7 @@ fn outcome_label(k: csagent_core::error::ErrorKind) -> &'static str {
         K::ShuttingDown => "shutting_down",
         K::PermissionDenied => "permission_denied",
         K::FailedPrecondition => "failed_precondition",
+        K::ResourceExhausted => "resource_exhausted",
         K::Internal => "internal",
     }
 }

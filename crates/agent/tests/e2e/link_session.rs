@@ -382,3 +382,125 @@ async fn json_logs_carry_command_id_and_vm_on_every_command_line() {
     );
     f.plane.stop().await;
 }
+
+/// The echo payload whose Command is exactly `limit` bytes on the wire: its
+/// result is a few bytes larger, so it is the smallest answer that cannot fit.
+fn payload_filling(limit: usize) -> String {
+    use prost::Message;
+    let msg = |n: usize| pb::PlaneMessage {
+        msg: Some(pb::plane_message::Msg::Command(cmd(
+            "big-1",
+            0,
+            echo(&"x".repeat(n), 0),
+        ))),
+    };
+    let mut n = limit - 64;
+    while msg(n + 1).encoded_len() <= limit {
+        n += 1;
+    }
+    "x".repeat(n)
+}
+
+#[tokio::test]
+async fn a_result_too_large_is_resource_exhausted_and_the_session_stays_up() {
+    const LIMIT: usize = 256 * 1024;
+    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
+    let plane = start_plane(&pki, fast_liveness(), LIMIT).await;
+    let host = uuid::Uuid::new_v4();
+    let work = workdir();
+    let mut cfg = agent_config(
+        &host,
+        &pki.agent(&host),
+        &[plane.addr.to_string()],
+        work.path(),
+    );
+    cfg.management.max_message_bytes = LIMIT;
+    let agent = run_in_process(cfg);
+    assert!(wait_for(Duration::from_secs(10), || is_up(&plane, &host)).await);
+    let peer = host_summary(&plane, &host).unwrap().peer_address;
+
+    let big = pb::command::Body::Echo(pb::Echo {
+        payload: payload_filling(LIMIT),
+        delay_ms: 0,
+        vm_uuid: String::new(),
+    });
+    let res = call(
+        &plane,
+        &host,
+        cmd("big-1", 0, big.clone()),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        res.error_code,
+        pb::ErrorCode::ResourceExhausted as i32,
+        "{}",
+        res.message
+    );
+    assert!(
+        res.message.contains(&LIMIT.to_string()) && res.message.contains("bytes"),
+        "the message names the size and the limit: {}",
+        res.message
+    );
+    // A resend of the same id gets the same answer, and it too fits.
+    let again = call(&plane, &host, cmd("big-1", 0, big), Duration::from_secs(10)).await;
+    assert_eq!(again, res);
+    // Same session: no reconnect happened, and it still serves commands.
+    let ok = call(
+        &plane,
+        &host,
+        cmd("", 0, echo("after", 0)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(ok.status, pb::CommandStatus::Ok as i32, "{ok:?}");
+    let h = host_summary(&plane, &host).unwrap();
+    assert!(
+        h.connected && h.peer_address == peer,
+        "the session was replaced: {peer} -> {}",
+        h.peer_address
+    );
+    agent.stop().await;
+    plane.stop().await;
+}
+
+// On the multi-thread runtime, where tasks spawned in order need not run in
+// order: each 10 ms command on one VM must start after the one sent before
+// it ended, so the time from receipt to result grows with its place in line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_commands_on_one_vm_run_in_arrival_order() {
+    let r = running(fast_liveness(), 8).await;
+    let host = r.host.to_string();
+    let vm = uuid::Uuid::new_v4().to_string();
+    let mut rxs = Vec::new();
+    for i in 0..40 {
+        let body = pb::command::Body::Echo(pb::Echo {
+            payload: i.to_string(),
+            delay_ms: 10,
+            vm_uuid: vm.clone(),
+        });
+        rxs.push(
+            r.plane
+                .registry
+                .send(&host, cmd(&format!("order-{i}"), 0, body))
+                .1,
+        );
+    }
+    let mut elapsed = Vec::new();
+    for mut rx in rxs {
+        let res = result_of(&mut rx, Duration::from_secs(10)).await;
+        assert_eq!(res.status, pb::CommandStatus::Ok as i32, "{res:?}");
+        elapsed.push(res.elapsed_ms);
+    }
+    for (i, w) in elapsed.windows(2).enumerate() {
+        assert!(
+            w[1] >= w[0] + 9,
+            "order-{} finished {} ms after receipt, order-{} {} ms: not run in arrival order ({elapsed:?})",
+            i + 1,
+            w[1],
+            i,
+            w[0]
+        );
+    }
+    r.shutdown().await;
+}
