@@ -288,6 +288,40 @@ pub struct Guest {
 
 /// Starts a 128 MiB TCG guest with a disk on the shared storage on host 1.
 pub async fn start_on_a(h: &HaLab, name: &str, g: Guest, disk: &SharedDisk) -> uuid::Uuid {
+    let (uuid, start) = start_vm_body(h, name, g, disk);
+    start_body_on_a(h, uuid, start).await;
+    uuid
+}
+
+/// Sends `start` (of VM `uuid`) to host 1 and waits until its heartbeats
+/// list the VM running.
+pub async fn start_body_on_a(h: &HaLab, uuid: uuid::Uuid, start: pb::command::Body) {
+    let r = call(
+        &h.plane,
+        &h.a,
+        cmd("", 120_000, start),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    let listed = wait_for(Duration::from_secs(20), || {
+        host_summary(&h.plane, &h.a).is_some_and(|s| {
+            s.vms.iter().any(|v| {
+                v.vm_uuid == uuid.to_string() && v.state == pb::VmPowerState::Running as i32
+            })
+        })
+    })
+    .await;
+    assert!(listed, "host 1's heartbeats never listed VM {uuid} running");
+}
+
+/// The StartVm of a 128 MiB TCG guest with its disk on the shared storage.
+pub fn start_vm_body(
+    h: &HaLab,
+    name: &str,
+    g: Guest,
+    disk: &SharedDisk,
+) -> (uuid::Uuid, pb::command::Body) {
     let uuid = uuid::Uuid::new_v4();
     let img = h.lab.shared_guest(&guest_image());
     let mut spec = guest_spec(&uuid, name, &img, 128);
@@ -309,24 +343,7 @@ pub async fn start_on_a(h: &HaLab, name: &str, g: Guest, disk: &SharedDisk) -> u
         spec: Some(spec),
         ..Default::default()
     });
-    let r = call(
-        &h.plane,
-        &h.a,
-        cmd("", 120_000, start),
-        Duration::from_secs(120),
-    )
-    .await;
-    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
-    let listed = wait_for(Duration::from_secs(20), || {
-        host_summary(&h.plane, &h.a).is_some_and(|s| {
-            s.vms.iter().any(|v| {
-                v.vm_uuid == uuid.to_string() && v.state == pb::VmPowerState::Running as i32
-            })
-        })
-    })
-    .await;
-    assert!(listed, "host 1's heartbeats never listed VM {uuid} running");
-    uuid
+    (uuid, start)
 }
 
 pub const HA_QUIET: Guest = Guest {

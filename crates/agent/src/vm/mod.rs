@@ -9,6 +9,7 @@
 
 pub mod console;
 pub mod devices;
+mod lease;
 pub mod migrate;
 pub mod prepare;
 pub mod scale;
@@ -58,7 +59,7 @@ pub async fn start(h: &Hypervisor, mut spec: VmSpec, ctx: &Ctx) -> Result<Starte
                 event(ctx, &spec, pb::VmPowerState::Starting, "start");
                 h.call("start", move |c| lifecycle::start(c, &uuid))
                     .await
-                    .map_err(|e| step("start", e))?;
+                    .map_err(|e| start_failed(&spec, "start", e))?;
             }
         }
         None => {
@@ -67,7 +68,7 @@ pub async fn start(h: &Hypervisor, mut spec: VmSpec, ctx: &Ctx) -> Result<Starte
                 lifecycle::define_and_start(c, &xml)
             })
             .await
-            .map_err(|e| step("define-and-start", e))?;
+            .map_err(|e| start_failed(&spec, "define-and-start", e))?;
         }
     }
     let info = h.vm(uuid).await.map_err(CommandError::from)?;
@@ -143,6 +144,17 @@ fn foreign(uuid: &uuid::Uuid) -> CommandError {
         ErrorKind::PermissionDenied,
         format!("VM {uuid} was not defined by csagent; it is reported but never changed"),
     )
+}
+
+/// A start that failed because another host holds a disk is a refused
+/// second copy (CONFLICT, naming the disk), not an agent failure.
+fn start_failed(spec: &VmSpec, name: &str, e: HvError) -> CommandError {
+    match &e {
+        HvError::Libvirt { message, .. } => {
+            lease::refusal(spec, message).unwrap_or_else(|| step(name, e))
+        }
+        _ => step(name, e),
+    }
 }
 
 fn step(name: &str, e: HvError) -> CommandError {

@@ -10,12 +10,16 @@
 //! its storage heartbeat move, host 1 stays Disconnected, nothing restarts.
 //! Fault 3: host 1's agent is frozen (SIGSTOP) while its VM runs: no
 //! heartbeat of any kind, but host 2 sees the VM's disk being written.
+//! Fault 4: the same StartVm sent to host 2 while host 1 runs the VM: host
+//! 2's libvirt refuses it through the disk's lease, a CONFLICT naming the
+//! disk, and nothing of it stays on host 2.
 
 use std::time::{Duration, Instant};
 
 use csagent_proto::v1 as pb;
 use csagent_testkit::ha::{
-    cut_power, ha_actions, start_on_a, state, Guest, HaLab, HaTiming, SharedDisk, HA_QUIET,
+    cut_power, ha_actions, start_body_on_a, start_on_a, start_vm_body, state, Guest, HaLab,
+    HaTiming, SharedDisk, HA_QUIET,
 };
 use csagent_testkit::lab::{domain_name, LabDomain};
 use csagent_testkit::skip;
@@ -189,6 +193,57 @@ async fn a_frozen_agent_whose_vm_writes_its_disk_is_not_restarted() {
         h.agent_a.log_text()
     );
     assert_eq!(h.lab.domstate(1, &name).as_deref(), Some("running"));
+    if let Some(b) = h.agent_b.take() {
+        b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_start_of_a_running_vm_on_another_host_is_refused_by_its_lease() {
+    let mut h = ha_lab_or_skip!();
+    let name = domain_name("test-lease");
+    let _dom = LabDomain {
+        lab: &h.lab,
+        name: name.clone(),
+    };
+    let disk = SharedDisk::new("lease");
+    let writes = Guest {
+        ha: true,
+        writes: true,
+    };
+    let (vm, start) = start_vm_body(&h, &name, writes, &disk);
+    start_body_on_a(&h, vm, start.clone()).await;
+
+    // Split brain attempted past the plane's judgement: host 2 is asked
+    // directly to start the VM host 1 runs.
+    let r = call(
+        &h.plane,
+        &h.b,
+        cmd("", 120_000, start),
+        Duration::from_secs(120),
+    )
+    .await;
+    let disk_name = disk.0.to_string_lossy().into_owned();
+    eprintln!("host 2's refusal: {}", r.message);
+    assert_eq!(r.error_code, pb::ErrorCode::Conflict as i32, "{r:?}");
+    assert!(
+        r.message.contains(&format!("disk {disk_name} is in use")),
+        "the refusal names the disk: {}",
+        r.message
+    );
+    assert!(
+        h.lab.domstate(2, &name).is_none(),
+        "host 2 kept a definition of the refused VM"
+    );
+    assert_eq!(h.lab.domstate(1, &name).as_deref(), Some("running"));
+    let before = std::fs::metadata(&disk.0).unwrap().modified().unwrap();
+    let still_written = wait_for(Duration::from_secs(10), || {
+        std::fs::metadata(&disk.0)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t > before)
+    })
+    .await;
+    assert!(still_written, "host 1's copy stopped writing its disk");
     if let Some(b) = h.agent_b.take() {
         b.stop().await;
     }
