@@ -198,6 +198,9 @@ pub struct StorageSection {
     pub local_uuid: String,
     /// Time limit of one storage operation (the seed's 120 s fault line).
     pub op_timeout_secs: u64,
+    /// Time limit of one filesystem call on pool storage: a hung mount fails
+    /// the command that touched it with UNAVAILABLE.
+    pub fs_timeout_secs: u64,
     /// Directories templates may be copied from by path (secondary storage
     /// mounts); any other path is refused.
     pub template_roots: Vec<PathBuf>,
@@ -209,6 +212,7 @@ impl Default for StorageSection {
             local_path: PathBuf::from("/var/lib/libvirt/images"),
             local_uuid: String::new(),
             op_timeout_secs: 120,
+            fs_timeout_secs: 30,
             template_roots: vec![PathBuf::from("/mnt")],
         }
     }
@@ -219,6 +223,7 @@ impl StorageSection {
     pub fn storage_config(&self) -> csagent_storage::StorageConfig {
         csagent_storage::StorageConfig {
             default_timeout: Duration::from_secs(self.op_timeout_secs),
+            fs_timeout: Duration::from_secs(self.fs_timeout_secs),
             template_roots: self.template_roots.clone(),
             ..csagent_storage::StorageConfig::default()
         }
@@ -478,6 +483,8 @@ impl Config {
             "ha.heartbeat_interval_secs",
             self.ha.heartbeat_interval_secs,
         )?;
+        positive("storage.op_timeout_secs", self.storage.op_timeout_secs)?;
+        positive("storage.fs_timeout_secs", self.storage.fs_timeout_secs)?;
         positive("ha.timeout_secs", self.ha.timeout_secs)?;
         positive("ha.isolation_after_secs", self.ha.isolation_after_secs)?;
         if let Some(p) = self.ha.pools.iter().find(|p| !p.is_absolute()) {

@@ -15,6 +15,7 @@ pub mod lock;
 pub mod names;
 pub mod pool;
 pub mod pool_def;
+pub mod pool_fs;
 pub mod probe;
 pub mod qemu_img;
 pub mod snapshot;
@@ -107,6 +108,8 @@ pub struct StorageConfig {
     /// storage mounts). A path elsewhere is refused, so a command cannot
     /// copy host files such as /etc/shadow into a VM-visible volume.
     pub template_roots: Vec<PathBuf>,
+    /// Time limit of one filesystem call on pool storage (pool_fs.rs).
+    pub fs_timeout: Duration,
 }
 
 impl Default for StorageConfig {
@@ -117,6 +120,7 @@ impl Default for StorageConfig {
             op_timeouts: HashMap::new(),
             // CloudStack mounts secondary storage under /mnt.
             template_roots: vec![PathBuf::from("/mnt")],
+            fs_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -203,6 +207,22 @@ impl Storage {
                 object: object.to_string(),
             }),
         }
+    }
+
+    /// Runs filesystem work on pool storage off the workers, bounded
+    /// (pool_fs.rs).
+    async fn fs<T, F>(
+        &self,
+        step: &'static str,
+        object: &std::path::Path,
+        ctl: &qemu_img::RunCtl,
+        f: F,
+    ) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, StorageError> + Send + 'static,
+    {
+        pool_fs::run(step, object, ctl, self.cfg.fs_timeout, f).await
     }
 
     /// Deadline and cancellation of one qemu-img call of operation `op`.

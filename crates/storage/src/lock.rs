@@ -157,12 +157,32 @@ impl TempFile {
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if let Some(p) = self.path.take() {
-            if let Err(e) = std::fs::remove_file(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %p.display(), error = %e, "could not remove temp file");
-                }
-            }
+        let Some(p) = self.path.take() else { return };
+        // Drop runs wherever the operation ended, often on an async worker;
+        // an unlink on a hung mount must not stall it (pool_fs.rs). It runs
+        // beside, and is waited for briefly so that, normally, the partial
+        // file is gone when the failed operation returns.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return remove_temp(&p);
+        };
+        let (done, removed) = std::sync::mpsc::channel();
+        drop(rt.spawn_blocking(move || {
+            remove_temp(&p);
+            let _ = done.send(());
+        }));
+        if removed.recv_timeout(TEMP_REMOVAL_WAIT).is_err() {
+            tracing::warn!("removing a temp file is taking long (hung mount?); it goes on beside");
+        }
+    }
+}
+
+/// How long a dropped temp file's removal is waited for.
+const TEMP_REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn remove_temp(p: &Path) {
+    if let Err(e) = std::fs::remove_file(p) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %p.display(), error = %e, "could not remove temp file");
         }
     }
 }

@@ -391,12 +391,17 @@ impl Storage {
                 reason: format!("{} is not mounted", dir.path.display()),
             });
         }
-        if !dir.path.is_dir() {
-            return Err(StorageError::Unavailable {
-                what: format!("pool {name}"),
-                reason: format!("directory {} is missing", dir.path.display()),
-            });
-        }
+        let (p, n) = (dir.path.clone(), name.clone());
+        self.fs("check pool directory", &dir.path, ctl, move || {
+            if p.is_dir() {
+                return Ok(());
+            }
+            Err(StorageError::Unavailable {
+                what: format!("pool {n}"),
+                reason: format!("directory {} is missing", p.display()),
+            })
+        })
+        .await?;
         Ok(dir.path)
     }
 

@@ -185,12 +185,16 @@ impl Storage {
     ) -> Result<PathBuf, StorageError> {
         let root = self.pool_dir(pool, ctl).await?;
         let path = volume_path(&root, volume);
-        if !path.is_file() {
-            return Err(StorageError::NotFound {
-                what: format!("volume {volume} in pool {pool}"),
-            });
-        }
-        if probe(&path)?.format != ImageFormat::Qcow2 {
+        let (p, what) = (path.clone(), format!("volume {volume} in pool {pool}"));
+        let header = self
+            .fs("read volume header", &path, ctl, move || {
+                if !p.is_file() {
+                    return Err(StorageError::NotFound { what });
+                }
+                probe(&p)
+            })
+            .await?;
+        if header.format != ImageFormat::Qcow2 {
             return Err(StorageError::invalid(
                 format!("snapshot of volume {volume}"),
                 "internal snapshots need a qcow2 volume",

@@ -140,7 +140,9 @@ impl Storage {
             ));
         }
         ctl.check(STEP, domain)?;
-        swap_all(fresh)
+        let first = plan.first().map(|d| d.overlay.clone()).unwrap_or_default();
+        self.fs("swap overlays", &first, ctl, move || swap_all(fresh))
+            .await
     }
 
     /// Reads, in one libvirt call, whether and what the agent may revert.
@@ -184,9 +186,14 @@ impl Storage {
     /// The overlay must be a plain qcow2 file on the snapshot-time source,
     /// and no process may have it open.
     async fn check_overlay(&self, d: &DiskRevert, ctl: &RunCtl) -> Result<Backing, StorageError> {
-        let meta = std::fs::symlink_metadata(&d.overlay)
-            .map_err(|e| StorageError::io("read snapshot overlay", &d.overlay, e))?;
-        let h = probe(&d.overlay)?;
+        let o = d.overlay.clone();
+        let (meta, h) = self
+            .fs("read snapshot overlay", &d.overlay, ctl, move || {
+                let meta = std::fs::symlink_metadata(&o)
+                    .map_err(|e| StorageError::io("read snapshot overlay", &o, e))?;
+                Ok((meta, probe(&o)?))
+            })
+            .await?;
         if !meta.is_file() || h.format != ImageFormat::Qcow2 || h.encrypted || h.external_data_file
         {
             return Err(StorageError::invalid(
@@ -237,8 +244,12 @@ impl Storage {
         self.qemu_img
             .create(tmp.path(), ImageFormat::Qcow2, None, backing, ctl)
             .await?;
-        copy_owner_and_mode(&d.overlay, tmp.path())?;
-        sync_path(tmp.path())?;
+        let (o, t) = (d.overlay.clone(), tmp.path().to_path_buf());
+        self.fs("prepare fresh overlay", tmp.path(), ctl, move || {
+            copy_owner_and_mode(&o, &t)?;
+            sync_path(&t)
+        })
+        .await?;
         Ok(Fresh {
             tmp,
             overlay: d.overlay.clone(),

@@ -154,11 +154,16 @@ impl Storage {
         let root = self.pool_dir(&req.pool, &ctl).await?;
         let dst = volume_path(&root, &req.name);
         let _guard = self.locks.lock(&dst, &ctl).await?;
-        if dst.symlink_metadata().is_ok() {
-            return Err(StorageError::AlreadyExists {
-                what: format!("template {}", dst.display()),
-            });
-        }
+        let d = dst.clone();
+        self.fs("check template", &dst, &ctl, move || {
+            if d.symlink_metadata().is_ok() {
+                return Err(StorageError::AlreadyExists {
+                    what: format!("template {}", d.display()),
+                });
+            }
+            Ok(())
+        })
+        .await?;
         let (mut src, total, what) =
             open_source(&req.source, &self.config().template_roots, &ctl).await?;
         if let Some(t) = total {
@@ -212,7 +217,14 @@ impl Storage {
             object: what.to_string(),
             reason,
         };
-        let h = probe(path)?;
+        let (r, p) = (root.to_path_buf(), path.to_path_buf());
+        let (h, inside) = self
+            .fs("read template header", path, ctl, move || {
+                let h = probe(&p)?;
+                let inside = check_backing_inside(&r, &p, &h);
+                Ok((h, inside))
+            })
+            .await?;
         if h.format != format {
             return Err(refuse(format!(
                 "it is {}, not a {} image",
@@ -233,7 +245,7 @@ impl Storage {
         if h.encrypted {
             return Err(refuse("encrypted qcow2 images are not accepted".into()));
         }
-        check_backing_inside(root, path, &h).map_err(|e| refuse(e.to_string()))?;
+        inside.map_err(|e| refuse(e.to_string()))?;
         let info = self.qemu_img.info(path, Some(format), false, ctl).await?;
         if info.iter().any(|i| i.external_data_file().is_some()) {
             return Err(refuse(
@@ -266,7 +278,11 @@ async fn open_source(
                     "must be absolute",
                 ));
             }
-            check_template_root(p, roots)?;
+            let (pp, rr) = (p.clone(), roots.to_vec());
+            crate::pool_fs::run("open template", p, ctl, ctl.budget, move || {
+                check_template_root(&pp, &rr)
+            })
+            .await?;
             let f = tokio::fs::File::open(p)
                 .await
                 .map_err(|e| StorageError::io("open template", p, e))?;

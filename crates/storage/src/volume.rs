@@ -93,14 +93,11 @@ pub(crate) async fn fs_available(dir: &Path, ctl: &RunCtl) -> Result<Bytes, Stor
 /// workers: a statvfs on a dead NFS mount blocks.
 pub(crate) async fn fs_space(dir: &Path, ctl: &RunCtl) -> Result<(Bytes, Bytes), StorageError> {
     let d = dir.to_path_buf();
-    let job = tokio::task::spawn_blocking(move || nix::sys::statvfs::statvfs(&d));
-    let st = tokio::select! {
-        r = job => r.map_err(|e| StorageError::Internal { step: "statvfs", reason: e.to_string() })?,
-        _ = tokio::time::sleep_until(ctl.deadline) => return Err(StorageError::Timeout {
-            step: "read free space", object: dir.display().to_string(), after: ctl.budget,
-        }),
-    };
-    let st = st.map_err(|e| StorageError::io("read free space", dir, e.into()))?;
+    let st = crate::pool_fs::run("read free space", dir, ctl, ctl.budget, move || {
+        nix::sys::statvfs::statvfs(&d)
+            .map_err(|e| StorageError::io("read free space", &d, e.into()))
+    })
+    .await?;
     let frag = st.fragment_size() as u64;
     Ok((
         Bytes(st.blocks_available() as u64 * frag),
@@ -199,15 +196,54 @@ impl Storage {
         let root = self.pool_dir(&req.pool, &ctl).await?;
         let dst = volume_path(&root, &req.name);
         let _guard = self.locks.lock(&dst, &ctl).await?;
-        ensure_absent(&dst)?;
+        let d = dst.clone();
+        self.fs("check volume", &dst, &ctl, move || ensure_absent(&d))
+            .await?;
         ensure_capacity(&req.pool, &root, req.size, &ctl).await?;
         let tmp = TempFile::new(temp_path(&root, &req.name));
         self.qemu_img
             .create(tmp.path(), req.format, Some(req.size), None, &ctl)
             .await
             .map_err(|e| relabel(e, &req.pool, &dst))?;
-        tmp.publish(&dst)?;
-        built_info(&req.pool, &req.name, &dst)
+        self.publish(tmp, &req.pool, &req.name, dst, &ctl).await
+    }
+
+    /// Puts a made volume in place and reads what it became.
+    async fn publish(
+        &self,
+        tmp: TempFile,
+        pool: &PoolName,
+        name: &VolumeName,
+        dst: PathBuf,
+        ctl: &RunCtl,
+    ) -> Result<VolumeInfo, StorageError> {
+        let (p, n, d) = (pool.clone(), name.clone(), dst.clone());
+        self.fs("publish volume", &dst, ctl, move || {
+            tmp.publish(&d)?;
+            built_info(&p, &n, &d)
+        })
+        .await
+    }
+
+    /// A volume that must exist in the pool, proven to be a regular file in it.
+    async fn existing(
+        &self,
+        root: &Path,
+        name: &VolumeName,
+        ctl: &RunCtl,
+    ) -> Result<PathBuf, StorageError> {
+        let (r, n) = (root.to_path_buf(), name.clone());
+        self.fs("look up volume", &volume_path(root, name), ctl, move || {
+            existing(&r, &n)
+        })
+        .await
+    }
+
+    /// The header of a volume file.
+    async fn probe(&self, path: &Path, ctl: &RunCtl) -> Result<Header, StorageError> {
+        let p = path.to_path_buf();
+        self.fs("read volume header", path, ctl, move || probe(&p))
+            .await
     }
 
     /// Makes a VM volume from a template in the same pool. `progress` gets
@@ -227,9 +263,15 @@ impl Storage {
         };
         let ctl = self.ctl(op, &opts);
         let root = self.pool_dir(&req.pool, &ctl).await?;
-        let tpl = existing(&root, &req.template)?;
-        let th = probe(&tpl)?;
-        check_backing_inside(&root, &tpl, &th)?;
+        let tpl = self.existing(&root, &req.template, &ctl).await?;
+        let (r, t) = (root.clone(), tpl.clone());
+        let th = self
+            .fs("read template header", &tpl, &ctl, move || {
+                let h = probe(&t)?;
+                check_backing_inside(&r, &t, &h)?;
+                Ok(h)
+            })
+            .await?;
         let size = req.size.unwrap_or(th.virtual_size);
         if size < th.virtual_size {
             return Err(StorageError::invalid(
@@ -242,7 +284,9 @@ impl Storage {
         }
         let dst = volume_path(&root, &req.name);
         let _guard = self.locks.lock(&dst, &ctl).await?;
-        ensure_absent(&dst)?;
+        let d = dst.clone();
+        self.fs("check volume", &dst, &ctl, move || ensure_absent(&d))
+            .await?;
         let tmp = TempFile::new(temp_path(&root, &req.name));
         match req.mode {
             CloneMode::Linked => {
@@ -289,8 +333,7 @@ impl Storage {
                 }
             }
         }
-        tmp.publish(&dst)?;
-        built_info(&req.pool, &req.name, &dst)
+        self.publish(tmp, &req.pool, &req.name, dst, &ctl).await
     }
 
     pub async fn resize_volume(
@@ -301,9 +344,9 @@ impl Storage {
         check_size(req.size)?;
         let ctl = self.ctl(Op::Resize, &opts);
         let root = self.pool_dir(&req.pool, &ctl).await?;
-        let path = existing(&root, &req.name)?;
+        let path = self.existing(&root, &req.name, &ctl).await?;
         let _guard = self.locks.lock(&path, &ctl).await?;
-        let h = probe(&path)?;
+        let h = self.probe(&path, &ctl).await?;
         if req.size < h.virtual_size && !req.allow_shrink {
             return Err(StorageError::invalid(
                 format!("resize of volume {}", req.name),
@@ -337,17 +380,25 @@ impl Storage {
     ) -> Result<(), StorageError> {
         let ctl = self.ctl(Op::Delete, &opts);
         let root = self.pool_dir(pool, &ctl).await?;
-        let path = existing(&root, name)?;
+        let path = self.existing(&root, name, &ctl).await?;
         let _guard = self.locks.lock(&path, &ctl).await?;
-        if let Some(user) = backing_user(&root, &path)? {
+        let (r, p) = (root.clone(), path.clone());
+        let user = self
+            .fs("scan pool", &root, &ctl, move || backing_user(&r, &p))
+            .await?;
+        if let Some(user) = user {
             return Err(StorageError::invalid(
                 format!("delete of volume {name}"),
                 format!("volume {user} uses it as backing file; delete or flatten {user} first"),
             ));
         }
-        let h = probe(&path)?;
+        let h = self.probe(&path, &ctl).await?;
         self.qemu_img.ensure_unused(&path, h.format, &ctl).await?;
-        std::fs::remove_file(&path).map_err(|e| StorageError::io("delete volume", &path, e))
+        let p = path.clone();
+        self.fs("delete volume", &path, &ctl, move || {
+            std::fs::remove_file(&p).map_err(|e| StorageError::io("delete volume", &p, e))
+        })
+        .await
     }
 
     /// Removes temp files a crashed agent left in the pool. Call it at
@@ -359,7 +410,16 @@ impl Storage {
     ) -> Result<Vec<PathBuf>, StorageError> {
         let ctl = self.ctl(Op::Delete, &opts);
         let root = self.pool_dir(pool, &ctl).await?;
-        let rd = std::fs::read_dir(&root).map_err(|e| StorageError::io("scan pool", &root, e))?;
+        let r = root.clone();
+        self.fs("remove partial files", &root, &ctl, move || sweep(&r))
+            .await
+    }
+}
+
+/// Removes the temp files of `root` (see `Storage::sweep_partial_files`).
+fn sweep(root: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    {
+        let rd = std::fs::read_dir(root).map_err(|e| StorageError::io("scan pool", root, e))?;
         let mut removed = Vec::new();
         for entry in rd.flatten() {
             let name = entry.file_name();
@@ -375,7 +435,9 @@ impl Storage {
         }
         Ok(removed)
     }
+}
 
+impl Storage {
     pub async fn volume_info(
         &self,
         pool: &PoolName,
@@ -384,7 +446,7 @@ impl Storage {
     ) -> Result<VolumeInfo, StorageError> {
         let ctl = self.ctl(Op::Info, &opts);
         let root = self.pool_dir(pool, &ctl).await?;
-        let path = existing(&root, name)?;
+        let path = self.existing(&root, name, &ctl).await?;
         self.volume_info_at(pool, name, &path, &ctl).await
     }
 
@@ -395,7 +457,7 @@ impl Storage {
         path: &Path,
         ctl: &RunCtl,
     ) -> Result<VolumeInfo, StorageError> {
-        let h = probe(path)?;
+        let h = self.probe(path, ctl).await?;
         let chain = self.qemu_img.info(path, Some(h.format), true, ctl).await?;
         let Some(top) = chain.first() else {
             return Err(StorageError::Internal {

@@ -5,6 +5,7 @@
 // directly: the boundary rules of clippy.toml are for the product code.
 #![allow(clippy::disallowed_methods)]
 
+pub mod fuse;
 pub mod guest;
 pub mod ha;
 pub mod skip;

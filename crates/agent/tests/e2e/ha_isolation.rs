@@ -38,13 +38,30 @@ async fn power(plane: &csagent_mgmt::Plane, host: &uuid::Uuid, vm: &uuid::Uuid) 
     }
 }
 
-/// Starts an HA VM and another, isolates the agent, then heals the link;
-/// returns (HA VM state, other VM state, the
-/// isolation actions of the Register).
-async fn isolate(policy: OnIsolation, break_pool: bool) -> (i32, i32, Vec<String>) {
+/// An agent with storage heartbeats on `pool` and `policy`, behind a link
+/// the test can cut, running an HA VM and another.
+struct Host {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    f: Fixture,
+    link: CutLink,
+    agent: InProcessAgent,
+    ha_vm: uuid::Uuid,
+    plain_vm: uuid::Uuid,
+}
+
+/// libvirt's test:///default is one state per process: an agent applying
+/// stop-ha-vms would power off the HA VM of a test running beside it, so
+/// these tests take turns.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn host_with_vms(
+    policy: OnIsolation,
+    pool: impl FnOnce(&Fixture) -> std::path::PathBuf,
+) -> Host {
+    let turn = TURN.lock().await;
     let f = Fixture::new(fast_liveness()).await;
     let link = CutLink::start(f.plane.addr).await;
-    let pool = f.work.path().join("pool");
+    let pool = pool(&f);
     std::fs::create_dir_all(&pool).unwrap();
     let mut cfg = f.config();
     cfg.management.hosts = vec![link.addr.to_string()];
@@ -75,7 +92,45 @@ async fn isolate(policy: OnIsolation, break_pool: bool) -> (i32, i32, Vec<String
         .await;
         assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
     }
+    Host {
+        _turn: turn,
+        f,
+        link,
+        agent,
+        ha_vm,
+        plain_vm,
+    }
+}
 
+impl Host {
+    /// (HA VM state, other VM state, isolation actions the plane was told);
+    /// destroys both VMs and stops the agent.
+    async fn finish(self) -> (i32, i32, Vec<String>) {
+        let (plane, host) = (&self.f.plane, self.f.host);
+        let actions = host_summary(plane, &host)
+            .map(|s| s.isolation_actions)
+            .unwrap_or_default();
+        let states = (
+            power(plane, &host, &self.ha_vm).await,
+            power(plane, &host, &self.plain_vm).await,
+        );
+        for v in [self.ha_vm, self.plain_vm] {
+            let d = pb::command::Body::DestroyVm(pb::DestroyVm {
+                vm_uuid: v.to_string(),
+            });
+            let _ = call(plane, &host, cmd("", 0, d), Duration::from_secs(10)).await;
+        }
+        self.agent.stop().await;
+        (states.0, states.1, actions)
+    }
+}
+
+/// Starts an HA VM and another, isolates the agent, then heals the link;
+/// returns (HA VM state, other VM state, the
+/// isolation actions of the Register).
+async fn isolate(policy: OnIsolation, break_pool: bool) -> (i32, i32, Vec<String>) {
+    let h = host_with_vms(policy, |f| f.work.path().join("pool")).await;
+    let (link, pool) = (&h.link, h.f.work.path().join("pool"));
     link.cut();
     if break_pool {
         std::fs::remove_dir_all(&pool).unwrap();
@@ -84,26 +139,12 @@ async fn isolate(policy: OnIsolation, break_pool: bool) -> (i32, i32, Vec<String
     // Two isolation periods and a heartbeat interval.
     tokio::time::sleep(Duration::from_secs(6)).await;
     link.heal();
-    let (plane, host) = (&f.plane, f.host);
+    let (plane, host) = (&h.f.plane, h.f.host);
     assert!(
         wait_for(Duration::from_secs(15), || is_up(plane, &host)).await,
         "the agent never registered again"
     );
-    let actions = host_summary(plane, &host)
-        .map(|s| s.isolation_actions)
-        .unwrap_or_default();
-    let states = (
-        power(plane, &host, &ha_vm).await,
-        power(plane, &host, &plain_vm).await,
-    );
-    for v in [ha_vm, plain_vm] {
-        let d = pb::command::Body::DestroyVm(pb::DestroyVm {
-            vm_uuid: v.to_string(),
-        });
-        let _ = call(plane, &host, cmd("", 0, d), Duration::from_secs(10)).await;
-    }
-    agent.stop().await;
-    (states.0, states.1, actions)
+    h.finish().await
 }
 
 const RUNNING: i32 = pb::VmPowerState::Running as i32;
@@ -137,5 +178,53 @@ async fn none_only_reports_the_isolation() {
 async fn a_plane_outage_with_storage_working_is_not_isolation() {
     let (ha, plain, actions) = isolate(OnIsolation::StopHaVms, false).await;
     assert_eq!((ha, plain), (RUNNING, RUNNING));
+    assert!(actions.is_empty(), "{actions:?}");
+}
+
+// HA fault 5: the shared pool hangs (a FUSE server that never answers) while
+// the plane is reachable. Health names the pool as failing, the host stays
+// Up, and stop-ha-vms does not fire: the plane can still see and fence it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_pool_with_the_plane_reachable_is_reported_and_not_isolation() {
+    let pool = tempfile::Builder::new()
+        .prefix("csat-iso-hang-")
+        .tempdir()
+        .unwrap();
+    let dir = pool.path().to_path_buf();
+    let h = host_with_vms(OnIsolation::StopHaVms, |_| dir.clone()).await;
+    let mut hang = match csagent_testkit::fuse::HungMount::over(&dir) {
+        Ok(m) => m,
+        Err(why) => {
+            csagent_testkit::skip!("{why}");
+            h.finish().await;
+            return;
+        }
+    };
+    let (plane, host) = (&h.f.plane, h.f.host);
+    let failing = |p: &csagent_mgmt::Plane| {
+        host_summary(p, &host).is_some_and(|s| {
+            s.storage_heartbeats
+                .iter()
+                .any(|b| b.pool == dir.to_string_lossy() && !b.ok && !b.error.is_empty())
+        })
+    };
+    let reported = wait_for(Duration::from_secs(10), || failing(plane)).await;
+    // Past two isolation periods with the storage hung.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let up = is_up(plane, &host);
+    let summary = host_summary(plane, &host).unwrap_or_default();
+    hang.release();
+    let (ha, plain, actions) = h.finish().await;
+    assert!(
+        reported,
+        "health never said the pool fails: {:?}",
+        summary.storage_heartbeats
+    );
+    assert!(
+        up,
+        "the host left Up: {} ({})",
+        summary.state, summary.state_reason
+    );
+    assert_eq!((ha, plain), (RUNNING, RUNNING), "{actions:?}");
     assert!(actions.is_empty(), "{actions:?}");
 }
