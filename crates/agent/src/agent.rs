@@ -153,6 +153,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         vm_stats: Default::default(),
         migration: cfg.migration.clone(),
         ha: Arc::clone(&beat),
+        path_roots: cfg.guest.path_roots.clone(),
     });
     let metrics = Arc::new(crate::metrics::CommandMetrics::default());
     let dispatcher = Dispatcher::new(

@@ -242,6 +242,10 @@ pub struct GuestSection {
     pub watchdog_model: String,
     pub watchdog_action: String,
     pub create_full_clone: bool,
+    /// Directories a VM's files (disks, ISOs, kernel, initrd, firmware,
+    /// NVRAM, console log) may be in, besides every storage pool's; any
+    /// other host path is refused (vm/paths.rs).
+    pub path_roots: Vec<PathBuf>,
 }
 
 impl Default for GuestSection {
@@ -255,6 +259,25 @@ impl Default for GuestSection {
             watchdog_model: "i6300esb".into(),
             watchdog_action: "none".into(),
             create_full_clone: false,
+            path_roots: [
+                "/var/lib/libvirt/images",
+                "/var/lib/libvirt/boot",
+                "/var/lib/libvirt/qemu/nvram",
+                "/usr/share/OVMF",
+                "/usr/share/AAVMF",
+                "/usr/share/qemu",
+                "/usr/share/seabios",
+                "/usr/share/edk2",
+                "/dev/disk/by-path",
+                "/dev/disk/by-id",
+                "/dev/mapper",
+                "/mnt",
+                "/var/lib/csagent",
+                "/var/log/libvirt/qemu",
+                "/var/log/csagent",
+            ]
+            .map(PathBuf::from)
+            .to_vec(),
         }
     }
 }

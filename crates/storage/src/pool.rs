@@ -405,6 +405,24 @@ impl Storage {
         Ok(dir.path)
     }
 
+    /// The target directory of every pool libvirt knows, in one call: where
+    /// VM disks may live (the agent's path confinement).
+    pub async fn pool_paths(&self, opts: CallOpts) -> Result<Vec<PathBuf>, StorageError> {
+        let ctl = self.pool_ctl(&opts);
+        self.libvirt("list pool paths", "host", &ctl, |conn| {
+            let pools = conn
+                .list_all_storage_pools(0)
+                .map_err(lv("list pools", "host"))?;
+            Ok(pools
+                .iter()
+                .filter_map(|p| p.xml_desc(0).ok())
+                .filter_map(|x| parse_pool_xml(&x).ok())
+                .filter_map(|p| p.target)
+                .collect())
+        })
+        .await
+    }
+
     async fn lookup_pool_dir(
         &self,
         name: &PoolName,

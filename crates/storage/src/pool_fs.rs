@@ -30,7 +30,7 @@ const GIVEN_UP: u8 = 2;
 
 /// Runs `f` off the workers; waits until `ctl`'s deadline or `fs_timeout`,
 /// whichever is first, or until the operation is cancelled.
-pub(crate) async fn run<T, F>(
+pub async fn run<T, F>(
     step: &'static str,
     object: &Path,
     ctl: &RunCtl,

@@ -240,6 +240,8 @@ impl Lab {
         cfg.host.capacity.reserved_memory_mib = 0;
         cfg.host.capacity.cpu_overcommit = 16.0;
         cfg.migration.tls = false;
+        // The lab's VMs keep their disks and boot files on the shared storage.
+        cfg.guest.path_roots.push(PathBuf::from(SHARED));
         cfg.migration.address = self.hosts[i - 1].addr.clone();
         cfg.metrics.enabled = false;
         cfg

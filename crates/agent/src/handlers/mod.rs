@@ -130,6 +130,8 @@ pub struct Handlers {
     pub migration: crate::config::MigrationSection,
     /// This host's storage heartbeat; its config answers CheckHost's defaults.
     pub ha: Arc<csagent_ha::Beat>,
+    /// `[guest] path_roots`: where a VM's host files may be, besides pools.
+    pub path_roots: Vec<std::path::PathBuf>,
 }
 
 impl Handlers {
@@ -194,6 +196,12 @@ impl Handlers {
         req: crate::vm::prepare::StartRequest,
         ctx: &Ctx,
     ) -> Result<Reply, CommandError> {
+        let prepared: Vec<String> = req.volumes.iter().map(|v| v.disk_target.clone()).collect();
+        let (s, p) = (req.spec.clone(), prepared);
+        self.confine("start", move |roots| {
+            crate::vm::paths::check_spec(&s, &p, roots)
+        })
+        .await?;
         let spec = &req.spec;
         let running = matches!(self.hypervisor.vm(spec.uuid.0).await, Ok(v) if v.state == csagent_libvirt::PowerState::Running);
         if !running {
@@ -216,6 +224,36 @@ impl Handlers {
 }
 
 impl Handlers {
+    /// Runs a path check against the allowed roots (the configured ones and
+    /// every pool's directory) off the workers: it resolves symlinks on pool
+    /// storage, which may hang.
+    async fn confine<F>(&self, step: &'static str, check: F) -> Result<(), CommandError>
+    where
+        F: FnOnce(&[std::path::PathBuf]) -> Result<(), CommandError> + Send + 'static,
+    {
+        let mut roots = self.path_roots.clone();
+        roots.extend(
+            self.storage
+                .pool_paths(csagent_storage::CallOpts::default())
+                .await
+                .map_err(CommandError::from)?,
+        );
+        let ctl = csagent_storage::qemu_img::RunCtl::new(
+            self.storage.config().fs_timeout,
+            Default::default(),
+        );
+        let checked = csagent_storage::pool_fs::run(
+            step,
+            std::path::Path::new("the VM's host paths"),
+            &ctl,
+            self.storage.config().fs_timeout,
+            move || Ok(check(&roots)),
+        )
+        .await
+        .map_err(CommandError::from)?;
+        checked
+    }
+
     /// Host admission of a VM with `vcpus` and `memory_kib` beside `vms`,
     /// the domains this host runs now.
     async fn admit(&self, vms: &[VmInfo], vcpus: u32, memory_kib: u64) -> Result<(), CommandError> {
@@ -249,9 +287,16 @@ impl Handlers {
         let h = &self.hypervisor;
         match req {
             Request::ScaleVm(r) => crate::vm::scale::scale(h, r).await.map(Reply::Scaled),
-            Request::AttachDevice(vm, a) => crate::vm::devices::attach(h, vm, a)
-                .await
-                .map(|d| Reply::Device(vm, d)),
+            Request::AttachDevice(vm, a) => {
+                let attached = a.clone();
+                self.confine("attach", move |roots| {
+                    crate::vm::devices::check_paths(&attached, roots)
+                })
+                .await?;
+                crate::vm::devices::attach(h, vm, a)
+                    .await
+                    .map(|d| Reply::Device(vm, d))
+            }
             Request::DetachDevice(vm, d) => crate::vm::devices::detach(h, vm, d)
                 .await
                 .map(|d| Reply::Device(vm, d)),

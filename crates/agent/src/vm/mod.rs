@@ -11,6 +11,7 @@ pub mod console;
 pub mod devices;
 mod lease;
 pub mod migrate;
+pub mod paths;
 pub mod prepare;
 pub mod scale;
 pub mod stats;

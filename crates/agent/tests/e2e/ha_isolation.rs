@@ -18,7 +18,7 @@ fn vm(ha: bool) -> (uuid::Uuid, pb::VmSpec) {
     let uuid = uuid::Uuid::new_v4();
     s.uuid = uuid.to_string();
     s.name = format!("csat-iso-{}", &uuid.simple().to_string()[..8]);
-    s.disks[0].source = format!("/var/lib/csat-iso/{}.qcow2", uuid.simple());
+    s.disks[0].source = format!("/var/lib/libvirt/images/csat-iso-{}.qcow2", uuid.simple());
     s.ha = ha;
     s.ids = Some(pb::VmCloudIds {
         instance_id: s.name.clone(),

@@ -435,7 +435,8 @@ async fn a_failed_step_is_named_and_undoes_the_steps_before_it() {
     // 3. libvirt cannot start it (no such kernel): the network and the volume
     // made before are undone.
     let (uuid, root, m) = attempt(Some(e.template.as_str()), Some(e.dev.as_str()), &|s| {
-        s.boot.as_mut().unwrap().kernel = "/nonexistent/cstest-gb-vmlinuz".into();
+        s.boot.as_mut().unwrap().kernel =
+            "/var/lib/libvirt/images/cstest-gb-nonexistent/vmlinuz".into();
     });
     let (_, r) = updates(plane, &host, start_body(m), BOOT_LIMIT).await;
     assert_ne!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");

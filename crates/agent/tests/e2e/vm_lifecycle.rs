@@ -196,7 +196,7 @@ async fn lifecycle_on_the_test_driver() {
     assert_eq!(r.error_code, pb::ErrorCode::NotFound as i32, "{r:?}");
 
     // Admission: a VM larger than the host is refused, naming what is short.
-    let (_, mut huge) = spec("/nonexistent.qcow2");
+    let (_, mut huge) = spec("/var/lib/libvirt/images/csat-vm-huge.qcow2");
     huge.memory.as_mut().unwrap().size_kib = 1 << 40;
     let (_, r) = updates(plane, &host, start(&huge)).await;
     assert_eq!(
@@ -438,5 +438,67 @@ async fn a_name_taken_by_another_uuid_is_a_conflict_and_a_missing_vm_not_found()
     let r = call(&f.plane, &f.host, state(&other), Duration::from_secs(10)).await;
     assert_eq!(r.error_code, pb::ErrorCode::NotFound as i32, "{r:?}");
     let _ = call(&f.plane, &f.host, destroy(&first), Duration::from_secs(10)).await;
+    agent.stop().await;
+}
+
+/// The owner, group and mode of a host file, to show it was not touched.
+fn owner_and_mode(p: &str) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.uid(), m.gid(), m.mode())
+}
+
+// libvirt hands what a domain names to the QEMU user: a host file named as
+// a disk or a kernel, directly or through a link in an allowed directory,
+// is refused before libvirt sees the domain, and the file keeps its owner.
+#[tokio::test]
+async fn host_files_outside_the_allowed_roots_are_refused_as_disk_and_kernel() {
+    let f = Fixture::new(fast_liveness()).await;
+    let mut cfg = f.config();
+    cfg.hypervisor.uri = "qemu:///system".into();
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
+    let (plane, host) = (&f.plane, f.host);
+    let before = owner_and_mode("/etc/shadow");
+    let link = format!(
+        "/var/lib/libvirt/images/csat-link-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    std::os::unix::fs::symlink("/etc/shadow", &link).unwrap();
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _link = Gone(link.clone());
+
+    let as_disk = spec("/etc/shadow");
+    let mut as_kernel = spec("/var/lib/libvirt/images/csat-vm-nodisk.qcow2");
+    as_kernel.1.boot.get_or_insert_with(Default::default).kernel = "/etc/shadow".into();
+    let via_link = spec(&link);
+    for ((uuid, s), field) in [
+        (as_disk, "disk vda source /etc/shadow refused"),
+        (as_kernel, "kernel /etc/shadow refused"),
+        (via_link, "resolves to /etc/shadow"),
+    ] {
+        let r = call(plane, &host, cmd("", 0, start(&s)), Duration::from_secs(30)).await;
+        assert_eq!(
+            r.error_code,
+            pb::ErrorCode::PermissionDenied as i32,
+            "{r:?}"
+        );
+        assert!(r.message.contains(field), "{field:?} not in: {}", r.message);
+        let state = pb::command::Body::GetVmState(pb::GetVmState {
+            vm_uuid: uuid.to_string(),
+        });
+        let r = call(plane, &host, cmd("", 0, state), Duration::from_secs(10)).await;
+        assert_eq!(
+            r.error_code,
+            pb::ErrorCode::NotFound as i32,
+            "a domain was defined: {r:?}"
+        );
+    }
+    assert_eq!(owner_and_mode("/etc/shadow"), before);
     agent.stop().await;
 }
