@@ -60,7 +60,11 @@ where
         }
         r
     });
-    let limit = ctl.deadline.min(tokio::time::Instant::now() + fs_timeout);
+    let fs_limit = tokio::time::Instant::now() + fs_timeout;
+    // The operation's own deadline, when first, is a plain timeout of the
+    // operation; only a call that outlived fs_timeout says the mount hangs.
+    let deadline_first = ctl.deadline <= fs_limit;
+    let limit = ctl.deadline.min(fs_limit);
     let given_up = |why: String| {
         if state
             .compare_exchange(RUNNING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
@@ -71,12 +75,22 @@ where
         why
     };
     tokio::select! {
+        // A finished call wins over a deadline passing at the same moment.
+        biased;
         r = job => r.map_err(|e| StorageError::Internal { step, reason: e.to_string() })?,
         _ = tokio::time::sleep_until(limit) => {
-            Err(hung_mount(step, object, given_up(format!(
+            let why = given_up(format!(
                 "it did not return within {:.1} s",
-                fs_timeout.min(ctl.budget).as_secs_f64()
-            ))))
+                fs_timeout.as_secs_f64()
+            ));
+            if deadline_first {
+                return Err(StorageError::Timeout {
+                    step,
+                    object: object.display().to_string(),
+                    after: ctl.budget,
+                });
+            }
+            Err(hung_mount(step, object, why))
         }
         _ = ctl.cancel.cancelled() => {
             given_up(String::new());
@@ -157,5 +171,25 @@ mod tests {
         )
         .await;
         assert_eq!(v.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn the_operations_own_deadline_first_is_a_timeout_not_a_hung_mount() {
+        let ctl = RunCtl::new(Duration::from_millis(50), CancellationToken::new());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let e = run(
+            "stat volume",
+            Path::new("/pool/v"),
+            &ctl,
+            Duration::from_secs(30),
+            move || {
+                let _ = rx.recv();
+                Ok(())
+            },
+        )
+        .await
+        .unwrap_err();
+        drop(tx);
+        assert_eq!(e.kind(), crate::ErrorKind::DeadlineExceeded, "{e}");
     }
 }
