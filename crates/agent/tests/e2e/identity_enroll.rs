@@ -205,8 +205,14 @@ async fn revoked_host_is_cut_off_refused_and_shown_revoked() {
     let work = workdir();
     let files = p.enroll(&host, work.path()).await;
     let cfg = agent_config(&host, &files, &[p.endpoint()], work.path());
-    let agent = run_in_process(cfg);
-    assert!(wait_for(Duration::from_secs(10), || is_up(&p.plane, &host)).await);
+    // A real process: what it logs and what its status socket says are
+    // the agent's own view, not the plane's bookkeeping.
+    let mut agent = spawn_agent(&cfg, work.path(), "revoked");
+    assert!(
+        wait_for(Duration::from_secs(10), || is_up(&p.plane, &host)).await,
+        "{}",
+        agent.log_text()
+    );
 
     let mut admin = csagent_mgmt::admin::connect(&p.admin).await.unwrap();
     let r = admin
@@ -217,11 +223,33 @@ async fn revoked_host_is_cut_off_refused_and_shown_revoked() {
         .unwrap()
         .into_inner();
     assert!(r.newly_revoked && r.disconnected, "{r:?}");
-    let connected = || host_summary(&p.plane, &host).is_some_and(|h| h.connected);
+    let revoked_at = std::time::Instant::now();
+    // The agent's stream ends at once: its status leaves Connected naming
+    // the revocation, and its log says so.
+    let mut seen = None;
+    while revoked_at.elapsed() < Duration::from_secs(3) {
+        if let Ok((doc, _)) = csagent::status::server::fetch(&cfg.status.socket).await {
+            if doc.link.state != csagent::status::state::LinkState::Connected
+                && doc.link.last_error.contains("revoked")
+            {
+                seen = Some((revoked_at.elapsed(), doc.link.last_error));
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (after, why) = seen.expect("the agent's status never showed the revocation");
     assert!(
-        wait_for(Duration::from_secs(3), || !connected()).await,
-        "revoked host still connected"
+        after < Duration::from_secs(1),
+        "the stream ended {after:?} after the revocation"
     );
+    assert!(
+        agent.log_text().contains("revoked by the plane"),
+        "the agent's log does not say it: {}",
+        agent.log_text()
+    );
+    eprintln!("agent saw the revocation after {after:?}: {why}");
+    let connected = || host_summary(&p.plane, &host).is_some_and(|h| h.connected);
     // The agent keeps trying (backoff); none of its attempts gets in.
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
@@ -253,7 +281,8 @@ async fn revoked_host_is_cut_off_refused_and_shown_revoked() {
         csagent_mgmt::revocation::Revocations::open(p.state.path().join("state/revoked.json"))
             .unwrap();
     assert!(reopened.is_revoked(&host.to_string()));
-    agent.stop().await;
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    agent.wait_exit(Duration::from_secs(10)).await;
     p.plane.stop().await;
 }
 
