@@ -162,6 +162,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
             default_deadline: Duration::from_secs(cfg.agent.cmds_timeout_secs),
             result_cache_size: cfg.agent.result_cache_size,
             max_message_bytes: cfg.management.max_message_bytes,
+            max_queued: cfg.agent.max_queued_commands,
         },
         Arc::clone(&outbox),
         Arc::clone(&handlers),

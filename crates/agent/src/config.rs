@@ -69,6 +69,9 @@ pub struct AgentSection {
     pub outbox_capacity: usize,
     /// Finished command ids remembered so a repeated id is never run twice.
     pub result_cache_size: usize,
+    /// Commands accepted but not finished (running or waiting for a worker
+    /// or their VM) past which a new one is answered RESOURCE_EXHAUSTED.
+    pub max_queued_commands: usize,
 }
 
 impl Default for AgentSection {
@@ -85,6 +88,7 @@ impl Default for AgentSection {
             shutdown_grace_secs: 30,
             outbox_capacity: 10_000,
             result_cache_size: 10_000,
+            max_queued_commands: 1024,
         }
     }
 }
@@ -451,6 +455,7 @@ impl Config {
         positive("agent.cmds_timeout_secs", a.cmds_timeout_secs)?;
         positive("agent.outbox_capacity", a.outbox_capacity as u64)?;
         positive("agent.result_cache_size", a.result_cache_size as u64)?;
+        positive("agent.max_queued_commands", a.max_queued_commands as u64)?;
         if m.hosts.is_empty() {
             return Err((
                 "management.hosts",

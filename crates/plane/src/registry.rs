@@ -84,6 +84,9 @@ struct Host {
 
 /// Late results kept per host.
 const LATE_RESULTS: usize = 256;
+/// Commands of one host waiting for their results: past this a new one is
+/// answered at once, so an agent that never answers cannot grow the plane.
+const MAX_PENDING_PER_HOST: usize = 4096;
 
 pub struct Registry {
     hosts: Mutex<HashMap<String, Host>>,
@@ -411,6 +414,14 @@ impl Registry {
         } else if let Some(p) = host.pending.get_mut(&id) {
             // Same id again: one execution, every asker gets the answer.
             p.watchers.push(wtx);
+        } else if host.pending.len() >= MAX_PENDING_PER_HOST {
+            let _ = wtx.send(pb::CommandUpdate {
+                update: Some(pb::command_update::Update::Result(too_many_pending(
+                    &id,
+                    uuid,
+                    host.pending.len(),
+                ))),
+            });
         } else {
             if let Some(c) = &host.conn {
                 if c.tx
@@ -693,6 +704,19 @@ fn summary(uuid: &str, h: &Host) -> pb::HostSummary {
     }
 }
 
+fn too_many_pending(id: &str, host: &str, n: usize) -> pb::CommandResult {
+    pb::CommandResult {
+        command_id: id.to_string(),
+        status: pb::CommandStatus::Error as i32,
+        error_code: pb::ErrorCode::ResourceExhausted as i32,
+        message: format!(
+            "host {host} has {n} commands waiting for results (the plane keeps at most \
+             {MAX_PENDING_PER_HOST}); not sent, resend when it answers"
+        ),
+        ..Default::default()
+    }
+}
+
 /// A host in maintenance takes no new VM: StartVm is answered at once.
 fn refuse_in_maintenance(h: &Host, cmd: &pb::Command) -> Option<pb::CommandResult> {
     let starts = matches!(cmd.body, Some(pb::command::Body::StartVm(_)));
@@ -762,5 +786,29 @@ mod tests {
         assert_eq!(hosts[0].host_uuid, lower);
         assert_eq!(hosts[0].heartbeat_seq, 7, "the heartbeat reached the host");
         assert_eq!(hosts[0].clock_skew_ms, i64::MAX);
+    }
+
+    #[test]
+    fn a_host_that_never_answers_cannot_grow_the_pending_commands() {
+        let r = Registry::new(Liveness::default(), "t".into());
+        let host = uuid::Uuid::new_v4().to_string();
+        let noop = || pb::Command {
+            id: String::new(),
+            deadline_ms: 0,
+            body: Some(pb::command::Body::Noop(pb::Noop {})),
+        };
+        let mut kept = Vec::new();
+        for _ in 0..MAX_PENDING_PER_HOST {
+            kept.push(r.send(&host, noop()).1);
+        }
+        let (_, mut rx) = r.send(&host, noop());
+        match rx.try_recv().map(|u| u.update) {
+            Ok(Some(pb::command_update::Update::Result(res))) => {
+                assert_eq!(res.error_code, pb::ErrorCode::ResourceExhausted as i32);
+                assert!(res.message.contains("4096"), "{}", res.message);
+            }
+            other => panic!("the command past the limit was not answered at once: {other:?}"),
+        }
+        assert!(kept[0].try_recv().is_err(), "a command within the limit was answered");
     }
 }

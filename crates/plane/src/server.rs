@@ -33,6 +33,12 @@ use csagent_proto::v1 as pb;
 use csagent_proto::v1::agent_link_server::{AgentLink, AgentLinkServer};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress at once, in all and from one address. A
+/// connection past either is closed at once: idle or slow clients (anyone
+/// may connect while enrollment is open) cannot pile up tasks and sockets,
+/// and established streams are not affected.
+const MAX_HANDSHAKES: usize = 512;
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-agent queue toward the agent. Deep enough for bursts of commands.
 const TO_AGENT_QUEUE: usize = 16 * 1024;
@@ -91,6 +97,7 @@ pub fn accept_loop(
     stop: CancellationToken,
 ) -> ReceiverStream<std::io::Result<PeerStream>> {
     let (tx, rx) = mpsc::channel(128);
+    let gate = Arc::new(HandshakeGate::default());
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
@@ -104,11 +111,17 @@ pub fn accept_loop(
                     }
                 },
             };
+            let Some(slot) = gate.enter(addr.ip()) else {
+                // Dropping the socket closes it; logged once per burst.
+                gate.note_refused(addr);
+                continue;
+            };
             // The configuration of the moment: a CA rotation swaps it.
             let config: Arc<ServerConfig> = Arc::clone(&csagent_core::sync::read(&tls));
             let acceptor = TlsAcceptor::from(config);
             let tx = tx.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
@@ -131,6 +144,58 @@ pub fn accept_loop(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Counts handshakes in progress, in all and per address.
+#[derive(Default)]
+struct HandshakeGate {
+    by_addr: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+/// One handshake's place in the gate; leaving frees it.
+struct Slot {
+    gate: Arc<HandshakeGate>,
+    ip: std::net::IpAddr,
+}
+
+impl HandshakeGate {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Slot> {
+        let mut m = csagent_core::sync::lock(&self.by_addr);
+        let total: usize = m.values().sum();
+        let mine = m.get(&ip).copied().unwrap_or(0);
+        if total >= MAX_HANDSHAKES || mine >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *m.entry(ip).or_default() += 1;
+        Some(Slot {
+            gate: Arc::clone(self),
+            ip,
+        })
+    }
+
+    fn note_refused(&self, addr: SocketAddr) {
+        use std::sync::atomic::Ordering;
+        let n = self.refused.fetch_add(1, Ordering::Relaxed);
+        // The first, then every 1000th: a flood must not flood the log too.
+        if n.is_multiple_of(1000) {
+            tracing::warn!(peer = %addr, refused_so_far = n + 1, max = MAX_HANDSHAKES,
+                per_address = MAX_HANDSHAKES_PER_ADDRESS,
+                "too many TLS handshakes in progress; connection closed");
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = csagent_core::sync::lock(&self.gate.by_addr);
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 pub struct LinkService {

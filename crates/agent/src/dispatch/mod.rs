@@ -39,6 +39,8 @@ pub struct DispatchConfig {
     /// The link's message limit: a result that would not fit in one stream
     /// message is answered with RESOURCE_EXHAUSTED instead (see `fit`).
     pub max_message_bytes: usize,
+    /// Accepted, unfinished commands past which new ones are refused.
+    pub max_queued: usize,
 }
 
 pub struct Dispatcher {
@@ -103,6 +105,15 @@ impl Dispatcher {
         };
         if !self.accepting.load(Ordering::SeqCst) {
             self.complete(&cmd.id, received, Err(shutting_down()));
+            return;
+        }
+        let queued = self.tasks.len();
+        if queued >= self.cfg.max_queued {
+            tracing::warn!(command_id = %cmd.id, queued, "command queue full; refused");
+            // Not cached: the same id sent again later is run then.
+            self.lock_cache().forget(&cmd.id);
+            let res = finish(&cmd.id, Err(queue_full(queued)), received);
+            self.outbox.push(result_msg(res));
             return;
         }
         let deadline = received + self.deadline_of(&cmd);
@@ -248,6 +259,16 @@ fn shutting_down() -> CommandError {
     CommandError::new(
         ErrorKind::ShuttingDown,
         "the agent is shutting down and takes no new commands; resend after it reconnects",
+    )
+}
+
+fn queue_full(queued: usize) -> CommandError {
+    CommandError::new(
+        ErrorKind::ResourceExhausted,
+        format!(
+            "the agent already holds {queued} unfinished commands (agent.max_queued_commands); \
+             refused without running, resend when earlier ones have answered"
+        ),
     )
 }
 
@@ -592,6 +613,13 @@ impl ResultCache {
             }
         }
         res
+    }
+
+    /// Drops a command admitted but never run.
+    fn forget(&mut self, id: &str) {
+        if matches!(self.entries.get(id), Some(Entry::Running(_))) {
+            self.entries.remove(id);
+        }
     }
 
     fn running_token(&self, id: &str) -> Option<CancellationToken> {

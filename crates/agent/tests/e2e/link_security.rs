@@ -275,3 +275,85 @@ async fn key_readable_by_others_is_refused_with_a_clear_message() {
     let e = tls::client_config(&files).unwrap_err().to_string();
     assert!(e.contains("chmod 600"), "{e}");
 }
+
+/// Enough descriptors for both ends of `n` connections in this process.
+fn raise_fd_limit(n: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let want = (soft.max(n)).min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, want, hard).unwrap();
+}
+
+// Anyone may open a TCP connection (enrollment is for hosts without a
+// certificate yet). A thousand that never speak TLS: the plane closes what
+// is past its handshake limits at once, and the host it serves notices
+// nothing: heartbeats flow and a command round-trips meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_are_shed_and_the_hosts_are_still_served() {
+    raise_fd_limit(4096);
+    let f = Fixture::new(fast_liveness()).await;
+    let agent = run_in_process(f.config());
+    f.wait_up(String::new).await;
+    let seq = || host_summary(&f.plane, &f.host).map_or(0, |h| h.heartbeat_seq);
+    let before = seq();
+
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(tokio::net::TcpStream::connect(f.plane.addr).await.unwrap());
+    }
+    let r = call(
+        &f.plane,
+        &f.host,
+        cmd("", 0, echo("still served", 0)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    // A socket the plane shed reads EOF at once; one it keeps stays silent
+    // until its handshake times out (10 s).
+    let reads = idle.iter_mut().map(|s| async move {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    });
+    let shed = futures::future::join_all(reads)
+        .await
+        .iter()
+        .filter(|c| **c)
+        .count();
+    assert!(
+        shed >= 900,
+        "only {shed} of 1000 idle connections were shed"
+    );
+    assert!(
+        shed < 1000,
+        "every connection was shed, even within the limits"
+    );
+    assert!(is_up(&f.plane, &f.host));
+    assert!(
+        seq() >= before + 5,
+        "heartbeats stalled: {before} -> {}",
+        seq()
+    );
+    drop(idle);
+
+    // New hosts get in again.
+    let other = uuid::Uuid::new_v4();
+    let work = workdir();
+    let cfg = agent_config(
+        &other,
+        &f.pki.agent(&other),
+        &[f.plane.addr.to_string()],
+        work.path(),
+    );
+    let second = run_in_process(cfg);
+    assert!(
+        wait_for(Duration::from_secs(10), || is_up(&f.plane, &other)).await,
+        "a new host could not register after the flood"
+    );
+    second.stop().await;
+    agent.stop().await;
+    f.plane.stop().await;
+}

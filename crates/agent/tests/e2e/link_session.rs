@@ -505,3 +505,58 @@ async fn many_commands_on_one_vm_run_in_arrival_order() {
     }
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn past_max_queued_commands_a_command_is_refused_at_once_and_runs_when_resent() {
+    let f = Fixture::new(fast_liveness()).await;
+    let mut cfg = f.config();
+    cfg.agent.workers = 1;
+    cfg.agent.max_queued_commands = 3;
+    let agent = run_in_process(cfg);
+    f.wait_up(String::new).await;
+    let host = f.host.to_string();
+    let mut busy = Vec::new();
+    for i in 0..3 {
+        busy.push(
+            f.plane
+                .registry
+                .send(&host, cmd(&format!("busy-{i}"), 0, echo("x", 500)))
+                .1,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let r = call(
+        &f.plane,
+        &f.host,
+        cmd("extra-1", 0, echo("late", 0)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(
+        r.error_code,
+        pb::ErrorCode::ResourceExhausted as i32,
+        "{r:?}"
+    );
+    assert!(r.message.contains("max_queued_commands"), "{}", r.message);
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+    for mut rx in busy {
+        let done = result_of(&mut rx, Duration::from_secs(5)).await;
+        assert_eq!(done.status, pb::CommandStatus::Ok as i32, "{done:?}");
+    }
+    // The refusal was not remembered as the command's result.
+    let r = call(
+        &f.plane,
+        &f.host,
+        cmd("extra-1", 0, echo("late", 0)),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    agent.stop().await;
+    f.plane.stop().await;
+}
