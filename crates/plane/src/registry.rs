@@ -809,6 +809,9 @@ mod tests {
             }
             other => panic!("the command past the limit was not answered at once: {other:?}"),
         }
-        assert!(kept[0].try_recv().is_err(), "a command within the limit was answered");
+        assert!(
+            kept[0].try_recv().is_err(),
+            "a command within the limit was answered"
+        );
     }
 }

@@ -212,23 +212,29 @@ impl Dispatcher {
             outbox: Arc::clone(&self.outbox),
             progress: progress_on_stream(id, &self.outbox),
         };
-        let work = async {
+        // Waiting for the VM's turn and a worker is bounded for every
+        // command; the handler of one that stops itself is not dropped.
+        let queued = async {
             if let Some(place) = place.as_mut() {
                 place.turn().await;
             }
-            let _permit = self.workers.acquire().await.map_err(|_| shutting_down())?;
-            tracing::debug!("started");
-            self.handlers.handle(req, &ctx).await
+            self.workers.acquire().await.map_err(|_| shutting_down())
         };
+        let handlers = &self.handlers;
+        let ctx = &ctx;
         let accepting = &self.accepting;
+        let token = &token;
         async move {
-            let outcome = if stops_itself {
-                work.await
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = token.cancelled() => Err(cancelled(accepting)),
-                    r = tokio::time::timeout_at(deadline.into(), work) => r.unwrap_or_else(|_| Err(deadline_exceeded())),
+            let outcome = match bounded(token, deadline, accepting, queued).await {
+                Err(e) => Err(e),
+                Ok(_permit) => {
+                    tracing::debug!("started");
+                    let work = handlers.handle(req, ctx);
+                    if stops_itself {
+                        work.await
+                    } else {
+                        bounded(token, deadline, accepting, work).await
+                    }
                 }
             };
             self.metrics.record(kind, &outcome, started.elapsed());
@@ -252,6 +258,20 @@ impl Dispatcher {
         // Every cache operation is a single map update; poisoning cannot
         // leave it half-changed.
         csagent_core::sync::lock(&self.cache)
+    }
+}
+
+/// `work` unless the command is cancelled or its deadline passes first.
+async fn bounded<T>(
+    token: &CancellationToken,
+    deadline: Instant,
+    accepting: &AtomicBool,
+    work: impl std::future::Future<Output = Result<T, CommandError>>,
+) -> Result<T, CommandError> {
+    tokio::select! {
+        biased;
+        _ = token.cancelled() => Err(cancelled(accepting)),
+        r = tokio::time::timeout_at(deadline.into(), work) => r.unwrap_or_else(|_| Err(deadline_exceeded())),
     }
 }
 

@@ -58,7 +58,9 @@ impl Request {
     /// instead of dropping it. Dropping a migration would leave libvirt's
     /// job running on after the plane was told it stopped.
     pub fn stops_itself(&self) -> bool {
-        matches!(self, Request::MigrateVm(_))
+        // StartVm: its undo (volumes, bridges) lives in the handler, and
+        // dropping it mid-prepare would leave them behind.
+        matches!(self, Request::MigrateVm(_) | Request::StartVm(_))
     }
 
     pub fn name(&self) -> &'static str {

@@ -185,6 +185,7 @@ async fn run(
     let mut prepared = Prepared::default();
     for v in &req.volumes {
         let step = || format!("prepare-volume {}/{}", v.create.pool, v.create.name);
+        still_wanted(ctx, &step())?;
         let (info, created) = volume(deps.storage, &v.create, ctx)
             .await
             .map_err(|e| named(step(), e))?;
@@ -200,6 +201,7 @@ async fn run(
     for n in &req.networks {
         let bridge = n.network.bridge_name();
         let step = || format!("ensure-network {bridge}");
+        still_wanted(ctx, &step())?;
         let net = deps.network.ok_or_else(|| named(step(), no_network()))?;
         let before = net.bridge_users(&bridge).await;
         let got = net
@@ -211,10 +213,31 @@ async fn run(
         }
         prepared.bridges.push(got);
     }
+    // Once libvirt starts the VM it is started: a cancel or deadline after
+    // this point is answered by the VM's real state, not by undoing it.
+    still_wanted(ctx, "define-and-start")?;
     let started = super::start(deps.hypervisor, req.spec, ctx)
         .await
         .map_err(|e| named("define-and-start".into(), e))?;
     Ok((started, prepared))
+}
+
+/// StartVm stops itself (dispatch never drops it, so the undo runs): before
+/// each step it ends if the plane cancelled it or its deadline passed.
+fn still_wanted(ctx: &Ctx, next: &str) -> Result<(), CommandError> {
+    if ctx.cancel.is_cancelled() {
+        return Err(CommandError::new(
+            ErrorKind::Cancelled,
+            format!("cancelled before step {next}; what the command made is undone"),
+        ));
+    }
+    if std::time::Instant::now() >= ctx.deadline {
+        return Err(CommandError::new(
+            ErrorKind::DeadlineExceeded,
+            format!("deadline exceeded before step {next} (time spent queueing counts); what the command made is undone"),
+        ));
+    }
+    Ok(())
 }
 
 /// The volume `c` describes: found if it exists (true when created here).

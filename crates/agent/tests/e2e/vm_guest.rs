@@ -619,3 +619,95 @@ async fn full_lifecycle_through_the_csagent_mgmt_binary() {
     assert!(!out.contains("error_code"), "{out}");
     assert!(!domain_exists(&uuid));
 }
+
+/// The file names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+// StartVm stops itself: dispatch never drops it, so whatever ends it (the
+// plane's cancel, its deadline) its undo runs. A linked clone for vda is
+// made first, then a full copy of a 1 GiB template for vdb is under way
+// when the command ends: the clone is deleted, the partial copy removed,
+// no bridge and no domain stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_vm_cancelled_or_out_of_time_mid_prepare_undoes_what_it_made() {
+    use std::io::Write;
+    let _serial = SERIAL.lock().await;
+    let c = Cleanup::default();
+    let img = guest_image();
+    let e = env(&c);
+    // Not zeros: qemu-img skips those, and the copy must take a while.
+    let big = "cstest-gb-big.raw";
+    let mut f = std::fs::File::create(e.dir.join(big)).unwrap();
+    let block: Vec<u8> = (0..4 << 20).map(|_| rand::random::<u8>()).collect();
+    for _ in 0..256 {
+        f.write_all(&block).unwrap();
+    }
+    drop(f);
+    let (fx, agent) = qemu_agent().await;
+    let (plane, host) = (&fx.plane, fx.host);
+    let before = listing(&e.dir);
+    let attempt = || {
+        let uuid = uuid::Uuid::new_v4();
+        let name = unique("cut");
+        c.domain(uuid, &name);
+        let mac = random_mac();
+        let mut spec = guest_with_disk_and_nic(&uuid, &name, &img, &mac);
+        let mut vdb = spec.disks[0].clone();
+        vdb.target = "vdb".into();
+        spec.disks.push(vdb);
+        let mut copy = prepare_volume(&e, &format!("{name}-data.raw"), big);
+        copy.disk_target = "vdb".into();
+        if let Some(v) = copy.volume.as_mut() {
+            v.mode = pb::CloneMode::Full as i32;
+            v.format = pb::VolumeFormat::Raw as i32;
+        }
+        let m = pb::StartVm {
+            spec: Some(spec),
+            volumes: vec![
+                prepare_volume(&e, &format!("{name}-root.qcow2"), &e.template),
+                copy,
+            ],
+            networks: vec![prepare_network(&mac, &e.dev, e.vni)],
+        };
+        (uuid, m)
+    };
+    let as_before = |uuid: &uuid::Uuid, what: &str| {
+        assert_eq!(listing(&e.dir), before, "{what}: the pool changed");
+        assert!(!domain_exists(uuid), "{what}: a domain stayed");
+        assert!(!link_exists(&e.bridge), "{what}: the bridge stayed");
+    };
+
+    let (uuid, m) = attempt();
+    let (_, mut rx) = plane
+        .registry
+        .send(&host.to_string(), cmd("cut-cancel", 0, start_body(m)));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    plane.registry.cancel(&host.to_string(), "cut-cancel");
+    let r = result_of(&mut rx, BOOT_LIMIT).await;
+    assert_eq!(r.error_code, pb::ErrorCode::Cancelled as i32, "{r:?}");
+    as_before(&uuid, "cancelled");
+
+    let (uuid, m) = attempt();
+    let r = call(
+        plane,
+        &host,
+        cmd("cut-deadline", 700, start_body(m)),
+        BOOT_LIMIT,
+    )
+    .await;
+    assert_eq!(
+        r.error_code,
+        pb::ErrorCode::DeadlineExceeded as i32,
+        "{r:?}"
+    );
+    as_before(&uuid, "out of time");
+    eprintln!("ended as: {}", r.message);
+    agent.stop().await;
+}
