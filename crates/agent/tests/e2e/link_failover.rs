@@ -187,7 +187,27 @@ async fn a_silent_plane_is_detected_by_keepalive_and_left() {
         "silent plane: frozen -> agent registered on plane B in {} ms",
         frozen.elapsed().as_millis()
     );
+    let left_after = frozen.elapsed();
     a.proc.signal(nix::sys::signal::Signal::SIGCONT);
+    // Which check noticed: the transport's keepalive ends the stream with a
+    // connection error; the agent's own heartbeat-ack check would say "no
+    // heartbeat ack" and could fire only after ping_retries heartbeats.
+    let log = agent.log_text();
+    let lost = log
+        .lines()
+        .find(|l| l.contains("lost the management plane"))
+        .unwrap_or_else(|| panic!("the agent never said it lost the plane: {log}"));
+    assert!(
+        !lost.contains("no heartbeat ack"),
+        "the heartbeat-ack check fired, not keepalive: {lost}"
+    );
+    let m = &cfg.management;
+    // csagent-mgmt serve heartbeats every 2 s by default.
+    let ack_check = Duration::from_secs(2) * m.ping_retries;
+    assert!(
+        left_after < ack_check,
+        "left after {left_after:?}, no sooner than the heartbeat-ack check ({ack_check:?}) would have: {lost}"
+    );
 }
 
 #[tokio::test]

@@ -92,6 +92,9 @@ async fn a_real_vm_killed_paused_and_reset_from_outside() {
     cfg.host.capacity.reserved_memory_mib = 0;
     // Other tests' VMs may share this host: admission is not under test.
     cfg.host.capacity.cpu_overcommit = 8.0;
+    // No state poll within the test: what the plane sees in time came
+    // through libvirt's events, which is what this test is about.
+    cfg.hypervisor.poll_interval_ms = 60_000;
     let agent = run_in_process(cfg);
     f.wait_up(String::new).await;
     let (plane, host) = (&f.plane, f.host);

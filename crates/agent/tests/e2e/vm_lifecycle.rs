@@ -74,6 +74,20 @@ async fn updates(
     (events, r)
 }
 
+/// The power state a lifecycle command's result reports.
+fn answered_state(r: &pb::CommandResult) -> i32 {
+    match &r.result {
+        Some(pb::command_result::Result::VmStatus(s)) => s.state,
+        other => panic!("no VM status in {other:?}"),
+    }
+}
+
+/// The VM's power state as libvirt has it now, asked separately.
+async fn power(plane: &csagent_mgmt::Plane, host: &uuid::Uuid, vm: &uuid::Uuid) -> i32 {
+    let r = call(plane, host, state(vm), Duration::from_secs(5)).await;
+    answered_state(&r)
+}
+
 fn states(events: &[pb::Event]) -> Vec<i32> {
     events.iter().map(|e| e.state).collect()
 }
@@ -166,6 +180,11 @@ async fn lifecycle_on_the_test_driver() {
     )
     .await;
     assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    assert_eq!(answered_state(&r), pb::VmPowerState::Paused as i32, "{r:?}");
+    assert_eq!(
+        power(plane, &host, &uuid).await,
+        pb::VmPowerState::Paused as i32
+    );
     let r = call(
         plane,
         &host,
@@ -180,6 +199,15 @@ async fn lifecycle_on_the_test_driver() {
     )
     .await;
     assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    assert_eq!(
+        answered_state(&r),
+        pb::VmPowerState::Running as i32,
+        "{r:?}"
+    );
+    assert_eq!(
+        power(plane, &host, &uuid).await,
+        pb::VmPowerState::Running as i32
+    );
 
     let (events, r) = updates(plane, &host, stop(&uuid, true, 2000)).await;
     assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
