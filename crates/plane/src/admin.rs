@@ -2,7 +2,10 @@
 //!
 //! Owns the PlaneAdmin service (list hosts, send a command and follow it,
 //! watch events) and the client side used by `csagent-mgmt hosts|send|events`.
-//! The socket is created mode 0600: whoever can use it controls every host.
+//! The socket is created mode 0600 (bound under a umask that never lets it
+//! exist wider) in a directory made 0700, and a client that is neither root
+//! nor the plane's own user is dropped on its credentials: whoever can use
+//! it controls every host.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -144,18 +147,43 @@ impl PlaneAdmin for AdminService {
     }
 }
 
-/// Binds the admin socket (replacing a stale one) with mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListenerStream> {
-    if let Some(dir) = path.parent() {
+/// Admin clients that passed the credentials check.
+pub type AdminIncoming = Pin<Box<dyn Stream<Item = std::io::Result<UnixStream>> + Send>>;
+
+/// Binds the admin socket (replacing a stale one) with mode 0600; only
+/// root and the plane's own user get through.
+pub fn bind(path: &Path) -> std::io::Result<AdminIncoming> {
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
         std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(path)?;
+    // The umask is the process's: only ever made stricter, for one bind(2),
+    // so the socket never exists with a wider mode than 0600.
+    let before = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(before);
+    let listener = bound?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(UnixListenerStream::new(listener))
+    let allowed = UnixListenerStream::new(listener).filter(|c| match c {
+        Ok(s) => peer_allowed(s),
+        Err(_) => true,
+    });
+    Ok(Box::pin(allowed))
+}
+
+/// Root or the plane's own user; anyone else is dropped and logged.
+fn peer_allowed(s: &UnixStream) -> bool {
+    let own = nix::unistd::geteuid().as_raw();
+    let uid = s.peer_cred().map(|c| c.uid());
+    let ok = matches!(uid, Ok(u) if u == 0 || u == own);
+    if !ok {
+        tracing::warn!(peer_uid = ?uid.ok(), "admin socket: refused a client that is neither root nor the plane's user");
+    }
+    ok
 }
 
 pub fn server(

@@ -366,3 +366,63 @@ async fn a_thousand_idle_connections_are_shed_and_the_hosts_are_still_served() {
     agent.stop().await;
     f.plane.stop().await;
 }
+
+fn mode_of(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+// Whoever can use the admin socket controls every host: it is 0600 in a
+// directory the plane makes 0700, and even where an operator opened both
+// up, a client that is neither root nor the plane's user is dropped on its
+// credentials.
+#[tokio::test]
+async fn the_admin_socket_is_private_and_refuses_other_users_on_their_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = TestPki::new(&["localhost", "127.0.0.1"]);
+    let work = workdir();
+    let dir = work.path().join("admin");
+    let sock = dir.join("admin.sock");
+    let p = start_plane_at(&pki, fast_liveness(), 16 << 20, Some(sock.clone())).await;
+    assert_eq!(mode_of(&sock), 0o600);
+    assert_eq!(mode_of(&dir), 0o700);
+
+    for (path, mode) in [
+        (work.path(), 0o755),
+        (dir.as_path(), 0o755),
+        (sock.as_path(), 0o666),
+    ] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a nobody user");
+    // Async: the plane runs on this test's runtime.
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::process::Command::new(mgmt_bin())
+            .args(["hosts", "--admin-socket", sock.to_str().unwrap()])
+            .uid(nobody.uid.as_raw())
+            .gid(nobody.gid.as_raw())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("csagent-mgmt as nobody hung")
+    .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("another user got: {}", text.trim());
+    assert!(
+        !out.status.success(),
+        "another user listed the hosts: {text}"
+    );
+    assert!(
+        !text.contains("Permission denied"),
+        "the file mode stopped it, not the credentials check: {text}"
+    );
+    // Root still gets in.
+    let mut admin = csagent_mgmt::admin::connect(&sock).await.unwrap();
+    admin.list_hosts(pb::ListHostsRequest {}).await.unwrap();
+    p.stop().await;
+}
