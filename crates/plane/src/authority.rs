@@ -67,6 +67,7 @@ pub struct Authority {
 
 impl Authority {
     pub fn open(cfg: IdentityConfig) -> Result<Authority, IdentityError> {
+        recover_rotation(&cfg.tls_dir)?;
         let ca = load_ca(&cfg.tls_dir)?;
         let server = tls::server_config_enrolling(&files(&cfg.tls_dir))?;
         Ok(Authority {
@@ -141,15 +142,16 @@ impl Authority {
             Validity::for_lifetime(server_lifetime(&dir.join("server.pem"))),
         )?;
         let chain = format!("{}{}", server.cert, cross);
-        // Key files first: each write is atomic, and until server.pem is
-        // replaced the old pair still matches on disk.
-        pki::write_file(&dir.join("ca.key.next"), next.pem.key.as_bytes(), 0o600)?;
-        pki::write_file(&dir.join("server.key.next"), server.key.as_bytes(), 0o600)?;
-        pki::write_file(&dir.join("ca.pem"), bundle.as_bytes(), 0o644)?;
-        rename(&dir.join("ca.key.next"), &dir.join("ca.key"))?;
-        pki::write_file(&dir.join("server.pem.next"), chain.as_bytes(), 0o644)?;
-        rename(&dir.join("server.key.next"), &dir.join("server.key"))?;
-        rename(&dir.join("server.pem.next"), &dir.join("server.pem"))?;
+        stage_rotation(
+            dir,
+            [
+                (next.pem.key.as_bytes(), 0o600),
+                (bundle.as_bytes(), 0o644),
+                (server.key.as_bytes(), 0o600),
+                (chain.as_bytes(), 0o644),
+            ],
+        )?;
+        finish_rotation(dir)?;
         let config = tls::server_config_enrolling(&files(dir))?;
         *csagent_core::sync::write(&self.server) = config;
         *ca = Ca::from_pem(&bundle, &next.pem.key)?;
@@ -157,6 +159,75 @@ impl Authority {
         tracing::info!(fingerprint = %fp, "CA rotated; old CA still trusted during the overlap");
         Ok(fp)
     }
+}
+
+/// The files a rotation replaces, in `stage_rotation`'s order.
+const ROTATED: [&str; 4] = ["ca.key", "ca.pem", "server.key", "server.pem"];
+/// Written once every new file is on disk: from then on the rotation is
+/// done, whatever happens (a restart finishes it).
+const COMMIT: &str = "rotation.commit";
+
+fn next_of(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.next"))
+}
+
+/// Crash-atomic rotation, first half: every new file beside the old one as
+/// `NAME.next` (each written whole and synced), then the commit marker. A
+/// crash before the marker leaves the old set in force; after it, the new.
+fn stage_rotation(dir: &Path, contents: [(&[u8], u32); 4]) -> Result<(), IdentityError> {
+    for (name, (bytes, mode)) in ROTATED.iter().zip(contents) {
+        pki::write_file(&next_of(dir, name), bytes, mode)?;
+    }
+    pki::write_file(
+        &dir.join(COMMIT),
+        b"rotation staged; finished at the next start\n",
+        0o600,
+    )?;
+    Ok(())
+}
+
+/// Second half: puts every staged file in place, then drops the marker.
+/// Idempotent: a file already moved is skipped, so a restart can redo it.
+fn finish_rotation(dir: &Path) -> Result<(), IdentityError> {
+    for name in ROTATED {
+        let next = next_of(dir, name);
+        if next.exists() {
+            rename(&next, &dir.join(name))?;
+        }
+    }
+    std::fs::remove_file(dir.join(COMMIT)).map_err(|e| IdentityError::Files {
+        path: dir.join(COMMIT),
+        reason: e.to_string(),
+    })?;
+    sync_dir(dir)
+}
+
+/// At start: a committed rotation is finished, an uncommitted one undone.
+fn recover_rotation(dir: &Path) -> Result<(), IdentityError> {
+    if dir.join(COMMIT).exists() {
+        tracing::warn!(dir = %dir.display(), "finishing a CA rotation a crash interrupted");
+        return finish_rotation(dir);
+    }
+    for name in ROTATED {
+        let next = next_of(dir, name);
+        if next.exists() {
+            tracing::warn!(file = %next.display(), "removing a CA rotation file a crash left before its commit");
+            std::fs::remove_file(&next).map_err(|e| IdentityError::Files {
+                path: next.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| IdentityError::Files {
+            path: dir.to_path_buf(),
+            reason: e.to_string(),
+        })
 }
 
 fn files(dir: &Path) -> TlsFiles {

@@ -321,3 +321,97 @@ async fn a_bad_trust_bundle_changes_nothing_on_disk_and_the_host_restarts_fine()
     agent.stop().await;
     p.plane.stop().await;
 }
+
+const ROTATED: [&str; 4] = ["ca.key", "ca.pem", "server.key", "server.pem"];
+
+fn authority(tls_dir: &std::path::Path, state: &std::path::Path) -> csagent_mgmt::Authority {
+    csagent_mgmt::Authority::open(csagent_mgmt::IdentityConfig {
+        tls_dir: tls_dir.to_path_buf(),
+        state_dir: state.to_path_buf(),
+        leaf_lifetime: Duration::from_secs(3600),
+    })
+    .unwrap()
+}
+
+fn leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".next") || n == "rotation.commit")
+        .collect()
+}
+
+// A crash anywhere in a CA rotation: before its commit the plane restarts
+// on the old CA, after it on the new one; never on a CA key that does not
+// match the bundle, or a server key that does not match its certificate.
+#[tokio::test]
+async fn a_ca_rotation_cut_short_by_a_crash_is_undone_or_finished_at_the_next_start() {
+    let state = workdir();
+    // The set a finished rotation makes, from a copy of the same PKI.
+    let pki = TestPki::new(&["localhost"]);
+    let rotated = tempfile::tempdir().unwrap();
+    for f in ROTATED {
+        std::fs::copy(pki.dir.path().join(f), rotated.path().join(f)).unwrap();
+    }
+    let old_fp = authority(pki.dir.path(), state.path())
+        .fingerprint()
+        .unwrap();
+    let new_fp = authority(rotated.path(), state.path()).rotate().unwrap();
+    assert_ne!(old_fp, new_fp);
+
+    // Crash before the commit: half the new files staged.
+    for f in &ROTATED[..2] {
+        std::fs::copy(
+            rotated.path().join(f),
+            pki.dir.path().join(format!("{f}.next")),
+        )
+        .unwrap();
+    }
+    let a = authority(pki.dir.path(), state.path());
+    assert_eq!(
+        a.fingerprint().unwrap(),
+        old_fp,
+        "an uncommitted rotation took effect"
+    );
+    assert!(
+        leftovers(pki.dir.path()).is_empty(),
+        "{:?}",
+        leftovers(pki.dir.path())
+    );
+
+    // Crash after the commit, with two of the four files already moved.
+    for f in ROTATED {
+        std::fs::copy(
+            rotated.path().join(f),
+            pki.dir.path().join(format!("{f}.next")),
+        )
+        .unwrap();
+    }
+    std::fs::write(pki.dir.path().join("rotation.commit"), b"staged\n").unwrap();
+    for f in &ROTATED[..2] {
+        std::fs::rename(
+            pki.dir.path().join(format!("{f}.next")),
+            pki.dir.path().join(f),
+        )
+        .unwrap();
+    }
+    let a = authority(pki.dir.path(), state.path());
+    assert_eq!(
+        a.fingerprint().unwrap(),
+        new_fp,
+        "a committed rotation was lost"
+    );
+    assert!(
+        leftovers(pki.dir.path()).is_empty(),
+        "{:?}",
+        leftovers(pki.dir.path())
+    );
+    // The server pair on disk matches: a host of the new CA is served.
+    for f in ROTATED {
+        assert_eq!(
+            std::fs::read(pki.dir.path().join(f)).unwrap(),
+            std::fs::read(rotated.path().join(f)).unwrap(),
+            "{f} differs from the finished rotation's"
+        );
+    }
+}
