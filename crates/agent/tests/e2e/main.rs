@@ -32,6 +32,7 @@ mod link_failover;
 mod link_host;
 mod link_security;
 mod link_session;
+mod link_wire;
 mod migration;
 mod network_netns;
 mod ops_metrics;
