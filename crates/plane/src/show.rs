@@ -413,6 +413,7 @@ mod tests {
                         state: pb::VmPowerState::Stopped as i32,
                         ..Default::default()
                     }],
+                    ..Default::default()
                 })),
                 ..Default::default()
             })),

@@ -341,7 +341,18 @@ fn decode(body: Option<pb::command::Body>) -> Result<(Request, Option<String>), 
             let uuid = parse_vm(&g.vm_uuid)?;
             (Request::GetVmState(uuid), Some(uuid.to_string()))
         }
-        Body::ListVms(_) => (Request::ListVms, None),
+        Body::ListVms(l) => {
+            let after = match l.page_token.as_str() {
+                "" => None,
+                t => Some(uuid::Uuid::parse_str(t).map_err(|_| {
+                    CommandError::invalid(format!(
+                        "page_token {t:?} is not a token this agent gave (a VM UUID)"
+                    ))
+                })?),
+            };
+            let page_size = usize::try_from(l.page_size).unwrap_or(usize::MAX);
+            (Request::ListVms { page_size, after }, None)
+        }
         Body::StartVm(m) => {
             let req = crate::convert::vm_start::start_request(&m)?;
             let key = req.spec.uuid.0.to_string();
@@ -452,8 +463,9 @@ fn encode(reply: Reply) -> Result<pb::command_result::Result, CommandError> {
         Reply::Noop => R::Noop(pb::NoopResult {}),
         Reply::Echo(payload) => R::Echo(pb::EchoResult { payload }),
         Reply::VmStatus(vm) => R::VmStatus(crate::convert::link::vm_status(&vm)),
-        Reply::VmList(vms) => R::VmList(pb::VmList {
+        Reply::VmList(vms, next) => R::VmList(pb::VmList {
             vms: vms.iter().map(crate::convert::link::vm_status).collect(),
+            next_page_token: next.map(|u| u.to_string()).unwrap_or_default(),
         }),
         Reply::HostFacts(f) => R::HostFacts(crate::convert::host::facts_to_proto(
             &f,

@@ -27,7 +27,11 @@ pub enum Request {
         delay: Duration,
     },
     GetVmState(uuid::Uuid),
-    ListVms,
+    /// `page_size` VMs (0: all) with UUIDs after `after`, in UUID order.
+    ListVms {
+        page_size: usize,
+        after: Option<uuid::Uuid>,
+    },
     GetHostFacts,
     StartVm(Box<crate::vm::prepare::StartRequest>),
     StopVm {
@@ -68,7 +72,7 @@ impl Request {
             Request::Noop => "noop",
             Request::Echo { .. } => "echo",
             Request::GetVmState(_) => "get_vm_state",
-            Request::ListVms => "list_vms",
+            Request::ListVms { .. } => "list_vms",
             Request::GetHostFacts => "get_host_facts",
             Request::StartVm(_) => "start_vm",
             Request::StopVm { .. } => "stop_vm",
@@ -93,7 +97,8 @@ pub enum Reply {
     Noop,
     Echo(String),
     VmStatus(VmInfo),
-    VmList(Vec<VmInfo>),
+    /// One page of VMs and the UUID the next page starts after (None: last).
+    VmList(Vec<VmInfo>, Option<uuid::Uuid>),
     HostFacts(Box<csagent_host::HostFacts>),
     Started(VmInfo, Option<u16>, crate::vm::prepare::Prepared),
     Destroyed,
@@ -119,6 +124,22 @@ pub enum Reply {
     Migrated(crate::vm::migrate::Migrated),
     /// A neighbour's verdict on a silent host.
     HostChecked(uuid::Uuid, csagent_ha::Finding),
+}
+
+/// The page of `vms` after `after`, in UUID order, and where the next
+/// page starts.
+fn page_of(mut vms: Vec<VmInfo>, page_size: usize, after: Option<uuid::Uuid>) -> Reply {
+    let key = |v: &VmInfo| uuid::Uuid::parse_str(&v.uuid).unwrap_or_default();
+    vms.sort_by_key(key);
+    if let Some(a) = after {
+        vms.retain(|v| key(v) > a);
+    }
+    if page_size == 0 || vms.len() <= page_size {
+        return Reply::VmList(vms, None);
+    }
+    vms.truncate(page_size);
+    let next = vms.last().map(key);
+    Reply::VmList(vms, next)
 }
 
 pub struct Handlers {
@@ -160,11 +181,11 @@ impl Handlers {
                 .await
                 .map(Reply::VmStatus)
                 .map_err(CommandError::from),
-            Request::ListVms => self
+            Request::ListVms { page_size, after } => self
                 .hypervisor
                 .list_vms()
                 .await
-                .map(Reply::VmList)
+                .map(|vms| page_of(vms, page_size, after))
                 .map_err(CommandError::from),
             Request::StartVm(req) => self.start_vm(*req, ctx).await,
             Request::StopVm { vm, force, timeout } => {

@@ -75,7 +75,7 @@ async fn commands_return_typed_results() {
     let res = call(
         &r.plane,
         &r.host,
-        cmd("", 0, pb::command::Body::ListVms(pb::ListVms {})),
+        cmd("", 0, pb::command::Body::ListVms(pb::ListVms::default())),
         Duration::from_secs(5),
     )
     .await;

@@ -338,7 +338,7 @@ async fn ten_guests_start_concurrently() {
     let list = call(
         plane,
         &host,
-        cmd("", 0, pb::command::Body::ListVms(pb::ListVms {})),
+        cmd("", 0, pb::command::Body::ListVms(pb::ListVms::default())),
         Duration::from_secs(10),
     )
     .await;

@@ -138,7 +138,7 @@ async fn lifecycle_on_the_test_driver() {
     let list = call(
         plane,
         &host,
-        cmd("", 0, pb::command::Body::ListVms(pb::ListVms {})),
+        cmd("", 0, pb::command::Body::ListVms(pb::ListVms::default())),
         Duration::from_secs(5),
     )
     .await;
@@ -528,5 +528,62 @@ async fn host_files_outside_the_allowed_roots_are_refused_as_disk_and_kernel() {
         );
     }
     assert_eq!(owner_and_mode("/etc/shadow"), before);
+    agent.stop().await;
+}
+
+// A busy host's whole list may not fit one stream message: ListVms pages
+// it, in UUID order, and the pages add up to the whole list.
+#[tokio::test]
+async fn list_vms_in_pages_adds_up_to_the_whole_list() {
+    let (f, agent) = test_driver_agent().await;
+    let (plane, host) = (&f.plane, f.host);
+    let mut made = Vec::new();
+    for i in 0..3 {
+        let (uuid, s) = spec(&format!("/var/lib/libvirt/images/csat-page-{i}.qcow2"));
+        let (_, r) = updates(plane, &host, start(&s)).await;
+        assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+        made.push(uuid);
+    }
+    let list = |page_size: u32, page_token: String| {
+        let body = pb::command::Body::ListVms(pb::ListVms {
+            page_size,
+            page_token,
+        });
+        call(plane, &host, cmd("", 0, body), Duration::from_secs(5))
+    };
+    let uuids = |r: &pb::CommandResult| match &r.result {
+        Some(pb::command_result::Result::VmList(l)) => (
+            l.vms.iter().map(|v| v.vm_uuid.clone()).collect::<Vec<_>>(),
+            l.next_page_token.clone(),
+        ),
+        other => panic!("{other:?}"),
+    };
+    let (all, last) = uuids(&list(0, String::new()).await);
+    assert!(last.is_empty());
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (page, next) = uuids(&list(2, token).await);
+        assert!(page.len() <= 2, "{page:?}");
+        paged.extend(page);
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(
+        paged, sorted,
+        "the pages are not the whole list in UUID order"
+    );
+    for u in &made {
+        assert!(paged.contains(&u.to_string()));
+    }
+    let r = list(2, "not-a-token".into()).await;
+    assert_eq!(r.error_code, pb::ErrorCode::InvalidArgument as i32, "{r:?}");
+    for u in made {
+        let _ = call(plane, &host, destroy(&u), Duration::from_secs(5)).await;
+    }
     agent.stop().await;
 }

@@ -229,7 +229,7 @@ async fn scale_within_the_defined_maximums_only() {
     assert_eq!(vcpus_live(&uuid), "2");
     // The host-wide list (the heartbeat's source) is not left stale.
     let Some(pb::command_result::Result::VmList(l)) =
-        Some(ok(&f, pb::command::Body::ListVms(pb::ListVms {})).await)
+        Some(ok(&f, pb::command::Body::ListVms(pb::ListVms::default())).await)
     else {
         panic!()
     };
