@@ -278,6 +278,7 @@ mod tests {
                 source: TemplateSource::Url("http://h/".into()),
                 format: ImageFormat::Raw,
                 checksum: None,
+                unverified: true,
             },
             o(),
             None,

@@ -9,8 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use md5::Md5;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::error::{is_disk_full, StorageError};
@@ -39,7 +38,7 @@ pub enum TemplateSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChecksumAlgo {
     Sha256,
-    Md5,
+    Sha512,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +52,7 @@ impl Checksum {
     fn validate(&self) -> Result<(), StorageError> {
         let want = match self.algo {
             ChecksumAlgo::Sha256 => 64,
-            ChecksumAlgo::Md5 => 32,
+            ChecksumAlgo::Sha512 => 128,
         };
         if self.hex.len() != want || !self.hex.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(StorageError::invalid(
@@ -73,11 +72,14 @@ pub struct CopyTemplate {
     /// Format the template must have; a mismatch is refused.
     pub format: ImageFormat,
     pub checksum: Option<Checksum>,
+    /// Copy without a checksum; only when the caller says so, and the
+    /// result is marked unverified.
+    pub unverified: bool,
 }
 
 enum Hasher {
     Sha256(Sha256),
-    Md5(Md5),
+    Sha512(Sha512),
     None,
 }
 
@@ -85,21 +87,21 @@ impl Hasher {
     fn new(c: Option<&Checksum>) -> Self {
         match c.map(|c| c.algo) {
             Some(ChecksumAlgo::Sha256) => Hasher::Sha256(Sha256::new()),
-            Some(ChecksumAlgo::Md5) => Hasher::Md5(Md5::new()),
+            Some(ChecksumAlgo::Sha512) => Hasher::Sha512(Sha512::new()),
             None => Hasher::None,
         }
     }
     fn update(&mut self, b: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(b),
-            Hasher::Md5(h) => h.update(b),
+            Hasher::Sha512(h) => h.update(b),
             Hasher::None => {}
         }
     }
     fn hex(self) -> String {
         match self {
             Hasher::Sha256(h) => hex::encode(h.finalize()),
-            Hasher::Md5(h) => hex::encode(h.finalize()),
+            Hasher::Sha512(h) => hex::encode(h.finalize()),
             Hasher::None => String::new(),
         }
     }
@@ -147,8 +149,16 @@ impl Storage {
         opts: CallOpts,
         progress: Option<ProgressSink>,
     ) -> Result<VolumeInfo, StorageError> {
-        if let Some(c) = &req.checksum {
-            c.validate()?;
+        match (&req.checksum, req.unverified) {
+            (Some(c), _) => c.validate()?,
+            (None, true) => {}
+            (None, false) => {
+                return Err(StorageError::invalid(
+                    format!("template {}", req.name),
+                    "a template needs a SHA-256 or SHA-512 checksum; set unverified to copy one \
+                     without (the result then says it is unverified)",
+                ))
+            }
         }
         let ctl = self.ctl(Op::CopyTemplate, &opts);
         let root = self.pool_dir(&req.pool, &ctl).await?;
@@ -198,8 +208,12 @@ impl Storage {
         }
         self.vet_image(&root, tmp.path(), req.format, &what, &ctl)
             .await?;
-        tmp.publish(&dst)?;
-        self.volume_info(&req.pool, &req.name, opts).await
+        let d = dst.clone();
+        self.fs("publish template", &dst, &ctl, move || tmp.publish(&d))
+            .await?;
+        let mut info = self.volume_info(&req.pool, &req.name, opts).await?;
+        info.unverified = req.checksum.is_none();
+        Ok(info)
     }
 
     /// Refuses anything that is not a sound image of `format` whose backing
@@ -246,7 +260,17 @@ impl Storage {
             return Err(refuse("encrypted qcow2 images are not accepted".into()));
         }
         inside.map_err(|e| refuse(e.to_string()))?;
-        let info = self.qemu_img.info(path, Some(format), false, ctl).await?;
+        // Recognised by content: qemu-img probes the format itself, so a
+        // VMDK, VHDX, LUKS or other image declared raw is refused.
+        let info = self.qemu_img.info(path, None, false, ctl).await?;
+        if let Some(seen) = info.first().map(|i| i.format.as_str()) {
+            if seen != format.as_str() {
+                return Err(refuse(format!(
+                    "qemu-img reads it as a {seen} image, not {}",
+                    format.as_str()
+                )));
+            }
+        }
         if info.iter().any(|i| i.external_data_file().is_some()) {
             return Err(refuse(
                 "qcow2 with an external data file is not accepted".into(),
@@ -316,10 +340,11 @@ async fn open_source(
                 reason,
             };
             let client = reqwest::Client::builder()
+                .redirect(same_host_https_only(&url))
                 .build()
                 .map_err(|e| http(e.to_string()))?;
             let resp = tokio::select! {
-                r = client.get(url).send() => r.map_err(|e| http(e.to_string()))?,
+                r = client.get(url).send() => r.map_err(|e| http(with_causes(&e)))?,
                 _ = tokio::time::sleep_until(ctl.deadline) => return Err(StorageError::Timeout {
                     step: "connect to template URL", object: u.clone(), after: ctl.budget }),
                 _ = ctl.cancel.cancelled() => return Err(StorageError::Cancelled {
@@ -360,6 +385,40 @@ async fn keep_reserve(
         });
     }
     Ok(())
+}
+
+/// An error and its causes: reqwest's own text leaves out why a redirect
+/// or a TLS handshake failed.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// Redirects are followed only from https to https on the same host: a
+/// template server must not be able to send the agent to another machine
+/// (an internal address, say) or down to plain http.
+fn same_host_https_only(start: &reqwest::Url) -> reqwest::redirect::Policy {
+    let host = start.host_str().unwrap_or_default().to_string();
+    let https = start.scheme() == "https";
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let to = attempt.url();
+        let ok = https && to.scheme() == "https" && to.host_str() == Some(host.as_str());
+        if !ok {
+            let why =
+                format!("redirect to {to} refused: only https to https on {host} is followed");
+            return attempt.error(why);
+        }
+        if attempt.previous().len() >= 5 {
+            return attempt.error("more than 5 redirects");
+        }
+        attempt.follow()
+    })
 }
 
 /// The template path, symlinks resolved, must lie under one of `roots`.

@@ -72,6 +72,8 @@ pub struct VolumeInfo {
     pub actual_size: Bytes,
     /// Backing files, nearest first; empty for a standalone volume.
     pub backing_chain: Vec<BackingFile>,
+    /// A template copied without a checksum, at the caller's word.
+    pub unverified: bool,
 }
 
 pub(crate) fn check_size(size: Bytes) -> Result<(), StorageError> {
@@ -480,6 +482,7 @@ impl Storage {
                     format: i.format.clone(),
                 })
                 .collect(),
+            unverified: false,
         })
     }
 }
@@ -527,6 +530,7 @@ fn built_info(pool: &PoolName, name: &VolumeName, path: &Path) -> Result<VolumeI
         virtual_size: h.virtual_size,
         actual_size: Bytes(meta.blocks() * 512),
         backing_chain: chain,
+        unverified: false,
     })
 }
 

@@ -90,7 +90,13 @@ pub fn copy_template(m: &pb::CopyTemplate) -> Result<CopyTemplate, StorageError>
     let algo = match m.checksum_algorithm() {
         pb::ChecksumAlgorithm::Unspecified => None,
         pb::ChecksumAlgorithm::Sha256 => Some(ChecksumAlgo::Sha256),
-        pb::ChecksumAlgorithm::Md5 => Some(ChecksumAlgo::Md5),
+        pb::ChecksumAlgorithm::Sha512 => Some(ChecksumAlgo::Sha512),
+        pb::ChecksumAlgorithm::Md5 => {
+            return Err(StorageError::invalid(
+                "checksum algorithm MD5",
+                "MD5 is not accepted (collisions are cheap to make); give a SHA-256 or SHA-512",
+            ))
+        }
     };
     let checksum = match (algo, m.checksum.is_empty()) {
         (None, true) => None,
@@ -107,6 +113,7 @@ pub fn copy_template(m: &pb::CopyTemplate) -> Result<CopyTemplate, StorageError>
         source,
         format: format(m.format())?,
         checksum,
+        unverified: m.unverified,
     })
 }
 
@@ -209,6 +216,7 @@ pub fn volume_info(v: &VolumeInfo) -> pb::VolumeInfo {
         format: v.format.clone(),
         virtual_size_bytes: v.virtual_size.0,
         actual_size_bytes: v.actual_size.0,
+        unverified: v.unverified,
         backing_chain: v
             .backing_chain
             .iter()
@@ -312,6 +320,7 @@ mod tests {
             format: pb::VolumeFormat::Qcow2 as i32,
             checksum_algorithm: pb::ChecksumAlgorithm::Md5 as i32,
             checksum: String::new(),
+            unverified: false,
         };
         assert!(copy_template(&m).is_err());
         let d = pb::PoolDefinition {

@@ -282,8 +282,58 @@ async fn copy_template_through_the_link_copies_and_verifies_it() {
             format: pb::VolumeFormat::Qcow2 as i32,
             checksum_algorithm: pb::ChecksumAlgorithm::Sha256 as i32,
             checksum: checksum.into(),
+            unverified: false,
         })
     };
+    let refused = |body: B, why: &'static str| {
+        let (plane, host) = (&w.f.plane, w.f.host);
+        async move {
+            let r = call(plane, &host, cmd("", 0, body), LIMIT).await;
+            assert_eq!(r.error_code, pb::ErrorCode::InvalidArgument as i32, "{r:?}");
+            assert!(r.message.contains(why), "{why:?} not in {}", r.message);
+        }
+    };
+    // No checksum and no word that none is wanted; MD5: both refused.
+    let mut none = copy("");
+    if let B::CopyTemplate(m) = &mut none {
+        m.checksum_algorithm = pb::ChecksumAlgorithm::Unspecified as i32;
+    }
+    refused(none.clone(), "needs a SHA-256 or SHA-512 checksum").await;
+    let mut md5 = copy(&"0".repeat(32));
+    if let B::CopyTemplate(m) = &mut md5 {
+        m.checksum_algorithm = pb::ChecksumAlgorithm::Md5 as i32;
+    }
+    refused(md5, "MD5 is not accepted").await;
+    // A VMDK declared raw: qemu-img reads what it is.
+    let vmdk = w.templates.path().join("disk.vmdk");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "vmdk"])
+        .arg(&vmdk)
+        .arg("1M")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let as_raw = B::CopyTemplate(pb::CopyTemplate {
+        pool: w.pool.clone(),
+        name: "disk.raw".into(),
+        source: Some(pb::copy_template::Source::Path(
+            vmdk.to_str().unwrap().into(),
+        )),
+        format: pb::VolumeFormat::Raw as i32,
+        unverified: true,
+        ..Default::default()
+    });
+    refused(as_raw, "reads it as a vmdk image").await;
+    assert!(!w.dir.path().join("disk.raw").exists());
+    // Unverified on the caller's word: copied, and the result says so.
+    if let B::CopyTemplate(m) = &mut none {
+        m.unverified = true;
+        m.name = "unverified.qcow2".into();
+    }
+    match w.ok(none).await {
+        R::Volume(v) => assert!(v.unverified, "{v:?}"),
+        other => panic!("{other:?}"),
+    }
     // A wrong checksum: refused, nothing left in the pool.
     let r = call(
         &w.f.plane,
@@ -294,7 +344,10 @@ async fn copy_template_through_the_link_copies_and_verifies_it() {
     .await;
     assert_eq!(r.error_code, pb::ErrorCode::InvalidArgument as i32, "{r:?}");
     assert!(!w.dir.path().join("tpl.qcow2").exists());
-    w.ok(copy(&sha)).await;
+    match w.ok(copy(&sha)).await {
+        R::Volume(v) => assert!(!v.unverified, "{v:?}"),
+        other => panic!("{other:?}"),
+    }
     let dst = w.dir.path().join("tpl.qcow2");
     assert_eq!(std::fs::read(&dst).unwrap(), std::fs::read(&src).unwrap());
     w.stop().await;

@@ -11,8 +11,7 @@ use csagent_storage::{
     Progress, StorageError, TemplateSource, VolumeInfo,
 };
 use csagent_testkit::storage::*;
-use md5::Md5;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 const MIB: u64 = 1 << 20;
 
@@ -28,6 +27,8 @@ fn copy(
         name: vol(name),
         source,
         format,
+        // These tests are about copying; trust is tested on its own.
+        unverified: checksum.is_none(),
         checksum,
     }
 }
@@ -140,7 +141,7 @@ async fn http_copy_with_progress_and_sha256() {
 }
 
 #[tokio::test]
-async fn local_copy_md5_and_mismatch_removes_copy() {
+async fn local_copy_sha512_and_mismatch_removes_copy() {
     let p = TestPool::new("local").await;
     let src = tempfile::Builder::new()
         .prefix("csat-sto-src-")
@@ -148,10 +149,10 @@ async fn local_copy_md5_and_mismatch_removes_copy() {
         .unwrap();
     let raw = src.path().join("t.raw");
     random_file(&raw, 3 * MIB, 9);
-    let md5 = hex::encode(Md5::digest(std::fs::read(&raw).unwrap()));
+    let sha512 = hex::encode(Sha512::digest(std::fs::read(&raw).unwrap()));
     let good = Checksum {
-        algo: ChecksumAlgo::Md5,
-        hex: md5,
+        algo: ChecksumAlgo::Sha512,
+        hex: sha512,
     };
     copy_to(
         &p,
@@ -177,7 +178,7 @@ async fn local_copy_md5_and_mismatch_removes_copy() {
     .unwrap_err();
     assert!(matches!(e, StorageError::ChecksumMismatch { .. }), "{e}");
     let malformed = Checksum {
-        algo: ChecksumAlgo::Md5,
+        algo: ChecksumAlgo::Sha512,
         hex: "xyz".into(),
     };
     let e = copy_to(
@@ -296,6 +297,7 @@ async fn disk_full_leaves_no_partial_file() {
         source: TemplateSource::Url(srv.url.clone()),
         format: ImageFormat::Raw,
         checksum: None,
+        unverified: true,
     };
     // Announced length: refused up front as Insufficient capacity.
     let srv = HttpServer::serve(Arc::new(body.clone()), false).await;
@@ -364,6 +366,7 @@ async fn download_without_length_stops_before_pool_is_full() {
         source: TemplateSource::Url(srv.url.clone()),
         format: ImageFormat::Raw,
         checksum: None,
+        unverified: true,
     };
     let e = storage
         .copy_template(req, CallOpts::default(), None)
@@ -378,4 +381,52 @@ async fn download_without_length_stops_before_pool_is_full() {
         .remove_pool(&pool, CallOpts::default())
         .await
         .unwrap();
+}
+
+/// Answers every request with a redirect to `location`; counts requests.
+async fn redirecting(location: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/csat-sto-template.img", l.local_addr().unwrap());
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+        }
+    });
+    (url, hits)
+}
+
+// A template server must not send the agent elsewhere: a redirect to
+// another host (an internal address, say) is refused and never followed,
+// and nothing is left in the pool.
+#[tokio::test]
+async fn a_redirect_away_from_the_template_host_is_refused_unfollowed() {
+    let p = TestPool::new("redirect").await;
+    let (target, target_hits) = redirecting("http://127.0.0.1:9/never".into()).await;
+    let (url, _) = redirecting(target.replace("127.0.0.1", "localhost")).await;
+    let e = copy_to(
+        &p,
+        "moved",
+        TemplateSource::Url(url),
+        ImageFormat::Raw,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("redirect to"), "{e}");
+    assert!(e.to_string().contains("refused"), "{e}");
+    assert_eq!(
+        target_hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+    assert!(p.files().is_empty(), "{:?}", p.files());
 }
