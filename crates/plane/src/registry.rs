@@ -53,6 +53,8 @@ struct Conn {
 struct Pending {
     cmd: pb::Command,
     watchers: Vec<mpsc::UnboundedSender<pb::CommandUpdate>>,
+    /// Progress updates forwarded so far (bounded, see MAX_PROGRESS).
+    progress: u32,
 }
 
 #[derive(Default)]
@@ -87,6 +89,10 @@ const LATE_RESULTS: usize = 256;
 /// Commands of one host waiting for their results: past this a new one is
 /// answered at once, so an agent that never answers cannot grow the plane.
 const MAX_PENDING_PER_HOST: usize = 4096;
+/// Callers waiting on one command id, and progress updates forwarded to
+/// each: a watcher that never reads holds at most this many, plus the result.
+const MAX_WATCHERS: usize = 64;
+const MAX_PROGRESS: u32 = 4096;
 
 pub struct Registry {
     hosts: Mutex<HashMap<String, Host>>,
@@ -290,7 +296,15 @@ impl Registry {
                 None => self.on_late_result(uuid, host, r),
             },
             Some(Msg::Progress(pr)) => {
-                if let Some(p) = host.pending.get(&pr.command_id) {
+                if let Some(p) = host.pending.get_mut(&pr.command_id) {
+                    p.progress = p.progress.saturating_add(1);
+                    if p.progress > MAX_PROGRESS {
+                        if p.progress == MAX_PROGRESS + 1 {
+                            tracing::warn!(host = %uuid, command_id = %pr.command_id,
+                                "more than {MAX_PROGRESS} progress updates; the rest are not forwarded");
+                        }
+                        return;
+                    }
                     let update = pb::CommandUpdate {
                         update: Some(pb::command_update::Update::Progress(pr)),
                     };
@@ -413,7 +427,14 @@ impl Registry {
             });
         } else if let Some(p) = host.pending.get_mut(&id) {
             // Same id again: one execution, every asker gets the answer.
-            p.watchers.push(wtx);
+            p.watchers.retain(|w| !w.is_closed());
+            if p.watchers.len() >= MAX_WATCHERS {
+                let _ = wtx.send(pb::CommandUpdate {
+                    update: Some(pb::command_update::Update::Result(too_many_watchers(&id))),
+                });
+            } else {
+                p.watchers.push(wtx);
+            }
         } else if host.pending.len() >= MAX_PENDING_PER_HOST {
             let _ = wtx.send(pb::CommandUpdate {
                 update: Some(pb::command_update::Update::Result(too_many_pending(
@@ -437,6 +458,7 @@ impl Registry {
                 Pending {
                     cmd,
                     watchers: vec![wtx],
+                    progress: 0,
                 },
             );
         }
@@ -704,6 +726,19 @@ fn summary(uuid: &str, h: &Host) -> pb::HostSummary {
     }
 }
 
+fn too_many_watchers(id: &str) -> pb::CommandResult {
+    pb::CommandResult {
+        command_id: id.to_string(),
+        status: pb::CommandStatus::Error as i32,
+        error_code: pb::ErrorCode::ResourceExhausted as i32,
+        message: format!(
+            "{MAX_WATCHERS} callers already wait for command {id}; its result is not lost, \
+             ask again once it is answered"
+        ),
+        ..Default::default()
+    }
+}
+
 fn too_many_pending(id: &str, host: &str, n: usize) -> pb::CommandResult {
     pb::CommandResult {
         command_id: id.to_string(),
@@ -813,5 +848,40 @@ mod tests {
             kept[0].try_recv().is_err(),
             "a command within the limit was answered"
         );
+    }
+
+    #[test]
+    fn watchers_and_progress_of_one_command_are_bounded() {
+        let r = Registry::new(Liveness::default(), "t".into());
+        let host = uuid::Uuid::new_v4().to_string();
+        let echo = || pb::Command {
+            id: "one".into(),
+            deadline_ms: 0,
+            body: Some(pb::command::Body::Noop(pb::Noop {})),
+        };
+        let mut watchers: Vec<_> = (0..MAX_WATCHERS).map(|_| r.send(&host, echo()).1).collect();
+        let (_, mut late) = r.send(&host, echo());
+        match late.try_recv().map(|u| u.update) {
+            Ok(Some(pb::command_update::Update::Result(res))) => {
+                assert_eq!(res.error_code, pb::ErrorCode::ResourceExhausted as i32)
+            }
+            other => panic!("the caller past the limit was not answered: {other:?}"),
+        }
+        for _ in 0..MAX_PROGRESS + 10 {
+            r.on_message(
+                &host,
+                pb::AgentMessage {
+                    msg: Some(pb::agent_message::Msg::Progress(pb::CommandProgress {
+                        command_id: "one".into(),
+                        ..Default::default()
+                    })),
+                },
+            );
+        }
+        let mut got = 0;
+        while watchers[0].try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, MAX_PROGRESS as usize);
     }
 }
