@@ -37,7 +37,9 @@ test: tools services lint
 demo: tools services
 	bash scripts/demo.sh
 
+# The benches spawn the release csagent and csagent-mgmt beside them.
 bench: services
+	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench
 
 # A .deb and an .rpm of the release build in target/package/.

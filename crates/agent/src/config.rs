@@ -88,7 +88,7 @@ impl Default for AgentSection {
             shutdown_grace_secs: 30,
             outbox_capacity: 10_000,
             result_cache_size: 10_000,
-            max_queued_commands: 1024,
+            max_queued_commands: 4096,
         }
     }
 }
