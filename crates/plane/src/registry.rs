@@ -418,31 +418,19 @@ impl Registry {
         let mut hosts = self.lock();
         let host = hosts.entry(uuid.to_string()).or_default();
         if let Some(refused) = refuse_in_maintenance(host, &cmd) {
-            let _ = wtx.send(pb::CommandUpdate {
-                update: Some(pb::command_update::Update::Result(refused)),
-            });
+            answer_now(&wtx, refused);
         } else if let Some(r) = host.late.iter().find(|r| r.command_id == id) {
-            let _ = wtx.send(pb::CommandUpdate {
-                update: Some(pb::command_update::Update::Result(r.clone())),
-            });
+            answer_now(&wtx, r.clone());
         } else if let Some(p) = host.pending.get_mut(&id) {
             // Same id again: one execution, every asker gets the answer.
             p.watchers.retain(|w| !w.is_closed());
             if p.watchers.len() >= MAX_WATCHERS {
-                let _ = wtx.send(pb::CommandUpdate {
-                    update: Some(pb::command_update::Update::Result(too_many_watchers(&id))),
-                });
+                answer_now(&wtx, too_many_watchers(&id));
             } else {
                 p.watchers.push(wtx);
             }
         } else if host.pending.len() >= MAX_PENDING_PER_HOST {
-            let _ = wtx.send(pb::CommandUpdate {
-                update: Some(pb::command_update::Update::Result(too_many_pending(
-                    &id,
-                    uuid,
-                    host.pending.len(),
-                ))),
-            });
+            answer_now(&wtx, too_many_pending(&id, uuid, host.pending.len()));
         } else {
             if let Some(c) = &host.conn {
                 if c.tx
@@ -726,44 +714,58 @@ fn summary(uuid: &str, h: &Host) -> pb::HostSummary {
     }
 }
 
-fn too_many_watchers(id: &str) -> pb::CommandResult {
+/// A caller's only update: the result the plane gives without the agent.
+fn answer_now(watcher: &mpsc::UnboundedSender<pb::CommandUpdate>, r: pb::CommandResult) {
+    let _ = watcher.send(pb::CommandUpdate {
+        update: Some(pb::command_update::Update::Result(r)),
+    });
+}
+
+/// A command the plane answers itself, with `code`, never sending it.
+fn refused(id: &str, code: pb::ErrorCode, message: String) -> pb::CommandResult {
     pb::CommandResult {
         command_id: id.to_string(),
         status: pb::CommandStatus::Error as i32,
-        error_code: pb::ErrorCode::ResourceExhausted as i32,
-        message: format!(
-            "{MAX_WATCHERS} callers already wait for command {id}; its result is not lost, \
-             ask again once it is answered"
-        ),
+        error_code: code as i32,
+        message,
         ..Default::default()
     }
 }
 
+fn too_many_watchers(id: &str) -> pb::CommandResult {
+    refused(
+        id,
+        pb::ErrorCode::ResourceExhausted,
+        format!(
+            "{MAX_WATCHERS} callers already wait for command {id}; its result is not lost, \
+             ask again once it is answered"
+        ),
+    )
+}
+
 fn too_many_pending(id: &str, host: &str, n: usize) -> pb::CommandResult {
-    pb::CommandResult {
-        command_id: id.to_string(),
-        status: pb::CommandStatus::Error as i32,
-        error_code: pb::ErrorCode::ResourceExhausted as i32,
-        message: format!(
+    refused(
+        id,
+        pb::ErrorCode::ResourceExhausted,
+        format!(
             "host {host} has {n} commands waiting for results (the plane keeps at most \
              {MAX_PENDING_PER_HOST}); not sent, resend when it answers"
         ),
-        ..Default::default()
-    }
+    )
 }
 
 /// A host in maintenance takes no new VM: StartVm is answered at once.
 fn refuse_in_maintenance(h: &Host, cmd: &pb::Command) -> Option<pb::CommandResult> {
     let starts = matches!(cmd.body, Some(pb::command::Body::StartVm(_)));
-    (starts && h.maintenance != pb::MaintenanceState::Off).then(|| pb::CommandResult {
-        command_id: cmd.id.clone(),
-        status: pb::CommandStatus::Error as i32,
-        error_code: pb::ErrorCode::Unavailable as i32,
-        message: format!(
-            "the host is in maintenance ({}): it takes no new VMs; place the VM elsewhere",
-            h.maintenance.as_str_name()
-        ),
-        ..Default::default()
+    (starts && h.maintenance != pb::MaintenanceState::Off).then(|| {
+        refused(
+            &cmd.id,
+            pb::ErrorCode::Unavailable,
+            format!(
+                "the host is in maintenance ({}): it takes no new VMs; place the VM elsewhere",
+                h.maintenance.as_str_name()
+            ),
+        )
     })
 }
 
