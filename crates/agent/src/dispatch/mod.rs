@@ -539,14 +539,18 @@ fn finish(id: &str, outcome: Result<Reply, CommandError>, received: Instant) -> 
             result: Some(body),
             ..Default::default()
         },
-        Err(e) => pb::CommandResult {
-            command_id: id.to_string(),
-            status: pb::CommandStatus::Error as i32,
-            error_code: error_code(e.kind) as i32,
-            message: e.message,
-            elapsed_ms,
-            result: None,
-        },
+        Err(e) => error_result(id, e, elapsed_ms),
+    }
+}
+
+fn error_result(id: &str, e: CommandError, elapsed_ms: u64) -> pb::CommandResult {
+    pb::CommandResult {
+        command_id: id.to_string(),
+        status: pb::CommandStatus::Error as i32,
+        error_code: error_code(e.kind) as i32,
+        message: e.message,
+        elapsed_ms,
+        result: None,
     }
 }
 
@@ -554,15 +558,16 @@ fn finish(id: &str, outcome: Result<Reply, CommandError>, received: Instant) -> 
 /// tonic counts the encoded message against the limit, the 5-byte frame
 /// header is outside it, so this is margin, not a measured overhead.
 const RESULT_MARGIN: usize = 64;
+/// `AgentMessage.result`'s field number in agent.proto.
+const AGENT_MESSAGE_RESULT: u32 = 3;
 
 /// A result too large for the stream would kill the session, and every
 /// resend of its id (answered from the cache) would kill it again, so the
 /// plane could never learn the outcome. It becomes an error that fits; this
 /// runs before the cache, so a resend gets the same error.
 fn fit(res: pb::CommandResult, max_message_bytes: usize) -> pb::CommandResult {
-    use prost::Message;
     let limit = max_message_bytes.saturating_sub(RESULT_MARGIN);
-    let size = result_msg(res.clone()).encoded_len();
+    let size = wrapped_len(&res);
     if size <= limit {
         return res;
     }
@@ -572,18 +577,26 @@ fn fit(res: pb::CommandResult, max_message_bytes: usize) -> pb::CommandResult {
         limit,
         "result too large for one stream message; answering RESOURCE_EXHAUSTED"
     );
-    pb::CommandResult {
-        command_id: res.command_id,
-        status: pb::CommandStatus::Error as i32,
-        error_code: pb::ErrorCode::ResourceExhausted as i32,
-        message: format!(
+    let e = CommandError::new(
+        ErrorKind::ResourceExhausted,
+        format!(
             "the result is {size} bytes, more than the {limit} bytes one stream message may carry \
              (management.max_message_bytes {max_message_bytes} less framing); ask for less \
              (fewer VMs, a page) or raise the limit on both ends"
         ),
-        elapsed_ms: res.elapsed_ms,
-        result: None,
-    }
+    );
+    error_result(&res.command_id, e, res.elapsed_ms)
+}
+
+/// The encoded length of `res` inside its AgentMessage: the wrapper adds its
+/// field key and a length, measured without copying a result that may be
+/// megabytes.
+fn wrapped_len(res: &pb::CommandResult) -> usize {
+    use prost::Message;
+    let inner = res.encoded_len();
+    prost::encoding::key_len(AGENT_MESSAGE_RESULT)
+        + prost::encoding::encoded_len_varint(inner as u64)
+        + inner
 }
 
 fn result_msg(r: pb::CommandResult) -> pb::AgentMessage {
@@ -727,6 +740,19 @@ mod tests {
         );
         use prost::Message;
         assert!(result_msg(res).encoded_len() < 64 * 1024);
+    }
+
+    #[test]
+    fn the_size_fit_measures_is_the_wrapped_messages_encoded_length() {
+        use prost::Message;
+        for n in [0, 100, 200, 70_000, 3 << 20] {
+            let res = echo_result(&"x".repeat(n));
+            assert_eq!(
+                wrapped_len(&res),
+                result_msg(res).encoded_len(),
+                "payload of {n}"
+            );
+        }
     }
 
     #[test]
