@@ -470,6 +470,18 @@ pub enum DiskSource {
     },
 }
 
+impl DiskSource {
+    /// The host file or block device this source is; network and empty
+    /// sources name nothing on the host.
+    pub fn host_path(&self) -> Option<&str> {
+        match self {
+            DiskSource::File { path } => Some(path),
+            DiskSource::Block { dev } => Some(dev),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetHost {
     pub name: String,

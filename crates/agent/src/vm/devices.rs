@@ -26,18 +26,10 @@ pub enum Attach {
 /// Refuses an attachment naming a host path outside `roots` (vm/paths.rs).
 /// Blocking; see `paths::check_spec`.
 pub fn check_paths(a: &Attach, roots: &[std::path::PathBuf]) -> Result<(), CommandError> {
-    use crate::vm::paths::check_attached;
+    use crate::vm::paths;
     match a {
-        Attach::Disk(d) => match &d.source {
-            DiskSource::File { path } => {
-                check_attached(&format!("disk {} source", d.target), path, false, roots)
-            }
-            DiskSource::Block { dev } => {
-                check_attached(&format!("disk {} device", d.target), dev, true, roots)
-            }
-            _ => Ok(()),
-        },
-        Attach::Iso(iso) => check_attached("ISO", &iso.path, false, roots),
+        Attach::Disk(d) => paths::check_disk(d, roots),
+        Attach::Iso(iso) => paths::check_file("ISO", &iso.path, roots),
         Attach::Interface(_) => Ok(()),
     }
 }

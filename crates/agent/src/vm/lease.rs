@@ -9,7 +9,7 @@
 //! inspects a lock itself.
 
 use csagent_core::error::{CommandError, ErrorKind};
-use csagent_domain::{DiskSource, VmSpec};
+use csagent_domain::VmSpec;
 use sha2::{Digest, Sha256};
 
 /// virtlockd's refusal: "resource busy: Lockspace resource '<name>' is
@@ -47,18 +47,11 @@ pub fn refusal(spec: &VmSpec, message: &str) -> Option<CommandError> {
 /// The disk of `spec` whose automatic lease is `resource`.
 fn held_disk(spec: &VmSpec, resource: &str) -> Option<String> {
     spec.devices.disks.iter().find_map(|d| {
-        let path = match &d.source {
-            DiskSource::File { path } => path,
-            DiskSource::Block { dev } => dev,
-            _ => return None,
-        };
-        let hash = hex(&Sha256::digest(path.as_bytes()));
-        hash.eq_ignore_ascii_case(resource).then(|| path.clone())
+        let path = d.source.host_path()?;
+        let hash = hex::encode(Sha256::digest(path.as_bytes()));
+        hash.eq_ignore_ascii_case(resource)
+            .then(|| path.to_string())
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
@@ -72,7 +65,7 @@ mod tests {
     use super::*;
 
     fn spec_with(path: &str) -> VmSpec {
-        use csagent_domain::{Disk, DiskBus, DiskDevice, DiskFormat};
+        use csagent_domain::{Disk, DiskBus, DiskDevice, DiskFormat, DiskSource};
         let json = include_str!("../../tests/golden/domain/kernel-boot.json");
         let p: csagent_proto::v1::VmSpec = serde_json::from_str(json).unwrap();
         let mut s = crate::convert::domain::spec_from_proto(&p).unwrap();
@@ -89,7 +82,7 @@ mod tests {
     #[test]
     fn virtlockd_refusal_names_the_disk_whose_lease_it_is() {
         let path = "/var/lib/cslab/shared/csat-ha/ha-1.qcow2";
-        let hash = hex(&Sha256::digest(path.as_bytes()));
+        let hash = hex::encode(Sha256::digest(path.as_bytes()));
         let msg = format!("resource busy: Lockspace resource '{hash}' is locked");
         let e = refusal(&spec_with(path), &msg).expect("a lease refusal");
         assert_eq!(e.kind, ErrorKind::Conflict);

@@ -14,7 +14,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use csagent_core::error::{CommandError, ErrorKind};
-use csagent_domain::{DiskSource, Firmware, VmSpec};
+use csagent_domain::{Disk, DiskSource, Firmware, VmSpec};
 
 /// Directories an emulator may come from (Debian: /usr/bin, RHEL: /usr/libexec).
 const EMULATOR_DIRS: [&str; 2] = ["/usr/bin", "/usr/libexec"];
@@ -39,7 +39,11 @@ struct Named {
 /// Every host path `spec` names, but the disks of `prepared` targets (the
 /// agent makes those in a pool itself).
 fn named(spec: &VmSpec, prepared: &[String]) -> Vec<Named> {
-    let mut out = Vec::new();
+    let disks = spec.devices.disks.iter();
+    let mut out: Vec<Named> = disks
+        .filter(|d| !prepared.contains(&d.target))
+        .filter_map(disk)
+        .collect();
     let mut add = |field: String, path: &str, kind| {
         out.push(Named {
             field,
@@ -47,18 +51,6 @@ fn named(spec: &VmSpec, prepared: &[String]) -> Vec<Named> {
             kind,
         })
     };
-    for d in spec
-        .devices
-        .disks
-        .iter()
-        .filter(|d| !prepared.contains(&d.target))
-    {
-        match &d.source {
-            DiskSource::File { path } => add(format!("disk {} source", d.target), path, Use::File),
-            DiskSource::Block { dev } => add(format!("disk {} device", d.target), dev, Use::Block),
-            _ => {}
-        }
-    }
     if let Some(k) = &spec.os.kernel {
         add("kernel".into(), &k.kernel, Use::File);
         if let Some(i) = &k.initrd {
@@ -80,6 +72,20 @@ fn named(spec: &VmSpec, prepared: &[String]) -> Vec<Named> {
     out
 }
 
+/// A disk's host path, named as a refusal names it.
+fn disk(d: &Disk) -> Option<Named> {
+    let path = d.source.host_path()?.to_string();
+    let (what, kind) = match d.source {
+        DiskSource::Block { .. } => ("device", Use::Block),
+        _ => ("source", Use::File),
+    };
+    Some(Named {
+        field: format!("disk {} {what}", d.target),
+        path,
+        kind,
+    })
+}
+
 /// Refuses `spec` when a path it names is outside `roots` (or its emulator
 /// is not a system QEMU). Blocking: resolves symlinks on pool storage, so
 /// callers run it off the async workers.
@@ -97,15 +103,17 @@ pub fn check_spec(
     Ok(())
 }
 
-/// The same rule for one disk or ISO being attached.
-pub fn check_attached(
-    field: &str,
-    path: &str,
-    block: bool,
-    roots: &[PathBuf],
-) -> Result<(), CommandError> {
-    let kind = if block { Use::Block } else { Use::File };
-    check(field, path, kind, roots)
+/// The same rule for one disk being attached.
+pub fn check_disk(d: &Disk, roots: &[PathBuf]) -> Result<(), CommandError> {
+    match disk(d) {
+        Some(n) => check(&n.field, &n.path, n.kind, roots),
+        None => Ok(()),
+    }
+}
+
+/// The same rule for one file (an ISO being inserted).
+pub fn check_file(field: &str, path: &str, roots: &[PathBuf]) -> Result<(), CommandError> {
+    check(field, path, Use::File, roots)
 }
 
 fn check(field: &str, path: &str, kind: Use, roots: &[PathBuf]) -> Result<(), CommandError> {
