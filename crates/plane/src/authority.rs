@@ -195,10 +195,7 @@ fn finish_rotation(dir: &Path) -> Result<(), IdentityError> {
             rename(&next, &dir.join(name))?;
         }
     }
-    std::fs::remove_file(dir.join(COMMIT)).map_err(|e| IdentityError::Files {
-        path: dir.join(COMMIT),
-        reason: e.to_string(),
-    })?;
+    remove(&dir.join(COMMIT))?;
     sync_dir(dir)
 }
 
@@ -212,10 +209,7 @@ fn recover_rotation(dir: &Path) -> Result<(), IdentityError> {
         let next = next_of(dir, name);
         if next.exists() {
             tracing::warn!(file = %next.display(), "removing a CA rotation file a crash left before its commit");
-            std::fs::remove_file(&next).map_err(|e| IdentityError::Files {
-                path: next.clone(),
-                reason: e.to_string(),
-            })?;
+            remove(&next)?;
         }
     }
     Ok(())
@@ -224,10 +218,19 @@ fn recover_rotation(dir: &Path) -> Result<(), IdentityError> {
 fn sync_dir(dir: &Path) -> Result<(), IdentityError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| IdentityError::Files {
-            path: dir.to_path_buf(),
-            reason: e.to_string(),
-        })
+        .map_err(files_err(dir))
+}
+
+fn remove(path: &Path) -> Result<(), IdentityError> {
+    std::fs::remove_file(path).map_err(files_err(path))
+}
+
+/// An I/O failure on one of the plane's identity files.
+fn files_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |e| IdentityError::Files {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 fn files(dir: &Path) -> TlsFiles {
@@ -252,10 +255,7 @@ fn load_ca(dir: &Path) -> Result<Ca, IdentityError> {
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), IdentityError> {
-    std::fs::rename(from, to).map_err(|e| IdentityError::Files {
-        path: to.to_path_buf(),
-        reason: e.to_string(),
-    })
+    std::fs::rename(from, to).map_err(files_err(to))
 }
 
 /// DNS names and IPs of the current server certificate, so a reissued one

@@ -265,7 +265,7 @@ impl Handlers {
             self.storage.config().fs_timeout,
             Default::default(),
         );
-        let checked = csagent_storage::pool_fs::run(
+        csagent_storage::pool_fs::run(
             step,
             std::path::Path::new("the VM's host paths"),
             &ctl,
@@ -273,8 +273,7 @@ impl Handlers {
             move || Ok(check(&roots)),
         )
         .await
-        .map_err(CommandError::from)?;
-        checked
+        .map_err(CommandError::from)?
     }
 
     /// Host admission of a VM with `vcpus` and `memory_kib` beside `vms`,
