@@ -15,9 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::error::{is_disk_full, StorageError};
 use super::lock::{temp_path, TempFile};
 use super::names::{volume_path, PoolName, VolumeName};
-use super::probe::probe;
 use super::qemu_img::RunCtl;
-use super::volume::{check_backing_inside, fs_available, fs_space, VolumeInfo};
+use super::volume::{fs_available, fs_space, VolumeInfo};
 use super::{Bytes, CallOpts, ImageFormat, Op, Progress, ProgressSink, Storage};
 
 const CHUNK: usize = 1 << 20;
@@ -231,14 +230,7 @@ impl Storage {
             object: what.to_string(),
             reason,
         };
-        let (r, p) = (root.to_path_buf(), path.to_path_buf());
-        let (h, inside) = self
-            .fs("read template header", path, ctl, move || {
-                let h = probe(&p)?;
-                let inside = check_backing_inside(&r, &p, &h);
-                Ok((h, inside))
-            })
-            .await?;
+        let (h, inside) = self.template_header(root, path, ctl).await?;
         if h.format != format {
             return Err(refuse(format!(
                 "it is {}, not a {} image",

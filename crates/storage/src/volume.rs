@@ -152,7 +152,7 @@ fn existing(root: &Path, name: &VolumeName) -> Result<PathBuf, StorageError> {
 
 /// A qcow2 backing file must be inside the pool: otherwise a crafted image
 /// makes the VM read any host file.
-pub(crate) fn check_backing_inside(
+fn check_backing_inside(
     root: &Path,
     image: &Path,
     h: &Header,
@@ -241,6 +241,23 @@ impl Storage {
         .await
     }
 
+    /// A template's header, and whether its backing file stays inside the
+    /// pool (how to refuse it is the caller's).
+    pub(crate) async fn template_header(
+        &self,
+        root: &Path,
+        path: &Path,
+        ctl: &RunCtl,
+    ) -> Result<(Header, Result<(), StorageError>), StorageError> {
+        let (r, p) = (root.to_path_buf(), path.to_path_buf());
+        self.fs("read template header", path, ctl, move || {
+            let h = probe(&p)?;
+            let inside = check_backing_inside(&r, &p, &h);
+            Ok((h, inside))
+        })
+        .await
+    }
+
     /// The header of a volume file.
     async fn probe(&self, path: &Path, ctl: &RunCtl) -> Result<Header, StorageError> {
         let p = path.to_path_buf();
@@ -266,14 +283,8 @@ impl Storage {
         let ctl = self.ctl(op, &opts);
         let root = self.pool_dir(&req.pool, &ctl).await?;
         let tpl = self.existing(&root, &req.template, &ctl).await?;
-        let (r, t) = (root.clone(), tpl.clone());
-        let th = self
-            .fs("read template header", &tpl, &ctl, move || {
-                let h = probe(&t)?;
-                check_backing_inside(&r, &t, &h)?;
-                Ok(h)
-            })
-            .await?;
+        let (th, inside) = self.template_header(&root, &tpl, &ctl).await?;
+        inside?;
         let size = req.size.unwrap_or(th.virtual_size);
         if size < th.virtual_size {
             return Err(StorageError::invalid(
@@ -416,30 +427,7 @@ impl Storage {
         self.fs("remove partial files", &root, &ctl, move || sweep(&r))
             .await
     }
-}
 
-/// Removes the temp files of `root` (see `Storage::sweep_partial_files`).
-fn sweep(root: &Path) -> Result<Vec<PathBuf>, StorageError> {
-    {
-        let rd = std::fs::read_dir(root).map_err(|e| StorageError::io("scan pool", root, e))?;
-        let mut removed = Vec::new();
-        for entry in rd.flatten() {
-            let name = entry.file_name();
-            if !name.to_str().is_some_and(super::lock::is_temp_name) {
-                continue;
-            }
-            let p = entry.path();
-            match std::fs::remove_file(&p) {
-                Ok(()) => removed.push(p),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StorageError::io("remove partial file", &p, e)),
-            }
-        }
-        Ok(removed)
-    }
-}
-
-impl Storage {
     pub async fn volume_info(
         &self,
         pool: &PoolName,
@@ -485,6 +473,25 @@ impl Storage {
             unverified: false,
         })
     }
+}
+
+/// Removes the temp files of `root` (see `Storage::sweep_partial_files`).
+fn sweep(root: &Path) -> Result<Vec<PathBuf>, StorageError> {
+    let rd = std::fs::read_dir(root).map_err(|e| StorageError::io("scan pool", root, e))?;
+    let mut removed = Vec::new();
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(super::lock::is_temp_name) {
+            continue;
+        }
+        let p = entry.path();
+        match std::fs::remove_file(&p) {
+            Ok(()) => removed.push(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("remove partial file", &p, e)),
+        }
+    }
+    Ok(removed)
 }
 
 /// qemu-img knows only the temp file; the operator needs the pool and the
