@@ -152,11 +152,7 @@ fn existing(root: &Path, name: &VolumeName) -> Result<PathBuf, StorageError> {
 
 /// A qcow2 backing file must be inside the pool: otherwise a crafted image
 /// makes the VM read any host file.
-fn check_backing_inside(
-    root: &Path,
-    image: &Path,
-    h: &Header,
-) -> Result<(), StorageError> {
+fn check_backing_inside(root: &Path, image: &Path, h: &Header) -> Result<(), StorageError> {
     if h.external_data_file {
         return Err(StorageError::BadImage {
             object: image.display().to_string(),

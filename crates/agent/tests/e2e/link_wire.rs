@@ -3,11 +3,11 @@
 //! netlink or nftables -> result, each checked against the real component
 //! with its own tool (virsh, qemu-img, nft, ip).
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use csagent_proto::v1 as pb;
+use csagent_testkit::storage::{info_json, qemu_img};
 use csagent_testkit::*;
 use pb::command::Body as B;
 use pb::command_result::Result as R;
@@ -132,16 +132,6 @@ fn virsh(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn qemu_img_info(p: &Path) -> serde_json::Value {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(p)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[tokio::test]
 async fn reboot_vm_through_the_link_reboots_a_running_vm() {
     let w = wire("test:///default").await;
@@ -214,7 +204,7 @@ async fn resize_and_get_volume_info_through_the_link_match_qemu_img() {
         }))
         .await;
     assert!(matches!(grown, R::Volume(v) if v.virtual_size_bytes == 64 << 20));
-    assert_eq!(qemu_img_info(&file)["virtual-size"], 64 << 20);
+    assert_eq!(info_json(&file)["virtual-size"], 64 << 20);
     match w
         .ok(B::GetVolumeInfo(pb::GetVolumeInfo {
             pool: w.pool.clone(),
@@ -261,13 +251,7 @@ async fn list_and_refresh_pools_through_the_link_see_what_libvirt_sees() {
 async fn copy_template_through_the_link_copies_and_verifies_it() {
     let w = wire("qemu:///system").await;
     let src = w.templates.path().join("tpl.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&src)
-        .arg("16M")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    qemu_img(&["create", "-q", "-f", "qcow2", src.to_str().unwrap(), "16M"]);
     let sha = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(std::fs::read(&src).unwrap()))
@@ -306,13 +290,7 @@ async fn copy_template_through_the_link_copies_and_verifies_it() {
     refused(md5, "MD5 is not accepted").await;
     // A VMDK declared raw: qemu-img reads what it is.
     let vmdk = w.templates.path().join("disk.vmdk");
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "vmdk"])
-        .arg(&vmdk)
-        .arg("1M")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    qemu_img(&["create", "-q", "-f", "vmdk", vmdk.to_str().unwrap(), "1M"]);
     let as_raw = B::CopyTemplate(pb::CopyTemplate {
         pool: w.pool.clone(),
         name: "disk.raw".into(),
@@ -358,14 +336,7 @@ async fn create_list_revert_and_delete_snapshot_through_the_link_on_a_volume() {
     let w = wire("qemu:///system").await;
     w.ok(w.volume("snap.qcow2", 16 << 20)).await;
     let file = w.dir.path().join("snap.qcow2");
-    let snaps = || {
-        let out = Command::new("qemu-img")
-            .args(["snapshot", "-l", "-U"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let snaps = || qemu_img(&["snapshot", "-l", "-U", file.to_str().unwrap()]);
     match w
         .ok(B::CreateSnapshot(pb::CreateSnapshot {
             target: Some(w.target("snap.qcow2")),
@@ -404,12 +375,7 @@ async fn create_list_revert_and_delete_snapshot_through_the_link_on_a_volume() {
     }))
     .await;
     if wrote {
-        let map = Command::new("qemu-img")
-            .args(["map", "--output=json", "-U"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&map.stdout);
+        let text = qemu_img(&["map", "--output=json", "-U", file.to_str().unwrap()]);
         assert!(
             !text.contains("\"data\": true"),
             "the write survived the revert: {text}"

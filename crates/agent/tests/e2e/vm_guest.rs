@@ -620,16 +620,6 @@ async fn full_lifecycle_through_the_csagent_mgmt_binary() {
     assert!(!domain_exists(&uuid));
 }
 
-/// The file names in `dir`, sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 // StartVm stops itself: dispatch never drops it, so whatever ends it (the
 // plane's cancel, its deadline) its undo runs. A linked clone for vda is
 // made first, then a full copy of a 1 GiB template for vdb is under way
@@ -637,22 +627,16 @@ fn listing(dir: &Path) -> Vec<String> {
 // no bridge and no domain stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_vm_cancelled_or_out_of_time_mid_prepare_undoes_what_it_made() {
-    use std::io::Write;
     let _serial = SERIAL.lock().await;
     let c = Cleanup::default();
     let img = guest_image();
     let e = env(&c);
     // Not zeros: qemu-img skips those, and the copy must take a while.
     let big = "cstest-gb-big.raw";
-    let mut f = std::fs::File::create(e.dir.join(big)).unwrap();
-    let block: Vec<u8> = (0..4 << 20).map(|_| rand::random::<u8>()).collect();
-    for _ in 0..256 {
-        f.write_all(&block).unwrap();
-    }
-    drop(f);
+    csagent_testkit::storage::random_file(&e.dir.join(big), 1 << 30, 7);
     let (fx, agent) = qemu_agent().await;
     let (plane, host) = (&fx.plane, fx.host);
-    let before = listing(&e.dir);
+    let before = csagent_testkit::storage::list(&e.dir);
     let attempt = || {
         let uuid = uuid::Uuid::new_v4();
         let name = unique("cut");
@@ -679,7 +663,11 @@ async fn a_start_vm_cancelled_or_out_of_time_mid_prepare_undoes_what_it_made() {
         (uuid, m)
     };
     let as_before = |uuid: &uuid::Uuid, what: &str| {
-        assert_eq!(listing(&e.dir), before, "{what}: the pool changed");
+        assert_eq!(
+            csagent_testkit::storage::list(&e.dir),
+            before,
+            "{what}: the pool changed"
+        );
         assert!(!domain_exists(uuid), "{what}: a domain stayed");
         assert!(!link_exists(&e.bridge), "{what}: the bridge stayed");
     };
