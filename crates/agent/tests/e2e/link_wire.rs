@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use csagent_proto::v1 as pb;
+use csagent_testkit::guest::Cleanup;
 use csagent_testkit::storage::{info_json, qemu_img};
 use csagent_testkit::*;
 use pb::command::Body as B;
@@ -19,20 +20,11 @@ const LIMIT: Duration = Duration::from_secs(60);
 struct Wire {
     f: Fixture,
     agent: InProcessAgent,
-    _pool_guard: PoolGuard,
+    /// Removes the test's pool from libvirt even when the test fails.
+    _cleanup: Cleanup,
     pool: String,
     dir: tempfile::TempDir,
     templates: tempfile::TempDir,
-}
-
-/// Removes the test's pool from libvirt even when the test fails.
-struct PoolGuard(String);
-
-impl Drop for PoolGuard {
-    fn drop(&mut self) {
-        let _ = virsh(&["pool-destroy", &self.0]);
-        let _ = virsh(&["pool-undefine", &self.0]);
-    }
 }
 
 async fn wire(uri: &str) -> Wire {
@@ -58,7 +50,11 @@ async fn wire(uri: &str) -> Wire {
     let w = Wire {
         f,
         agent,
-        _pool_guard: PoolGuard(pool.clone()),
+        _cleanup: {
+            let c = Cleanup::default();
+            c.pool(&pool);
+            c
+        },
         pool,
         dir,
         templates,
@@ -121,12 +117,9 @@ impl Wire {
     }
 }
 
+/// virsh on qemu:///system: its output when it succeeded.
 fn virsh(args: &[&str]) -> Option<String> {
-    let out = Command::new("virsh")
-        .args(["-c", "qemu:///system"])
-        .args(args)
-        .output()
-        .unwrap();
+    let out = csagent_testkit::guest::virsh(args);
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -508,14 +501,7 @@ async fn release_network_through_the_link_removes_the_bridge_it_made() {
         R::EnsureNetwork(e) => e.bridge,
         other => panic!("{other:?}"),
     };
-    let exists = |name: &str| {
-        Command::new("ip")
-            .args(["link", "show", name])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let exists = csagent_testkit::guest::link_exists;
     assert!(exists(&bridge), "no bridge {bridge} after EnsureNetwork");
     w.ok(B::ReleaseNetwork(pb::ReleaseNetwork {
         vm_uuid: vm,
