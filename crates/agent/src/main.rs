@@ -42,8 +42,9 @@ enum Cmd {
         /// The plane's agent port, HOST:PORT.
         #[arg(long)]
         plane: String,
-        /// The one-time enrollment token.
-        #[arg(long, env = "CSAGENT_ENROLL_TOKEN")]
+        /// The one-time enrollment token. Tokens are base64url and may begin
+        /// with '-', so the value is never read as a flag.
+        #[arg(long, env = "CSAGENT_ENROLL_TOKEN", allow_hyphen_values = true)]
         token: String,
         /// SHA-256 of the plane's CA certificate (default: management.ca_fingerprint).
         #[arg(long)]
@@ -319,4 +320,19 @@ fn domain_cmd(cmd: DomainCmd) -> anyhow::Result<ExitCode> {
     // A closed pipe (`| head`) is not an error worth a panic.
     let _ = writeln!(std::io::stdout().lock(), "{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_enrollment_token_that_begins_with_a_dash_is_a_value() {
+        let cli = Cli::try_parse_from(["csagent", "enroll", "--plane", "p:1", "--token", "-Vx_y"])
+            .expect("a token beginning with '-' parses");
+        match cli.cmd {
+            Cmd::Enroll { token, .. } => assert_eq!(token, "-Vx_y"),
+            _ => panic!("not enroll"),
+        }
+    }
 }
