@@ -133,7 +133,7 @@ fn linked_clone(c: &mut Criterion, b: &Bench) {
                     pool: b.pool.clone(),
                     name: name.clone(),
                     template: VolumeName::new("tpl-small.qcow2").unwrap(),
-                    mode: CloneMode::Linked,
+                    mode: Some(CloneMode::Linked),
                     size: None,
                 };
                 let t = Instant::now();
@@ -185,9 +185,9 @@ fn full_copy(c: &mut Criterion, b: &Bench) {
                     pool: b.pool.clone(),
                     name: name.clone(),
                     template: VolumeName::new("tpl.qcow2").unwrap(),
-                    mode: CloneMode::Full {
+                    mode: Some(CloneMode::Full {
                         format: ImageFormat::Qcow2,
-                    },
+                    }),
                     size: None,
                 };
                 let sink: ProgressSink = Arc::new(|_| {});
@@ -235,7 +235,7 @@ fn linked_clone_paired(b: &Bench) {
             pool: b.pool.clone(),
             name: name.clone(),
             template: VolumeName::new("tpl-paired.qcow2").unwrap(),
-            mode: CloneMode::Linked,
+            mode: Some(CloneMode::Linked),
             size: None,
         };
         let t = Instant::now();

@@ -36,6 +36,9 @@ pub enum AgentError {
     Identity(#[from] host::HostIdError),
     #[error("management.hosts: {0}")]
     Endpoint(String),
+    /// A `[guest]` key (the config given in code, not loaded from a file).
+    #[error("{0}: {1}")]
+    Guest(&'static str, String),
     #[error(transparent)]
     Certificate(#[from] crate::identity::IdentityError),
 }
@@ -118,7 +121,14 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         &cfg.hypervisor.uri,
         Duration::from_millis(cfg.hypervisor.call_timeout_ms),
     );
-    let storage = Arc::new(Storage::new(cfg.storage.storage_config(), hv.clone()));
+    let guest = cfg
+        .guest
+        .defaults()
+        .map_err(|(key, why)| AgentError::Guest(key, why))?;
+    let storage = Arc::new(Storage::new(
+        cfg.storage.storage_config(guest.full_clone),
+        hv.clone(),
+    ));
     let background = CancellationToken::new();
     let monitor = Arc::new(
         HostMonitor::start(
@@ -154,6 +164,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         migration: cfg.migration.clone(),
         ha: Arc::clone(&beat),
         path_roots: cfg.guest.path_roots.clone(),
+        guest,
     });
     let metrics = Arc::new(crate::metrics::CommandMetrics::default());
     let dispatcher = Dispatcher::new(

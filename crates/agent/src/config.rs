@@ -223,9 +223,19 @@ impl Default for StorageSection {
 }
 
 impl StorageSection {
-    /// The storage crate's configuration from this section.
-    pub fn storage_config(&self) -> csagent_storage::StorageConfig {
+    /// The storage crate's configuration from this section; `full_clone` is
+    /// `[guest] create_full_clone`.
+    pub fn storage_config(&self, full_clone: bool) -> csagent_storage::StorageConfig {
+        // A full copy by default is qcow2, as CloudStack's; StartVm points
+        // a prepared disk with no clone mode at a qcow2 file on that basis.
+        let default_clone = match full_clone {
+            true => csagent_storage::CloneMode::Full {
+                format: csagent_storage::ImageFormat::Qcow2,
+            },
+            false => csagent_storage::CloneMode::Linked,
+        };
         csagent_storage::StorageConfig {
+            default_clone,
             default_timeout: Duration::from_secs(self.op_timeout_secs),
             fs_timeout: Duration::from_secs(self.fs_timeout_secs),
             template_roots: self.template_roots.clone(),
@@ -250,6 +260,24 @@ pub struct GuestSection {
     /// NVRAM, console log) may be in, besides every storage pool's; any
     /// other host path is refused (vm/paths.rs).
     pub path_roots: Vec<PathBuf>,
+}
+
+impl GuestSection {
+    /// The typed defaults StartVm applies; the error names the bad key.
+    pub fn defaults(
+        &self,
+    ) -> Result<crate::vm::defaults::GuestDefaults, crate::vm::defaults::KeyError> {
+        crate::vm::defaults::GuestDefaults::parse(&crate::vm::defaults::GuestKeys {
+            cpu_mode: &self.cpu_mode,
+            cpu_model: &self.cpu_model,
+            cpu_features: &self.cpu_features,
+            memballoon_stats_period_secs: self.memballoon_stats_period_secs,
+            rng_enable: self.rng_enable,
+            watchdog_model: &self.watchdog_model,
+            watchdog_action: &self.watchdog_action,
+            create_full_clone: self.create_full_clone,
+        })
+    }
 }
 
 impl Default for GuestSection {
@@ -511,6 +539,14 @@ impl Config {
             "ha.heartbeat_interval_secs",
             self.ha.heartbeat_interval_secs,
         )?;
+        self.guest.defaults()?;
+        if self.network.bridge_type == BridgeType::Openvswitch {
+            return Err((
+                "network.bridge_type",
+                "\"openvswitch\" is not supported: csagent builds Linux bridges only; set \"native\""
+                    .into(),
+            ));
+        }
         positive("storage.op_timeout_secs", self.storage.op_timeout_secs)?;
         positive("storage.fs_timeout_secs", self.storage.fs_timeout_secs)?;
         positive("ha.timeout_secs", self.ha.timeout_secs)?;

@@ -110,6 +110,9 @@ pub struct StorageConfig {
     pub template_roots: Vec<PathBuf>,
     /// Time limit of one filesystem call on pool storage (pool_fs.rs).
     pub fs_timeout: Duration,
+    /// How a volume is made from a template when the command does not say
+    /// (`[guest] create_full_clone`).
+    pub default_clone: CloneMode,
 }
 
 impl Default for StorageConfig {
@@ -121,6 +124,7 @@ impl Default for StorageConfig {
             // CloudStack mounts secondary storage under /mnt.
             template_roots: vec![PathBuf::from("/mnt")],
             fs_timeout: Duration::from_secs(30),
+            default_clone: CloneMode::Linked,
         }
     }
 }
@@ -265,7 +269,7 @@ mod tests {
                 pool: pool.clone(),
                 name: vol.clone(),
                 template: vol.clone(),
-                mode: CloneMode::Linked,
+                mode: Some(CloneMode::Linked),
                 size: None,
             },
             o(),

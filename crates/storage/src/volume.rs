@@ -39,7 +39,8 @@ pub struct CreateFromTemplate {
     pub name: VolumeName,
     /// Template volume in the same pool (copied there by copy_template).
     pub template: VolumeName,
-    pub mode: CloneMode,
+    /// None: the host's default (`StorageConfig::default_clone`).
+    pub mode: Option<CloneMode>,
     /// Virtual size of the new volume; None keeps the template's. Smaller
     /// than the template is refused.
     pub size: Option<Bytes>,
@@ -272,7 +273,8 @@ impl Storage {
         if let Some(s) = req.size {
             check_size(s)?;
         }
-        let op = match req.mode {
+        let mode = req.mode.unwrap_or(self.cfg.default_clone);
+        let op = match mode {
             CloneMode::Linked => Op::CloneVolume,
             CloneMode::Full { .. } => Op::FullCopy,
         };
@@ -297,7 +299,7 @@ impl Storage {
         self.fs("check volume", &dst, &ctl, move || ensure_absent(&d))
             .await?;
         let tmp = TempFile::new(temp_path(&root, &req.name));
-        match req.mode {
+        match mode {
             CloneMode::Linked => {
                 ensure_capacity(&req.pool, &root, size, &ctl)
                     .await

@@ -143,7 +143,13 @@ fn apply(cfg: &mut Config, key: &str, v: &str) -> Result<(), String> {
         "network.bridge.type" => {
             cfg.network.bridge_type = match v {
                 "native" => BridgeType::Native,
-                "openvswitch" => BridgeType::Openvswitch,
+                "openvswitch" => {
+                    return Err(
+                        "csagent builds Linux bridges only; Open vSwitch is not supported, so \
+                     network.bridge_type stays \"native\""
+                            .into(),
+                    )
+                }
                 _ => return Err(format!("unknown bridge type {v:?} (native or openvswitch)")),
             }
         }
@@ -256,7 +262,8 @@ mod tests {
     fn maps_keys_and_reports_the_rest() {
         let imp = import(
             "host=m1,m2:9000@roundrobin\nport=8250\nworkers=7\nhost.tags=a, b\n\
-             keystore.passphrase=secret\nfoo.bar=1\nvm.migrate.speed=-1\nvm.rng.enable=false\n",
+             keystore.passphrase=secret\nfoo.bar=1\nvm.migrate.speed=-1\nvm.rng.enable=false\n\
+             network.bridge.type=openvswitch\n",
         );
         let c = &imp.config;
         assert_eq!(c.management.hosts, vec!["m1", "m2:9000"]);
@@ -266,7 +273,12 @@ mod tests {
         assert_eq!(c.migration.speed_mibps, 0);
         assert!(!c.guest.rng_enable);
         let keys: Vec<_> = imp.unmapped.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, vec!["foo.bar", "keystore.passphrase"]);
+        assert_eq!(
+            keys,
+            vec!["foo.bar", "keystore.passphrase", "network.bridge.type"]
+        );
+        assert_eq!(c.network.bridge_type, BridgeType::Native);
+        assert!(imp.config.validate().is_ok());
     }
 
     #[test]

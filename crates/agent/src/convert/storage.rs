@@ -51,16 +51,12 @@ pub fn create_from_template(
     m: &pb::CreateVolumeFromTemplate,
 ) -> Result<CreateFromTemplate, StorageError> {
     let mode = match m.mode() {
-        pb::CloneMode::Linked => CloneMode::Linked,
-        pb::CloneMode::Full => CloneMode::Full {
+        pb::CloneMode::Linked => Some(CloneMode::Linked),
+        pb::CloneMode::Full => Some(CloneMode::Full {
             format: format(m.format())?,
-        },
-        pb::CloneMode::Unspecified => {
-            return Err(StorageError::invalid(
-                "clone mode",
-                "must be linked or full",
-            ))
-        }
+        }),
+        // The host's [guest] create_full_clone decides.
+        pb::CloneMode::Unspecified => None,
     };
     Ok(CreateFromTemplate {
         pool: PoolName::new(&m.pool)?,
@@ -345,6 +341,6 @@ mod tests {
             size_bytes: 0,
         };
         let r = create_from_template(&m).unwrap();
-        assert_eq!((r.mode, r.size), (CloneMode::Linked, None));
+        assert_eq!((r.mode, r.size), (Some(CloneMode::Linked), None));
     }
 }

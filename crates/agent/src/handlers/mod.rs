@@ -155,6 +155,8 @@ pub struct Handlers {
     pub ha: Arc<csagent_ha::Beat>,
     /// `[guest] path_roots`: where a VM's host files may be, besides pools.
     pub path_roots: Vec<std::path::PathBuf>,
+    /// `[guest]`: what StartVm fills in where the spec says nothing.
+    pub guest: crate::vm::defaults::GuestDefaults,
 }
 
 impl Handlers {
@@ -216,9 +218,11 @@ impl Handlers {
     /// volumes, networks and the lifecycle (vm::prepare).
     async fn start_vm(
         &self,
-        req: crate::vm::prepare::StartRequest,
+        mut req: crate::vm::prepare::StartRequest,
         ctx: &Ctx,
     ) -> Result<Reply, CommandError> {
+        self.guest.apply(&mut req.spec);
+        csagent_domain::validate(&req.spec).map_err(|e| CommandError::invalid(e.to_string()))?;
         let prepared: Vec<String> = req.volumes.iter().map(|v| v.disk_target.clone()).collect();
         let (s, p) = (req.spec.clone(), prepared);
         self.confine("start", move |roots| {

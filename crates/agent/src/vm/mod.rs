@@ -8,6 +8,7 @@
 //! define are never changed.
 
 pub mod console;
+pub mod defaults;
 pub mod devices;
 mod lease;
 pub mod migrate;

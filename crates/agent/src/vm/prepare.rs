@@ -113,14 +113,17 @@ fn point_disk(spec: &mut VmSpec, v: &VolumePrep, path: String) -> Result<(), Str
         .find(|d| d.target == v.disk_target)
         .ok_or_else(|| format!("the spec has no disk with target {:?}", v.disk_target))?;
     disk.source = DiskSource::File { path };
+    // The host's default mode is a linked clone or a qcow2 copy, so an
+    // unset mode is qcow2 either way.
     disk.format = match v.create.mode {
-        CloneMode::Linked
-        | CloneMode::Full {
-            format: ImageFormat::Qcow2,
-        } => DiskFormat::Qcow2,
-        CloneMode::Full {
+        Some(CloneMode::Full {
             format: ImageFormat::Raw,
-        } => DiskFormat::Raw,
+        }) => DiskFormat::Raw,
+        None
+        | Some(CloneMode::Linked)
+        | Some(CloneMode::Full {
+            format: ImageFormat::Qcow2,
+        }) => DiskFormat::Qcow2,
     };
     Ok(())
 }
@@ -322,7 +325,7 @@ mod tests {
                 pool: PoolName::new("p").unwrap(),
                 name: VolumeName::new("root").unwrap(),
                 template: VolumeName::new("tpl").unwrap(),
-                mode: CloneMode::Linked,
+                mode: Some(CloneMode::Linked),
                 size: None,
             },
             disk_target: target.into(),

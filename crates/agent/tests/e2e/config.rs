@@ -73,6 +73,19 @@ fn invalid_config_names_the_key_and_reason() {
             "management.hosts",
         ),
         (format!("{base}[log]\nformat = \"xml\"\n"), "format"),
+        // Keys that would otherwise do nothing are refused, not ignored.
+        (
+            format!("{base}[network]\nbridge_type = \"openvswitch\"\n"),
+            "network.bridge_type",
+        ),
+        (
+            format!("{base}[guest]\ncpu_mode = \"fast\"\n"),
+            "guest.cpu_mode",
+        ),
+        (
+            format!("{base}[guest]\nwatchdog_model = \"x\"\n"),
+            "guest.watchdog_model",
+        ),
     ];
     for (text, key) in cases {
         let e = Config::parse(&text, Path::new("t.toml"))

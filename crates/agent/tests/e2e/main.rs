@@ -44,6 +44,7 @@ mod storage_pools;
 mod storage_snapshots;
 mod storage_templates;
 mod storage_volumes;
+mod vm_defaults;
 mod vm_events;
 mod vm_guest;
 mod vm_lifecycle;

@@ -325,9 +325,9 @@ async fn disk_full_leaves_no_partial_file() {
         pool: pool.clone(),
         name: vol(n),
         template: vol("tpl.raw"),
-        mode: CloneMode::Full {
+        mode: Some(CloneMode::Full {
             format: ImageFormat::Raw,
-        },
+        }),
         size: None,
     };
     let (a, b) = tokio::join!(

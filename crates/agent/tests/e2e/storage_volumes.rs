@@ -168,7 +168,7 @@ async fn linked_clone_and_full_copy() {
         pool: p.name.clone(),
         name: vol("vm1-root"),
         template: vol("tpl.qcow2"),
-        mode: CloneMode::Linked,
+        mode: Some(CloneMode::Linked),
         size: Some(Bytes(8 * MIB)),
     };
     let v = s
@@ -197,7 +197,7 @@ async fn linked_clone_and_full_copy() {
         pool: p.name.clone(),
         name: vol("vm2-root"),
         template: vol("tpl.raw"),
-        mode: CloneMode::Linked,
+        mode: Some(CloneMode::Linked),
         size: None,
     };
     s.create_volume_from_template(linked_raw, CallOpts::default(), None)
@@ -213,9 +213,9 @@ async fn linked_clone_and_full_copy() {
         pool: p.name.clone(),
         name: vol("vm3-root"),
         template: vol("tpl.qcow2"),
-        mode: CloneMode::Full {
+        mode: Some(CloneMode::Full {
             format: ImageFormat::Qcow2,
-        },
+        }),
         size: Some(Bytes(6 * MIB)),
     };
     let v = s
@@ -243,7 +243,7 @@ async fn linked_clone_and_full_copy() {
         pool: p.name.clone(),
         name: vol("vm4-root"),
         template: vol("tpl.qcow2"),
-        mode: CloneMode::Linked,
+        mode: Some(CloneMode::Linked),
         size: Some(Bytes(MIB)),
     };
     let e = s
@@ -320,9 +320,9 @@ async fn cancel_during_full_copy_kills_qemu_img_and_removes_output() {
         pool: p.name.clone(),
         name: vol("copy"),
         template: vol("big.raw"),
-        mode: CloneMode::Full {
+        mode: Some(CloneMode::Full {
             format: ImageFormat::Qcow2,
-        },
+        }),
         size: None,
     };
     let r = p
@@ -383,9 +383,9 @@ async fn timeout_kills_qemu_img_and_names_the_step() {
         pool: p.name.clone(),
         name: vol("copy"),
         template: vol("big.raw"),
-        mode: CloneMode::Full {
+        mode: Some(CloneMode::Full {
             format: ImageFormat::Qcow2,
-        },
+        }),
         size: None,
     };
     let opts = CallOpts::default().with_timeout(Duration::from_millis(1));
