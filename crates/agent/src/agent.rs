@@ -18,6 +18,7 @@ use crate::endpoints::{Endpoint, Endpoints};
 use crate::handlers::Handlers;
 use crate::identity::Credentials;
 use crate::link::{self, Identity, LinkCtx, Policy, VmSnapshot};
+use crate::local_pool::LocalPool;
 use crate::monitor::HostMonitor;
 use crate::outbox::Outbox;
 use csagent_core::backoff::Backoff;
@@ -158,7 +159,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
     let handlers = Arc::new(Handlers {
         hypervisor: hv.clone(),
         monitor: Arc::clone(&monitor),
-        storage,
+        storage: Arc::clone(&storage),
         network,
         vm_stats: Default::default(),
         migration: cfg.migration.clone(),
@@ -199,6 +200,11 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
         vms: ctx.vms.clone(),
         host: Arc::clone(&ctx.host),
     };
+    let local_pool = match LocalPool::from_config(&cfg.storage.local_uuid, &cfg.storage.local_path)
+    {
+        Some(p) => p.at_start(Arc::clone(&storage), background.clone()).await,
+        None => String::new(),
+    };
     let ctx = Arc::new(
         LinkCtx::new(
             Identity {
@@ -207,6 +213,7 @@ pub async fn run(cfg: Config, stop: CancellationToken) -> Result<(), AgentError>
                 pod: cfg.agent.pod.clone(),
                 cluster: cfg.agent.cluster.clone(),
                 host_tags: cfg.agent.host_tags.clone(),
+                local_pool,
             },
             tls,
             DialOptions {

@@ -223,6 +223,27 @@ impl Default for StorageSection {
 }
 
 impl StorageSection {
+    /// The local pool's keys: a UUID (or empty: no local pool) and, with
+    /// one, an absolute directory.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.local_uuid.is_empty() {
+            return Ok(());
+        }
+        if uuid::Uuid::parse_str(&self.local_uuid).is_err() {
+            return Err((
+                "storage.local_uuid",
+                format!("{:?} is not a UUID (empty: no local pool)", self.local_uuid),
+            ));
+        }
+        if !self.local_path.is_absolute() {
+            return Err((
+                "storage.local_path",
+                format!("{:?} is not an absolute path", self.local_path.display()),
+            ));
+        }
+        Ok(())
+    }
+
     /// The storage crate's configuration from this section; `full_clone` is
     /// `[guest] create_full_clone`.
     pub fn storage_config(&self, full_clone: bool) -> csagent_storage::StorageConfig {
@@ -540,6 +561,7 @@ impl Config {
             self.ha.heartbeat_interval_secs,
         )?;
         self.guest.defaults()?;
+        self.storage.validate()?;
         if self.network.bridge_type == BridgeType::Openvswitch {
             return Err((
                 "network.bridge_type",

@@ -29,6 +29,7 @@ mod heap;
 pub mod identity;
 pub mod isolation;
 pub mod link;
+pub mod local_pool;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;

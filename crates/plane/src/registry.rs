@@ -711,6 +711,7 @@ fn summary(uuid: &str, h: &Host) -> pb::HostSummary {
         storage_heartbeats: h.storage_heartbeats.clone(),
         state_reason: h.state_reason.clone(),
         isolation_actions: h.register.isolation_actions.clone(),
+        local_pool: h.register.local_pool.clone(),
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Identity {
     pub pod: String,
     pub cluster: String,
     pub host_tags: Vec<String>,
+    /// The local storage pool's name; empty: none.
+    pub local_pool: String,
 }
 
 /// Everything a session needs, shared across sessions.

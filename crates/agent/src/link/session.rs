@@ -259,6 +259,7 @@ async fn register(ctx: &LinkCtx) -> pb::Register {
         in_flight_command_ids: ctx.dispatcher.in_flight(),
         hypervisor_available: snapshot.available,
         isolation_actions: ctx.isolation.notes(),
+        local_pool: ctx.identity.local_pool.clone(),
     }
 }
 

@@ -40,6 +40,7 @@ mod ops_notify;
 mod ops_status;
 mod setup_tools;
 mod storage_hang;
+mod storage_local;
 mod storage_pools;
 mod storage_snapshots;
 mod storage_templates;
