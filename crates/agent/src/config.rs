@@ -208,6 +208,9 @@ pub struct StorageSection {
     /// Directories templates may be copied from by path (secondary storage
     /// mounts); any other path is refused.
     pub template_roots: Vec<PathBuf>,
+    /// PEM bundle of CAs trusted for https template URLs besides the public
+    /// web roots; empty: those only.
+    pub template_ca_file: PathBuf,
 }
 
 impl Default for StorageSection {
@@ -218,6 +221,7 @@ impl Default for StorageSection {
             op_timeout_secs: 120,
             fs_timeout_secs: 30,
             template_roots: vec![PathBuf::from("/mnt")],
+            template_ca_file: PathBuf::new(),
         }
     }
 }
@@ -226,6 +230,13 @@ impl StorageSection {
     /// The local pool's keys: a UUID (or empty: no local pool) and, with
     /// one, an absolute directory.
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        let ca = &self.template_ca_file;
+        if !ca.as_os_str().is_empty() && !ca.is_absolute() {
+            return Err((
+                "storage.template_ca_file",
+                format!("{:?} is not an absolute path", ca.display()),
+            ));
+        }
         if self.local_uuid.is_empty() {
             return Ok(());
         }
@@ -260,6 +271,8 @@ impl StorageSection {
             default_timeout: Duration::from_secs(self.op_timeout_secs),
             fs_timeout: Duration::from_secs(self.fs_timeout_secs),
             template_roots: self.template_roots.clone(),
+            template_ca_file: (!self.template_ca_file.as_os_str().is_empty())
+                .then(|| self.template_ca_file.clone()),
             ..csagent_storage::StorageConfig::default()
         }
     }

@@ -113,6 +113,9 @@ pub struct StorageConfig {
     /// How a volume is made from a template when the command does not say
     /// (`[guest] create_full_clone`).
     pub default_clone: CloneMode,
+    /// PEM bundle of CAs trusted for https template servers besides the
+    /// public web roots (a private image server, CloudStack's SSVM).
+    pub template_ca_file: Option<PathBuf>,
 }
 
 impl Default for StorageConfig {
@@ -125,6 +128,7 @@ impl Default for StorageConfig {
             template_roots: vec![PathBuf::from("/mnt")],
             fs_timeout: Duration::from_secs(30),
             default_clone: CloneMode::Linked,
+            template_ca_file: None,
         }
     }
 }

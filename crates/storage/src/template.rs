@@ -173,8 +173,7 @@ impl Storage {
             Ok(())
         })
         .await?;
-        let (mut src, total, what) =
-            open_source(&req.source, &self.config().template_roots, &ctl).await?;
+        let (mut src, total, what) = open_source(&req.source, self.config(), &ctl).await?;
         if let Some(t) = total {
             let available = fs_available(&root, &ctl).await?;
             if t > available {
@@ -283,9 +282,10 @@ impl Storage {
 
 async fn open_source(
     src: &TemplateSource,
-    roots: &[PathBuf],
+    cfg: &crate::StorageConfig,
     ctl: &RunCtl,
 ) -> Result<(Source, Option<Bytes>, String), StorageError> {
+    let roots = &cfg.template_roots;
     match src {
         TemplateSource::Path(p) => {
             if !p.is_absolute() {
@@ -331,10 +331,11 @@ async fn open_source(
                 url: u.clone(),
                 reason,
             };
-            let client = reqwest::Client::builder()
-                .redirect(same_host_https_only(&url))
-                .build()
-                .map_err(|e| http(e.to_string()))?;
+            let mut client = reqwest::Client::builder().redirect(same_host_https_only(&url));
+            for ca in extra_roots(cfg.template_ca_file.as_deref()).await? {
+                client = client.add_root_certificate(ca);
+            }
+            let client = client.build().map_err(|e| http(e.to_string()))?;
             let resp = tokio::select! {
                 r = client.get(url).send() => r.map_err(|e| http(with_causes(&e)))?,
                 _ = tokio::time::sleep_until(ctl.deadline) => return Err(StorageError::Timeout {
@@ -356,6 +357,29 @@ async fn open_source(
             Ok((Source::Http(resp), total, u.clone()))
         }
     }
+}
+
+/// The CAs an operator trusts for template servers besides the public web
+/// roots (`[storage] template_ca_file`), read at each download so a new
+/// bundle needs no restart. A bundle that cannot be read or holds no
+/// certificate fails the download, naming the file.
+async fn extra_roots(file: Option<&Path>) -> Result<Vec<reqwest::Certificate>, StorageError> {
+    let Some(file) = file else {
+        return Ok(Vec::new());
+    };
+    let bad = |reason: String| StorageError::Unavailable {
+        what: format!("template CA bundle {}", file.display()),
+        reason,
+    };
+    // Not pool storage: a small file under /etc, read off the workers.
+    let pem = tokio::fs::read(file)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("it holds no PEM certificate".into()));
+    }
+    Ok(certs)
 }
 
 /// Fails once the pool's free space drops under its reserve (2 % of the

@@ -253,68 +253,151 @@ pub fn qemu_img_pids(needle: &str) -> Vec<u32> {
     out
 }
 
-/// A one-file HTTP/1.1 server on 127.0.0.1 for template downloads. With
-/// `chunked` the length is not announced (so no capacity pre-check).
+/// What a test HTTP server answers to `GET /csat-sto-template.img`.
+#[derive(Clone)]
+pub enum Answer {
+    /// The file; with `chunked` its length is not announced (so no
+    /// capacity pre-check).
+    File { body: Arc<Vec<u8>>, chunked: bool },
+    /// 302 to this location.
+    Redirect(String),
+}
+
+/// A one-file HTTP/1.1 server on 127.0.0.1 for template downloads, plain
+/// or over TLS; counts the requests it was sent.
 pub struct HttpServer {
     pub url: String,
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl HttpServer {
     pub async fn serve(body: Arc<Vec<u8>>, chunked: bool) -> HttpServer {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        Self::start(Answer::File { body, chunked }, None).await
+    }
+
+    /// Serves `answer`, over TLS with `tls` (see `https_config`).
+    pub async fn start(
+        answer: Answer,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> HttpServer {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/csat-sto-template.img", l.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!(
+            "{scheme}://{}/csat-sto-template.img",
+            l.local_addr().unwrap()
+        );
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&hits);
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else {
-                    return;
-                };
-                let body = body.clone();
+            while let Ok((s, _)) = l.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (answer, acceptor) = (answer.clone(), acceptor.clone());
                 tokio::spawn(async move {
-                    let mut req = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => req.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    if !req.starts_with(b"GET /csat-sto-template.img ") {
-                        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
-                        return;
-                    }
-                    if chunked {
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").await;
-                        for c in body.chunks(64 * 1024) {
-                            let head = format!("{:x}\r\n", c.len());
-                            if s.write_all(head.as_bytes()).await.is_err() {
-                                return;
-                            }
-                            if s.write_all(c).await.is_err() {
-                                return;
-                            }
-                            if s.write_all(b"\r\n").await.is_err() {
-                                return;
+                    match acceptor {
+                        None => respond(s, &answer).await,
+                        Some(a) => {
+                            if let Ok(s) = a.accept(s).await {
+                                respond(s, &answer).await;
                             }
                         }
-                        let _ = s.write_all(b"0\r\n\r\n").await;
-                    } else {
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        if s.write_all(head.as_bytes()).await.is_err() {
-                            return;
-                        }
-                        let _ = s.write_all(&body).await;
                     }
-                    let _ = s.shutdown().await;
                 });
             }
         });
-        HttpServer { url, task }
+        HttpServer { url, hits, task }
     }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A TLS server config for 127.0.0.1 and localhost, its certificate
+/// issued by `ca`.
+pub fn https_config(ca: &csagent_tls::pki::Ca) -> Arc<tokio_rustls::rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let names = ["127.0.0.1".to_string(), "localhost".to_string()];
+    let pem = ca
+        .issue_server(
+            &names,
+            csagent_tls::pki::Validity::for_lifetime(std::time::Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(pem.cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    Arc::new(cfg)
+}
+
+async fn respond<S>(mut s: S, answer: &Answer)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    if !req.starts_with(b"GET /csat-sto-template.img ") {
+        let _ = s
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await;
+        return;
+    }
+    let _ = match answer {
+        Answer::Redirect(to) => {
+            let head = format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            s.write_all(head.as_bytes()).await
+        }
+        Answer::File {
+            body,
+            chunked: true,
+        } => send_chunked(&mut s, body).await,
+        Answer::File {
+            body,
+            chunked: false,
+        } => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            match s.write_all(head.as_bytes()).await {
+                Ok(()) => s.write_all(body).await,
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let _ = s.shutdown().await;
+}
+
+async fn send_chunked<S>(s: &mut S, body: &[u8]) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        .await?;
+    for c in body.chunks(64 * 1024) {
+        s.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await?;
+        s.write_all(c).await?;
+        s.write_all(b"\r\n").await?;
+    }
+    s.write_all(b"0\r\n\r\n").await
 }
 
 impl Drop for HttpServer {

@@ -383,39 +383,19 @@ async fn download_without_length_stops_before_pool_is_full() {
         .unwrap();
 }
 
-/// Answers every request with a redirect to `location`; counts requests.
-async fn redirecting(location: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/csat-sto-template.img", l.local_addr().unwrap());
-    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = Arc::clone(&hits);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf).await;
-            let head = format!(
-                "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-            let _ = s.write_all(head.as_bytes()).await;
-        }
-    });
-    (url, hits)
-}
-
 // A template server must not send the agent elsewhere: a redirect to
 // another host (an internal address, say) is refused and never followed,
 // and nothing is left in the pool.
 #[tokio::test]
 async fn a_redirect_away_from_the_template_host_is_refused_unfollowed() {
     let p = TestPool::new("redirect").await;
-    let (target, target_hits) = redirecting("http://127.0.0.1:9/never".into()).await;
-    let (url, _) = redirecting(target.replace("127.0.0.1", "localhost")).await;
+    let target = HttpServer::start(Answer::Redirect("http://127.0.0.1:9/never".into()), None).await;
+    let to = target.url.replace("127.0.0.1", "localhost");
+    let first = HttpServer::start(Answer::Redirect(to), None).await;
     let e = copy_to(
         &p,
         "moved",
-        TemplateSource::Url(url),
+        TemplateSource::Url(first.url.clone()),
         ImageFormat::Raw,
         None,
     )
@@ -423,10 +403,110 @@ async fn a_redirect_away_from_the_template_host_is_refused_unfollowed() {
     .unwrap_err();
     assert!(e.to_string().contains("redirect to"), "{e}");
     assert!(e.to_string().contains("refused"), "{e}");
-    assert_eq!(
-        target_hits.load(std::sync::atomic::Ordering::SeqCst),
-        0,
-        "the redirect was followed"
-    );
+    assert_eq!(target.hits(), 0, "the redirect was followed");
     assert!(p.files().is_empty(), "{:?}", p.files());
+}
+
+/// A storage whose https downloads also trust `ca_file`.
+fn trusting(ca_file: Option<std::path::PathBuf>) -> csagent_storage::Storage {
+    csagent_storage::Storage::new(
+        csagent_storage::StorageConfig {
+            template_ca_file: ca_file,
+            ..Default::default()
+        },
+        csagent_libvirt::Hypervisor::start(URI, std::time::Duration::from_secs(30)),
+    )
+}
+
+async fn copy_with(
+    s: &csagent_storage::Storage,
+    p: &TestPool,
+    name: &str,
+    url: &str,
+    sha: &str,
+) -> Result<VolumeInfo, StorageError> {
+    let c = Checksum {
+        algo: ChecksumAlgo::Sha256,
+        hex: sha.into(),
+    };
+    let req = copy(
+        p,
+        name,
+        TemplateSource::Url(url.into()),
+        ImageFormat::Qcow2,
+        Some(c),
+    );
+    s.copy_template(req, CallOpts::default(), None).await
+}
+
+// Templates over https from a server whose certificate a test CA issued:
+// trusted only through [storage] template_ca_file; redirects followed
+// only https to https on the same host.
+#[tokio::test]
+async fn https_templates_trust_the_configured_ca_and_redirect_only_to_https_on_the_same_host() {
+    let p = TestPool::new("https").await;
+    let src = tempfile::Builder::new()
+        .prefix("csat-sto-src-")
+        .tempdir()
+        .unwrap();
+    let qcow = src.path().join("t.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", qcow.to_str().unwrap(), "8M"]);
+    let body = std::fs::read(&qcow).unwrap();
+    let sha = hex::encode(Sha256::digest(&body));
+    let ca = csagent_tls::pki::Ca::generate(
+        "csat-sto-ca",
+        csagent_tls::pki::Validity::for_lifetime(std::time::Duration::from_secs(3600)),
+    )
+    .unwrap();
+    let ca_file = src.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.signing_cert_pem().unwrap()).unwrap();
+    let tls = https_config(&ca);
+    let file = Answer::File {
+        body: Arc::new(body.clone()),
+        chunked: false,
+    };
+    let srv = HttpServer::start(file, Some(Arc::clone(&tls))).await;
+
+    // Without the CA the server's certificate is refused, nothing is kept.
+    let e = copy_with(&trusting(None), &p, "untrusted", &srv.url, &sha)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    assert!(p.files().is_empty(), "{:?}", p.files());
+
+    let s = trusting(Some(ca_file.clone()));
+    let v = copy_with(&s, &p, "tpl", &srv.url, &sha).await.unwrap();
+    assert_eq!(std::fs::read(&v.path).unwrap(), body);
+    assert!(!v.unverified);
+
+    // https -> https on the same host is followed.
+    let moved = HttpServer::start(Answer::Redirect(srv.url.clone()), Some(Arc::clone(&tls))).await;
+    copy_with(&s, &p, "moved", &moved.url, &sha).await.unwrap();
+
+    // https -> http, and https -> https on another host name, are not.
+    let plain = HttpServer::serve(Arc::new(body.clone()), false).await;
+    let other_host = srv.url.replace("127.0.0.1", "localhost");
+    for (name, to, target_hits) in [
+        ("to-http", plain.url.clone(), &plain.hits),
+        ("to-other-host", other_host, &srv.hits),
+    ] {
+        let before = target_hits.load(std::sync::atomic::Ordering::SeqCst);
+        let hop = HttpServer::start(Answer::Redirect(to.clone()), Some(Arc::clone(&tls))).await;
+        let e = copy_with(&s, &p, name, &hop.url, &sha).await.unwrap_err();
+        assert!(e.to_string().contains("refused"), "{name}: {e}");
+        let after = target_hits.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(after, before, "{name}: the redirect to {to} was followed");
+    }
+
+    // A bundle that holds no certificate fails the download, naming it.
+    let empty = src.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let e = copy_with(&trusting(Some(empty.clone())), &p, "bad-ca", &srv.url, &sha)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(empty.to_str().unwrap()), "{e}");
+    let mut left = p.files();
+    left.retain(|f| f != "tpl" && f != "moved");
+    assert!(left.is_empty(), "{left:?}");
 }
