@@ -52,6 +52,8 @@ pub enum PlaneError {
     Serve(String),
     #[error("host identity: {0}")]
     Identity(#[from] authority::IdentityError),
+    #[error("HA book: {0}")]
+    HaBook(#[from] statefile::StateError),
 }
 
 pub struct PlaneConfig {
@@ -106,8 +108,11 @@ impl Plane {
             source,
         })?;
         let mut registry = Registry::new(cfg.liveness.clone(), cfg.plane_id.clone());
-        if cfg.ha.is_some() {
+        if let Some(ha) = &cfg.ha {
             registry = registry.with_ha();
+            if let Some(file) = &ha.book_file {
+                registry = registry.with_book(ha_book::Book::open(file)?);
+            }
         }
         let registry = Arc::new(registry);
         let stop = CancellationToken::new();

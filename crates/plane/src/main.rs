@@ -436,6 +436,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
                 recheck: Duration::from_millis(a.ha_recheck_ms.max(1000)),
                 fences: a.fences.into_iter().collect(),
                 default_fence: a.fence_default,
+                book_file: Some(a.state_dir.join("ha-book.json")),
                 ..Default::default()
             }),
         },

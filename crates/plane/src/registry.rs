@@ -131,6 +131,12 @@ impl Registry {
         self
     }
 
+    /// The same registry keeping its book of HA VMs in `book`.
+    pub fn with_book(mut self, book: Book) -> Registry {
+        self.book = Mutex::new(book);
+        self
+    }
+
     pub fn ha_enabled(&self) -> bool {
         self.ha
     }

@@ -12,7 +12,7 @@ use csagent_proto::v1 as pb;
 use csagent_testkit::ha::CutLink;
 use csagent_testkit::*;
 
-fn vm(ha: bool) -> (uuid::Uuid, pb::VmSpec) {
+pub(crate) fn vm(ha: bool) -> (uuid::Uuid, pb::VmSpec) {
     let text = std::fs::read_to_string("tests/golden/domain/minimal.json").unwrap();
     let mut s: pb::VmSpec = serde_json::from_str(&text).unwrap();
     let uuid = uuid::Uuid::new_v4();
@@ -52,7 +52,7 @@ struct Host {
 /// libvirt's test:///default is one state per process: an agent applying
 /// stop-ha-vms would power off the HA VM of a test running beside it, so
 /// these tests take turns.
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn host_with_vms(
     policy: OnIsolation,

@@ -17,6 +17,7 @@ mod config;
 mod domain_golden;
 mod domain_model;
 mod domain_roundtrip;
+mod ha_book;
 mod ha_isolation;
 mod ha_storage;
 mod host_sensors;

@@ -38,6 +38,9 @@ pub struct HaConfig {
     pub fences: HashMap<String, Fence>,
     pub default_fence: Fence,
     pub fence_timeout: Duration,
+    /// Where the book of HA VMs is kept (ha_book.rs); None: in memory only,
+    /// forgotten when the plane restarts.
+    pub book_file: Option<std::path::PathBuf>,
 }
 
 impl Default for HaConfig {
@@ -48,6 +51,7 @@ impl Default for HaConfig {
             fences: HashMap::new(),
             default_fence: Fence::None,
             fence_timeout: Duration::from_secs(60),
+            book_file: None,
         }
     }
 }
