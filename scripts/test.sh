@@ -14,6 +14,8 @@ export CSAGENT_SKIP_FILE="$skips"
 # for the multi-host tests and goes down however the run ends; without it
 # those tests skip and say why.
 trap 'bash scripts/lab.sh down >/dev/null 2>&1; rm -f "$log" "$skips"' EXIT
+# What a crashed earlier run left (its own prefixes only) goes first.
+bash scripts/sweep.sh
 if ! bash scripts/lab.sh up 2 >"$log" 2>&1; then
   echo "test: the lab did not come up; its tests will skip:" >&2
   tail -5 "$log" >&2
