@@ -80,6 +80,7 @@ fn ctx() -> Ctx {
         deadline: Instant::now() + Duration::from_secs(120),
         outbox: Arc::new(Outbox::new(1024)),
         progress: Arc::new(|_, _| {}),
+        events: Arc::new(|_| {}),
     }
 }
 

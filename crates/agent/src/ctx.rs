@@ -3,7 +3,7 @@
 //!
 //! Sits below both dispatch (which builds it) and the capability modules
 //! (vm, handlers) that use it, so neither has to import the other. It must
-//! not know how progress is encoded: dispatch hands it a reporter.
+//! not know how progress or events are encoded: dispatch hands it reporters.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +11,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::outbox::Outbox;
+pub use crate::outbox::VmTransition;
 
 /// How far a long step is.
 #[derive(Clone, Debug)]
@@ -25,6 +26,19 @@ pub enum Progress {
 /// as dispatch decides: on the stream as CommandProgress.
 pub type ProgressReporter = Arc<dyn Fn(&'static str, Progress) + Send + Sync>;
 
+/// One VM transition a command reports, with libvirt's names for the VM.
+#[derive(Clone, Debug)]
+pub struct VmEvent {
+    pub uuid: String,
+    pub name: String,
+    pub state: VmTransition,
+    pub reason: String,
+}
+
+/// Reports a command's own VM events, as dispatch decides: on the stream
+/// as Event messages carrying the command's id.
+pub type EventReporter = Arc<dyn Fn(VmEvent) + Send + Sync>;
+
 /// What a running command may use besides its request.
 pub struct Ctx {
     pub command_id: String,
@@ -34,4 +48,5 @@ pub struct Ctx {
     /// For the Events caused by this command.
     pub outbox: Arc<Outbox>,
     pub progress: ProgressReporter,
+    pub events: EventReporter,
 }

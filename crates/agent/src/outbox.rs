@@ -14,12 +14,21 @@ use tokio::sync::Notify;
 use csagent_core::sync::lock;
 use csagent_proto::v1::{agent_message::Msg, AgentMessage};
 
+/// A VM state a running command takes a VM to and reports itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmTransition {
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+}
+
 pub struct Outbox {
     queue: Mutex<VecDeque<AgentMessage>>,
     capacity: usize,
     notify: Notify,
     /// VM power states a running command reports itself; see `claim`.
-    claims: Mutex<HashMap<String, (i32, Instant)>>,
+    claims: Mutex<HashMap<String, (VmTransition, Instant)>>,
 }
 
 /// libvirt's events for a command's own transition can trail its end.
@@ -56,7 +65,7 @@ impl Outbox {
     /// A command is taking `vm` to `state` and sends its own events for
     /// it (with its command id): libvirt's event for that same state is
     /// then not sent as well, so the plane sees each transition once.
-    pub fn claim(&self, vm: &str, state: i32) -> Claim<'_> {
+    pub fn claim(&self, vm: &str, state: VmTransition) -> Claim<'_> {
         let now = Instant::now();
         let mut c = lock(&self.claims);
         c.retain(|_, (_, until)| *until > now);
@@ -68,12 +77,13 @@ impl Outbox {
     }
 
     /// True when a command reports `vm` reaching `state` itself, so
-    /// libvirt's event for it is not to be sent. Any other state ends the
-    /// claim: the VM has moved on, and what follows is news.
-    pub fn claimed(&self, vm: &str, state: i32) -> bool {
+    /// libvirt's event for it is not to be sent. Any other state (None: one
+    /// no command reports) ends the claim: the VM has moved on, and what
+    /// follows is news.
+    pub fn claimed(&self, vm: &str, state: Option<VmTransition>) -> bool {
         let mut c = lock(&self.claims);
         match c.get(vm) {
-            Some(&(s, until)) if s == state => until > Instant::now(),
+            Some(&(s, until)) if Some(s) == state => until > Instant::now(),
             Some(_) => {
                 c.remove(vm);
                 false
@@ -155,9 +165,9 @@ mod tests {
     #[test]
     fn a_claim_hides_its_own_state_until_the_vm_moves_on() {
         let o = Outbox::new(2);
-        let (running, paused) = (2, 3);
+        let (running, paused) = (Some(VmTransition::Running), None);
         {
-            let _c = o.claim("vm1", running);
+            let _c = o.claim("vm1", VmTransition::Running);
             assert!(o.claimed("vm1", running));
             assert!(!o.claimed("vm2", running));
         }

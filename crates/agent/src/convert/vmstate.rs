@@ -13,6 +13,44 @@ use std::time::{Duration, Instant};
 use csagent_libvirt::{DomainEvent, EventKind, PauseReason, StopReason};
 use csagent_proto::v1 as pb;
 
+use crate::ctx::{VmEvent, VmTransition};
+
+/// The wire state of a transition a command reports itself.
+pub fn transition_state(t: VmTransition) -> pb::VmPowerState {
+    match t {
+        VmTransition::Starting => pb::VmPowerState::Starting,
+        VmTransition::Running => pb::VmPowerState::Running,
+        VmTransition::Stopping => pb::VmPowerState::Stopping,
+        VmTransition::Stopped => pb::VmPowerState::Stopped,
+    }
+}
+
+/// The transition a wire state is, if a command could have claimed it.
+pub fn transition_of(state: i32) -> Option<VmTransition> {
+    use pb::VmPowerState as S;
+    match S::try_from(state).ok()? {
+        S::Starting => Some(VmTransition::Starting),
+        S::Running => Some(VmTransition::Running),
+        S::Stopping => Some(VmTransition::Stopping),
+        S::Stopped => Some(VmTransition::Stopped),
+        _ => None,
+    }
+}
+
+/// A command's own VM event as a stream message.
+pub fn command_event(command_id: &str, e: VmEvent) -> pb::AgentMessage {
+    message(pb::Event {
+        vm_uuid: e.uuid,
+        vm_name: e.name,
+        state: transition_state(e.state) as i32,
+        reason: e.reason,
+        at_unix_ms: csagent_core::time::unix_ms(),
+        command_id: command_id.to_string(),
+        // Commands only ever act on csagent's own domains.
+        managed: true,
+    })
+}
+
 /// A RESUMED this soon after a reboot is part of the reboot.
 const REBOOT_FOLD: Duration = Duration::from_secs(3);
 

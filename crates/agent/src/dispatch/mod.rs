@@ -211,6 +211,7 @@ impl Dispatcher {
             deadline,
             outbox: Arc::clone(&self.outbox),
             progress: progress_on_stream(id, &self.outbox),
+            events: events_on_stream(id, &self.outbox),
         };
         // Waiting for the VM's turn and a worker is bounded for every
         // command; the handler of one that stops itself is not dropped.
@@ -693,6 +694,13 @@ fn progress_on_stream(command_id: &str, outbox: &Arc<Outbox>) -> crate::ctx::Pro
             msg: Some(pb::agent_message::Msg::Progress(msg)),
         });
     })
+}
+
+/// A command's own VM events as Event messages on the stream.
+fn events_on_stream(command_id: &str, outbox: &Arc<Outbox>) -> crate::ctx::EventReporter {
+    let outbox = Arc::clone(outbox);
+    let id = command_id.to_string();
+    Arc::new(move |e| outbox.push(crate::convert::vmstate::command_event(&id, e)))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The host's identity on the agent side: enrolling for a first certificate
 //! (enroll.rs), holding and renewing the certificate the link dials with
-//! (credentials.rs), and the hooks the live stream calls (link_hooks.rs).
+//! (credentials.rs), and publishing what to dial with (`DialTls`), which
+//! the live stream reads and reports back to (link/identity.rs adapts the
+//! plane's messages).
 //!
 //! The private key is made on the host, written with mode 0600 and never
 //! sent anywhere; only CSRs leave. A new certificate is used from the next
@@ -14,6 +16,44 @@ mod pin;
 use std::path::PathBuf;
 
 pub use credentials::{Credentials, Generation};
+
+/// What the link dials with: a fixed TLS configuration (tests), or the
+/// host's credentials, renewed and rotated here.
+#[derive(Clone)]
+pub enum DialTls {
+    Fixed(std::sync::Arc<rustls::ClientConfig>),
+    Managed(std::sync::Arc<Credentials>),
+}
+
+impl DialTls {
+    /// The configuration for the next dial, and which certificate it is.
+    pub fn config(&self) -> (std::sync::Arc<rustls::ClientConfig>, Generation) {
+        match self {
+            DialTls::Fixed(c) => (std::sync::Arc::clone(c), Generation::Current),
+            DialTls::Managed(c) => c.client_config(),
+        }
+    }
+
+    /// How a dial with certificate `gen` went: a new certificate is kept
+    /// once a connection with it registered, dropped after it failed.
+    pub fn outcome(&self, gen: Generation, registered: bool) {
+        if let DialTls::Managed(c) = self {
+            if registered {
+                c.connected(gen);
+            } else {
+                c.failed(gen);
+            }
+        }
+    }
+
+    /// The credentials, when this host manages its certificate.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        match self {
+            DialTls::Fixed(_) => None,
+            DialTls::Managed(c) => Some(c),
+        }
+    }
+}
 pub use enroll::{enroll, EnrollParams, Enrolled};
 
 #[derive(Debug, thiserror::Error)]

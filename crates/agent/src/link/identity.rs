@@ -1,15 +1,11 @@
-//! What the live stream (link/session.rs) asks of the host's identity:
-//! which TLS configuration to dial with, how the attempt went, renewal
-//! requests at heartbeat time, and the plane's certificate and bundle
-//! messages. An agent without credentials (tests that hand the link a fixed
-//! TLS configuration) dials with that and never renews.
-
-use std::sync::Arc;
-
-use rustls::ClientConfig;
+//! The wire side of the host's identity on the live stream (link/session.rs):
+//! renewal requests at heartbeat time, the certificate's expiry and clock
+//! finding in heartbeats, and the plane's certificate and bundle messages,
+//! handed to the credentials identity/ publishes (`DialTls`). An agent
+//! without credentials (tests that hand the link a fixed TLS configuration)
+//! never renews.
 
 use super::LinkCtx;
-use crate::identity::credentials::Generation;
 use crate::identity::IdentityError;
 use csagent_proto::v1 as pb;
 
@@ -25,33 +21,14 @@ fn not_yet_valid(not_before: i64, now: i64) -> Option<String> {
 }
 
 impl LinkCtx {
-    pub fn dial_tls(&self) -> (Arc<ClientConfig>, Generation) {
-        match &self.credentials {
-            Some(c) => c.client_config(),
-            None => (Arc::clone(&self.tls), Generation::Current),
-        }
-    }
-
-    pub fn dial_outcome(&self, gen: Generation, registered: bool) {
-        if let Some(c) = &self.credentials {
-            if registered {
-                c.connected(gen);
-            } else {
-                c.failed(gen);
-            }
-        }
-    }
-
     /// A RenewCertificate to send now, if renewal is due.
     pub fn renewal_request(&self) -> Option<pb::AgentMessage> {
-        let csr = self.credentials.as_ref()?.renewal_csr()?;
+        let csr = self.tls.credentials()?.renewal_csr()?;
         Some(crate::convert::identity::renew_request(csr))
     }
 
     pub fn cert_not_after_unix_ms(&self) -> i64 {
-        self.credentials
-            .as_ref()
-            .map_or(0, |c| c.not_after_unix_ms())
+        self.tls.credentials().map_or(0, |c| c.not_after_unix_ms())
     }
 
     /// The host's health for a heartbeat, with a clock finding when the
@@ -59,7 +36,7 @@ impl LinkCtx {
     /// is behind, and the next connection would fail. Said in every
     /// heartbeat, like the skew measured against the plane.
     pub fn health_with_certificate(&self, mut health: pb::HostHealth) -> pb::HostHealth {
-        let Some(c) = &self.credentials else {
+        let Some(c) = self.tls.credentials() else {
             return health;
         };
         let now = csagent_core::time::unix_ms() / 1000;
@@ -78,7 +55,7 @@ impl LinkCtx {
     }
 
     pub fn on_certificate(&self, m: pb::CertificateIssued) {
-        let Some(c) = &self.credentials else {
+        let Some(c) = self.tls.credentials() else {
             tracing::warn!(
                 "certificate from the plane ignored: this agent does not manage its certificate"
             );
@@ -96,7 +73,7 @@ impl LinkCtx {
     }
 
     pub fn on_trust_bundle(&self, m: pb::TrustBundle) {
-        let Some(c) = &self.credentials else {
+        let Some(c) = self.tls.credentials() else {
             return;
         };
         if let Err(e) = c.on_bundle(&m.ca_bundle_pem, m.renew_now) {

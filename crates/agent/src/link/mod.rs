@@ -49,7 +49,8 @@ pub struct Identity {
 /// Everything a session needs, shared across sessions.
 pub struct LinkCtx {
     pub identity: Identity,
-    pub tls: Arc<ClientConfig>,
+    /// What to dial with, as identity/ publishes it.
+    pub tls: crate::identity::DialTls,
     pub dial: DialOptions,
     pub max_message_bytes: usize,
     pub ping_retries: u32,
@@ -58,9 +59,6 @@ pub struct LinkCtx {
     pub hypervisor: Hypervisor,
     pub vms: watch::Receiver<VmSnapshot>,
     pub host: Arc<HostMonitor>,
-    /// The host's certificate and its renewal (identity/); None: `tls` is
-    /// used as given and never renewed.
-    pub credentials: Option<Arc<crate::identity::Credentials>>,
     /// The storage heartbeat whose status each heartbeat carries.
     pub storage_heartbeat: Option<Arc<csagent_ha::Beat>>,
     /// What operators see of the link (`csagent status`, metrics).
@@ -89,7 +87,7 @@ impl LinkCtx {
     ) -> LinkCtx {
         LinkCtx {
             identity,
-            tls,
+            tls: crate::identity::DialTls::Fixed(tls),
             dial,
             max_message_bytes,
             ping_retries,
@@ -98,7 +96,6 @@ impl LinkCtx {
             hypervisor,
             vms,
             host,
-            credentials: None,
             storage_heartbeat: None,
             status: Arc::default(),
             isolation: Arc::default(),
@@ -109,7 +106,7 @@ impl LinkCtx {
 
     /// Dial with, and renew, these credentials instead of the fixed `tls`.
     pub fn with_credentials(mut self, c: Arc<crate::identity::Credentials>) -> LinkCtx {
-        self.credentials = Some(c);
+        self.tls = crate::identity::DialTls::Managed(c);
         self
     }
 

@@ -49,9 +49,9 @@ pub async fn run(
 ) -> Result<Ended, LinkError> {
     // The certificate to dial with: a renewed one is tried first and kept
     // only once the plane accepted it (identity/credentials.rs).
-    let (tls, generation) = ctx.dial_tls();
+    let (tls, generation) = ctx.tls.config();
     let opened = open(ep, ctx, tls).await;
-    ctx.dial_outcome(generation, opened.is_ok());
+    ctx.tls.outcome(generation, opened.is_ok());
     let (tx, mut inbound, ack) = opened?;
     established(&ack);
     let forwarder = tokio::spawn(forward_outbox(Arc::clone(&ctx.outbox), tx.clone()));

@@ -19,11 +19,10 @@ pub mod stats;
 
 use std::time::Duration;
 
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, VmEvent, VmTransition};
 use csagent_core::error::{CommandError, ErrorKind};
 use csagent_domain::{self as domain, VmSpec};
 use csagent_libvirt::{lifecycle, HvError, Hypervisor, PowerState, VmInfo};
-use csagent_proto::v1 as pb;
 
 /// How often a graceful shutdown is asked again: a guest still booting can
 /// miss the first ACPI event.
@@ -41,9 +40,7 @@ pub async fn start(h: &Hypervisor, mut spec: VmSpec, ctx: &Ctx) -> Result<Starte
     // The metadata element is how csagent knows its own domains later; a
     // spec without cloud ids gets one naming the VM by its UUID.
     let uuid = spec.uuid.0;
-    let _own_events = ctx
-        .outbox
-        .claim(&uuid.to_string(), pb::VmPowerState::Running as i32);
+    let _own_events = ctx.outbox.claim(&uuid.to_string(), VmTransition::Running);
     spec.meta.get_or_insert_with(|| domain::CsagentMeta {
         instance_id: uuid.to_string(),
         ..Default::default()
@@ -58,14 +55,14 @@ pub async fn start(h: &Hypervisor, mut spec: VmSpec, ctx: &Ctx) -> Result<Starte
             ensure_same(&spec, &current)?;
             let info = h.vm(uuid).await.map_err(CommandError::from)?;
             if info.state != PowerState::Running {
-                event(ctx, &spec, pb::VmPowerState::Starting, "start");
+                event(ctx, &spec, VmTransition::Starting, "start");
                 h.call("start", move |c| lifecycle::start(c, &uuid))
                     .await
                     .map_err(|e| start_failed(&spec, "start", e))?;
             }
         }
         None => {
-            event(ctx, &spec, pb::VmPowerState::Starting, "define-and-start");
+            event(ctx, &spec, VmTransition::Starting, "define-and-start");
             h.call("define_and_start", move |c| {
                 lifecycle::define_and_start(c, &xml)
             })
@@ -74,7 +71,7 @@ pub async fn start(h: &Hypervisor, mut spec: VmSpec, ctx: &Ctx) -> Result<Starte
         }
     }
     let info = h.vm(uuid).await.map_err(CommandError::from)?;
-    event(ctx, &spec, pb::VmPowerState::Running, "booted");
+    event(ctx, &spec, VmTransition::Running, "booted");
     let live = h
         .call("get_xml_desc", move |c| lifecycle::xml(c, &uuid, false))
         .await
@@ -192,16 +189,14 @@ pub async fn stop(
     ctx: &Ctx,
 ) -> Result<VmInfo, CommandError> {
     let xml = managed(h, uuid).await?;
-    let _own_events = ctx
-        .outbox
-        .claim(&uuid.to_string(), pb::VmPowerState::Stopped as i32);
+    let _own_events = ctx.outbox.claim(&uuid.to_string(), VmTransition::Stopped);
     let agent = xml.contains(domain::GUEST_AGENT_CHANNEL);
     let started = tokio::time::Instant::now();
     let mut last_ask: Option<tokio::time::Instant> = None;
     loop {
         let info = h.vm(uuid).await.map_err(CommandError::from)?;
         if info.state == PowerState::Stopped {
-            push(ctx, &info, pb::VmPowerState::Stopped, "shutdown");
+            push(ctx, &info, VmTransition::Stopped, "shutdown");
             return Ok(info);
         }
         if started.elapsed() >= timeout {
@@ -209,7 +204,7 @@ pub async fn stop(
         }
         if last_ask.is_none_or(|t| t.elapsed() >= SHUTDOWN_RESEND) {
             if last_ask.is_none() {
-                push(ctx, &info, pb::VmPowerState::Stopping, "shutdown requested");
+                push(ctx, &info, VmTransition::Stopping, "shutdown requested");
             }
             // A guest that has not booted far enough refuses; keep asking.
             let _ = h
@@ -247,7 +242,7 @@ async fn power_off_or_fail(
     push(
         ctx,
         &info,
-        pb::VmPowerState::Stopped,
+        VmTransition::Stopped,
         "powered off after timeout",
     );
     Ok(info)
@@ -256,9 +251,7 @@ async fn power_off_or_fail(
 /// Powers off and undefines (with NVRAM and snapshot metadata).
 pub async fn destroy(h: &Hypervisor, uuid: uuid::Uuid, ctx: &Ctx) -> Result<(), CommandError> {
     managed(h, uuid).await?;
-    let _own_events = ctx
-        .outbox
-        .claim(&uuid.to_string(), pb::VmPowerState::Stopped as i32);
+    let _own_events = ctx.outbox.claim(&uuid.to_string(), VmTransition::Stopped);
     let info = h.vm(uuid).await.map_err(CommandError::from)?;
     h.call("destroy", move |c| lifecycle::power_off(c, &uuid))
         .await
@@ -266,7 +259,7 @@ pub async fn destroy(h: &Hypervisor, uuid: uuid::Uuid, ctx: &Ctx) -> Result<(), 
     h.call("undefine", move |c| lifecycle::undefine(c, &uuid))
         .await
         .map_err(CommandError::from)?;
-    push(ctx, &info, pb::VmPowerState::Stopped, "destroyed");
+    push(ctx, &info, VmTransition::Stopped, "destroyed");
     Ok(())
 }
 
@@ -289,26 +282,20 @@ pub enum Simple {
     Resume,
 }
 
-fn event(ctx: &Ctx, spec: &VmSpec, state: pb::VmPowerState, reason: &str) {
+fn event(ctx: &Ctx, spec: &VmSpec, state: VmTransition, reason: &str) {
     emit(ctx, &spec.uuid.0.to_string(), &spec.name, state, reason);
 }
 
-fn push(ctx: &Ctx, info: &VmInfo, state: pb::VmPowerState, reason: &str) {
+fn push(ctx: &Ctx, info: &VmInfo, state: VmTransition, reason: &str) {
     emit(ctx, &info.uuid, &info.name, state, reason);
 }
 
-fn emit(ctx: &Ctx, uuid: &str, name: &str, state: pb::VmPowerState, reason: &str) {
-    ctx.outbox.push(pb::AgentMessage {
-        msg: Some(pb::agent_message::Msg::Event(pb::Event {
-            vm_uuid: uuid.to_string(),
-            vm_name: name.to_string(),
-            state: state as i32,
-            reason: reason.to_string(),
-            at_unix_ms: csagent_core::time::unix_ms(),
-            command_id: ctx.command_id.clone(),
-            // Handlers only ever act on csagent's own domains.
-            managed: true,
-        })),
+fn emit(ctx: &Ctx, uuid: &str, name: &str, state: VmTransition, reason: &str) {
+    (ctx.events)(VmEvent {
+        uuid: uuid.to_string(),
+        name: name.to_string(),
+        state,
+        reason: reason.to_string(),
     });
 }
 

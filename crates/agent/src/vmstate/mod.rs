@@ -163,7 +163,10 @@ impl Watcher {
             tracing::debug!(vm = %e.uuid, kind = ?e.kind, "libvirt event not forwarded");
             return;
         };
-        if self.outbox.claimed(&e.uuid, ev.state) {
+        if self
+            .outbox
+            .claimed(&e.uuid, convert::transition_of(ev.state))
+        {
             tracing::debug!(vm = %e.uuid, state = ?ev.state(), reason = %ev.reason, "libvirt event for a command's own transition; the command reports it");
             return;
         }
