@@ -193,8 +193,35 @@ fn ha_agent(lab: &Lab, cfg: Config, i: usize, t: &HaTiming) -> Config {
 }
 
 impl HaLab {
+    /// Sends `body` to host 2 directly (2 min to answer); its result.
+    pub async fn send_to_b(&self, body: pb::command::Body) -> pb::CommandResult {
+        call(
+            &self.plane,
+            &self.b,
+            cmd("", 120_000, body),
+            Duration::from_secs(120),
+        )
+        .await
+    }
+
+    /// vCPUs host 2 has free by its latest report (0 without one).
+    pub fn b_vcpus_free(&self) -> u32 {
+        host_summary(&self.plane, &self.b)
+            .and_then(|s| s.last_report)
+            .and_then(|r| r.capacity)
+            .map_or(0, |c| c.vcpu_free)
+    }
+
     /// The lab's two hosts under HA, or why not.
     pub async fn start(t: &HaTiming) -> Result<HaLab, String> {
+        Self::start_tuned(t, |_| {}).await
+    }
+
+    /// As `start`, with host 2's agent config changed by `tune_b`.
+    pub async fn start_tuned(
+        t: &HaTiming,
+        tune_b: impl FnOnce(&mut Config),
+    ) -> Result<HaLab, String> {
         let turn = crate::lab::turn().await;
         let lab = Lab::get(2)?;
         let pki = TestPki::new(&["localhost", "127.0.0.1"]);
@@ -222,7 +249,9 @@ impl HaLab {
         let cfg_a = agent_config(&a, &pki.agent(&a), &[link.addr.to_string()], &dir("a"));
         let agent_a = spawn_agent(&ha_agent(&lab, cfg_a, 1, t), work.path(), "agent-a");
         let cfg_b = agent_config(&b, &pki.agent(&b), &[plane.addr.to_string()], &dir("b"));
-        let agent_b = Some(run_in_process(ha_agent(&lab, cfg_b, 2, t)));
+        let mut cfg_b = ha_agent(&lab, cfg_b, 2, t);
+        tune_b(&mut cfg_b);
+        let agent_b = Some(run_in_process(cfg_b));
         for (h, name) in [(&a, "host 1"), (&b, "host 2")] {
             let up = wait_for(Duration::from_secs(20), || {
                 host_summary(&plane, h)

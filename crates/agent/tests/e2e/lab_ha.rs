@@ -12,7 +12,9 @@
 //! heartbeat of any kind, but host 2 sees the VM's disk being written.
 //! Fault 4: the same StartVm sent to host 2 while host 1 runs the VM: host
 //! 2's libvirt refuses it through the disk's lease, a CONFLICT naming the
-//! disk, and nothing of it stays on host 2.
+//! disk, and nothing of it stays on host 2. Capacity: host 1 dies while
+//! host 2 is full; the restart is deferred as "Insufficient capacity" with
+//! host 2's reason, and done once a VM on host 2 is destroyed.
 
 use std::time::{Duration, Instant};
 
@@ -216,13 +218,7 @@ async fn a_second_start_of_a_running_vm_on_another_host_is_refused_by_its_lease(
 
     // Split brain attempted past the plane's judgement: host 2 is asked
     // directly to start the VM host 1 runs.
-    let r = call(
-        &h.plane,
-        &h.b,
-        cmd("", 120_000, start),
-        Duration::from_secs(120),
-    )
-    .await;
+    let r = h.send_to_b(start).await;
     let disk_name = disk.0.to_string_lossy().into_owned();
     eprintln!("host 2's refusal: {}", r.message);
     assert_eq!(r.error_code, pb::ErrorCode::Conflict as i32, "{r:?}");
@@ -244,6 +240,104 @@ async fn a_second_start_of_a_running_vm_on_another_host_is_refused_by_its_lease(
     })
     .await;
     assert!(still_written, "host 1's copy stopped writing its disk");
+    if let Some(b) = h.agent_b.take() {
+        b.stop().await;
+    }
+}
+
+/// vCPUs host 2 offers in the capacity test: few, whatever the machine.
+const B_VCPUS: u32 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_fits_nowhere_is_deferred_naming_why_and_done_when_room_appears() {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+    let small_b = |cfg: &mut csagent::config::Config| {
+        cfg.host.capacity.cpu_overcommit = 1.0;
+        cfg.host.capacity.reserved_cpus = threads.saturating_sub(B_VCPUS);
+    };
+    let mut h = match HaLab::start_tuned(&HaTiming::fast(), small_b).await {
+        Ok(h) => h,
+        Err(why) => {
+            skip!("{why}");
+            return;
+        }
+    };
+    let (ha_name, filler_name) = (domain_name("test-cap"), domain_name("test-fill"));
+    let _doms = [&ha_name, &filler_name].map(|n| LabDomain {
+        lab: &h.lab,
+        name: n.clone(),
+    });
+    let disk = SharedDisk::new("cap");
+    let ha_vm = start_on_a(&h, &ha_name, HA_QUIET, &disk).await;
+
+    // Host 2 full: a VM there takes every vCPU it offers.
+    let filler = uuid::Uuid::new_v4();
+    let img = h.lab.shared_guest(&guest::guest_image());
+    let mut spec = guest::guest_spec(&filler, &filler_name, &img, 64);
+    let free = h.b_vcpus_free();
+    assert!(free >= 1, "host 2 offers no vCPU at all");
+    spec.cpu.as_mut().unwrap().vcpus = free;
+    let start = pb::command::Body::StartVm(pb::StartVm {
+        spec: Some(spec),
+        ..Default::default()
+    });
+    let r = h.send_to_b(start).await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    let full = wait_for(Duration::from_secs(20), || h.b_vcpus_free() == 0).await;
+    assert!(full, "host 2's report never showed it full");
+    let mut events = h.plane.registry.subscribe();
+
+    let _revive = cut_power(&h);
+    let deferred = |a: &[(i32, String)]| {
+        a.iter()
+            .find(|(k, _)| *k == pb::ha_action::Kind::Deferred as i32)
+            .map(|(_, m)| m.clone())
+    };
+    let mut seen = Vec::new();
+    let told = wait_for(Duration::from_secs(90), || {
+        seen.extend(ha_actions(&mut events, &ha_vm));
+        deferred(&seen).is_some()
+    })
+    .await;
+    let (st, reason) = state(&h, &h.a);
+    assert!(
+        told,
+        "no deferral; host 1 is {st} ({reason}); HA said {seen:?}"
+    );
+    let why = deferred(&seen).unwrap_or_default();
+    eprintln!("HA deferral: {why}");
+    assert!(why.contains("Insufficient capacity"), "{why}");
+    assert!(
+        why.contains(&h.b.to_string()) && why.contains("vCPU"),
+        "host 2's reason: {why}"
+    );
+    assert!(
+        h.lab.domstate(2, &ha_name).is_none(),
+        "started although it did not fit"
+    );
+
+    // Room appears: the next re-check restarts it there, once.
+    let d = pb::command::Body::DestroyVm(pb::DestroyVm {
+        vm_uuid: filler.to_string(),
+    });
+    let r = h.send_to_b(d).await;
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    let on_b = wait_for(Duration::from_secs(60), || {
+        h.lab.domstate(2, &ha_name).as_deref() == Some("running")
+    })
+    .await;
+    seen.extend(ha_actions(&mut events, &ha_vm));
+    assert!(
+        on_b,
+        "never restarted once host 2 had room; HA said {seen:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    seen.extend(ha_actions(&mut events, &ha_vm));
+    let restarts = seen
+        .iter()
+        .filter(|(k, _)| *k == pb::ha_action::Kind::Restarted as i32)
+        .count();
+    assert_eq!(restarts, 1, "{seen:?}");
     if let Some(b) = h.agent_b.take() {
         b.stop().await;
     }
