@@ -144,6 +144,8 @@ pub struct HaLab {
     pub a: uuid::Uuid,
     pub b: uuid::Uuid,
     pub agent_a: Proc,
+    /// Host 1's agent config, to start it again after a power cut.
+    pub cfg_a: Config,
     pub agent_b: Option<InProcessAgent>,
     pub work: tempfile::TempDir,
     _turn: tokio::sync::MutexGuard<'static, ()>,
@@ -204,6 +206,12 @@ impl HaLab {
         .await
     }
 
+    /// Host 1's agent started again (after its host came back), logging
+    /// to agent-a-back.log; stopped when the Proc drops.
+    pub fn agent_a_again(&self) -> Proc {
+        spawn_agent(&self.cfg_a, self.work.path(), "agent-a-back")
+    }
+
     /// vCPUs host 2 has free by its latest report (0 without one).
     pub fn b_vcpus_free(&self) -> u32 {
         host_summary(&self.plane, &self.b)
@@ -247,7 +255,8 @@ impl HaLab {
             d
         };
         let cfg_a = agent_config(&a, &pki.agent(&a), &[link.addr.to_string()], &dir("a"));
-        let agent_a = spawn_agent(&ha_agent(&lab, cfg_a, 1, t), work.path(), "agent-a");
+        let cfg_a = ha_agent(&lab, cfg_a, 1, t);
+        let agent_a = spawn_agent(&cfg_a, work.path(), "agent-a");
         let cfg_b = agent_config(&b, &pki.agent(&b), &[plane.addr.to_string()], &dir("b"));
         let mut cfg_b = ha_agent(&lab, cfg_b, 2, t);
         tune_b(&mut cfg_b);
@@ -272,6 +281,7 @@ impl HaLab {
             a,
             b,
             agent_a,
+            cfg_a,
             agent_b,
             work,
             _turn: turn,

@@ -6,7 +6,7 @@
 //!
 //! Fault 1: host 1 loses power (its agent killed, the lab's cut ends its
 //! libvirtd and QEMUs): its HA VM runs on host 2, once, and its other VM
-//! does not. Fault 2: only host 1's link to the plane is cut: host 2 sees
+//! does not; when host 1 comes back it runs neither, and is Up again. Fault 2: only host 1's link to the plane is cut: host 2 sees
 //! its storage heartbeat move, host 1 stays Disconnected, nothing restarts.
 //! Fault 3: host 1's agent is frozen (SIGSTOP) while its VM runs: no
 //! heartbeat of any kind, but host 2 sees the VM's disk being written.
@@ -58,7 +58,7 @@ async fn power_cut_of_a_host_restarts_its_ha_vm_on_the_other_once() {
 
     // The power cut: the agent dies with its host's daemons and guests.
     let cut_at = Instant::now();
-    let _revive = cut_power(&h);
+    let revive = cut_power(&h);
 
     let on_b = wait_for(Duration::from_secs(120), || {
         h.lab.domstate(2, &ha_name).as_deref() == Some("running")
@@ -96,6 +96,17 @@ async fn power_cut_of_a_host_restarts_its_ha_vm_on_the_other_once() {
         "a VM without ha must not be restarted"
     );
     assert!(ha_actions(&mut events, &plain_vm).is_empty());
+
+    // Host 1 comes back: its agent registers again and runs nothing; the
+    // HA VM stays on host 2 alone, where the plane books it.
+    drop(revive);
+    let again = h.agent_a_again();
+    let back = wait_for(Duration::from_secs(60), || is_up(&h.plane, &h.a)).await;
+    assert!(back, "host 1 never came back Up: {}", again.log_text());
+    assert_ne!(h.lab.domstate(1, &ha_name).as_deref(), Some("running"));
+    assert_eq!(h.lab.domstate(2, &ha_name).as_deref(), Some("running"));
+    assert!(h.plane.registry.book().on_host(&h.a.to_string()).is_empty());
+    assert_eq!(h.plane.registry.book().on_host(&h.b.to_string()).len(), 1);
     if let Some(b) = h.agent_b.take() {
         b.stop().await;
     }
