@@ -113,19 +113,25 @@ impl Book {
     }
 
     /// A heartbeat of `host` lists these VMs running: that is where they are
-    /// (a live migration moves them without a StartVm).
+    /// (a live migration moves them without a StartVm). A VM HA restarted
+    /// away from `host` is never pulled back by it; once `host` no longer
+    /// lists it, its stale copy is gone and `host` is an ordinary host for it.
     pub fn seen_running(&mut self, host: &str, vms: &[&str]) {
-        let mut moved = false;
-        for vm in vms {
-            if let Some(e) = self.vms.get_mut(&vm.to_ascii_lowercase()) {
-                if e.restarted_from.as_deref() != Some(host) && e.host != host {
-                    e.host = host.to_string();
-                    moved = true;
+        let mut changed = false;
+        for (vm, e) in self.vms.iter_mut() {
+            let listed = vms.iter().any(|v| v.eq_ignore_ascii_case(vm));
+            if e.restarted_from.as_deref() == Some(host) {
+                if !listed {
+                    e.restarted_from = None;
+                    changed = true;
                 }
+            } else if listed && e.host != host {
+                e.host = host.to_string();
+                changed = true;
             }
         }
-        // Heartbeats come every few seconds: write only what moved.
-        if moved {
+        // Heartbeats come every few seconds: write only what changed.
+        if changed {
             self.changed();
         }
     }
@@ -161,7 +167,9 @@ impl Book {
     }
 
     /// `host` registered and reports `running`: the VMs among them that HA
-    /// restarted elsewhere while it was away. The host is current again.
+    /// restarted elsewhere while it was away (their copies there are stale;
+    /// the book keeps them away from `host` until it stops listing them).
+    /// For the others the host is current again.
     pub fn stale_on_return(&mut self, host: &str, running: &[&str]) -> Vec<(String, String)> {
         let mut stale = Vec::new();
         let mut back = false;
@@ -171,9 +179,10 @@ impl Book {
             }
             if running.iter().any(|r| r.eq_ignore_ascii_case(vm)) {
                 stale.push((vm.clone(), e.host.clone()));
+            } else {
+                e.restarted_from = None;
+                back = true;
             }
-            e.restarted_from = None;
-            back = true;
         }
         if back {
             self.changed();
@@ -302,6 +311,11 @@ mod tests {
             b.stale_on_return("h1", &["v1"]),
             vec![("v1".into(), "h2".into())]
         );
+        // Until the stale copy is gone, h1's heartbeats cannot pull it back.
+        b.seen_running("h1", &["v1"]);
+        assert_eq!(b.on_host("h2").len(), 1);
+        b.seen_running("h1", &[]);
         assert!(b.stale_on_return("h1", &["v1"]).is_empty());
+        assert_eq!(b.on_host("h2").len(), 1);
     }
 }

@@ -209,7 +209,9 @@ impl Registry {
 
     /// The host came back running a VM that HA restarted on `now_on` while
     /// it was away: that copy goes, at once and without a shutdown (the
-    /// other is the one the cloud kept).
+    /// other is the one the cloud kept), and its definition with it, so
+    /// nothing starts it there again. A StopVm would first ask the guest
+    /// for up to two minutes, both copies writing the disk meanwhile.
     fn stop_stale_copy(&self, uuid: &str, vm: &str, now_on: &str) {
         let message = format!("VM {vm} was restarted on {now_on} while {uuid} was away; {uuid} still reported it, so that copy was destroyed");
         tracing::warn!(host = %uuid, vm = %vm, now_on = %now_on, "{message}");
@@ -219,10 +221,8 @@ impl Registry {
                 self.next_cmd.fetch_add(1, Ordering::Relaxed)
             ),
             deadline_ms: 60_000,
-            body: Some(pb::command::Body::StopVm(pb::StopVm {
+            body: Some(pb::command::Body::DestroyVm(pb::DestroyVm {
                 vm_uuid: vm.to_string(),
-                force: true,
-                timeout_ms: 0,
             })),
         };
         let (id, _updates) = self.send(uuid, cmd);
@@ -371,7 +371,9 @@ impl Registry {
             (Some(Body::StopVm(s)), _) if !cmd.id.starts_with("ha-stale-") => {
                 self.book().stopped(&s.vm_uuid)
             }
-            (Some(Body::DestroyVm(d)), _) => self.book().stopped(&d.vm_uuid),
+            (Some(Body::DestroyVm(d)), _) if !cmd.id.starts_with("ha-stale-") => {
+                self.book().stopped(&d.vm_uuid)
+            }
             _ => {}
         }
     }
