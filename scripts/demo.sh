@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # make demo: the reference management plane and one agent over mutual TLS on
-# loopback, driving this machine's libvirt (qemu:///system). Everything it
-# makes lives in ./demo-state and is removed by the next run.
+# loopback, driving this machine's libvirt (qemu:///system), through the
+# seed's lifecycle: a pool, a template copied in with its checksum, a root
+# volume cloned from it, a VXLAN network on an underlay the demo makes (a
+# veth pair: no encapsulated packet leaves the machine), a security group,
+# a real guest booted with its NIC on that bridge, and the teardown, every
+# step a csagent-mgmt command. Everything it makes lives in ./demo-state or
+# is named csagent-demo-*/csdemo*, and is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -47,6 +52,10 @@ key_file = "$STATE/agent-tls/agent.key"
 
 [hypervisor]
 uri = "qemu:///system"
+
+[storage]
+# Where CopyTemplate may read templates by path (secondary storage).
+template_roots = ["$STATE/templates"]
 TOML
 
 step "start the agent (csagent run -c $STATE/agent.toml)"
@@ -77,11 +86,19 @@ POOL="csagent-demo-${VM_UUID:0:8}"
 POOL_DIR="/var/lib/libvirt/images/$POOL"
 ROOT="$VM_NAME-root.qcow2"
 CONSOLE="/var/log/libvirt/qemu/$VM_NAME-console.log"
+# The VXLAN underlay: one end of a veth pair, its peer a dead end.
+UNDERLAY="csdemo-u${VM_UUID:0:4}"
+VNI=$((14000000 + 0x${VM_UUID:4:4}))
+TAP="csdemo-${VM_UUID:0:6}"
+MAC="52:54:00:${VM_UUID:0:2}:${VM_UUID:2:2}:${VM_UUID:4:2}"
 cleanup_vm() {
   virsh -c qemu:///system destroy "$VM_UUID" >/dev/null 2>&1 || true
   virsh -c qemu:///system undefine "$VM_UUID" --nvram >/dev/null 2>&1 || true
   virsh -c qemu:///system pool-destroy "$POOL" >/dev/null 2>&1 || true
   virsh -c qemu:///system pool-undefine "$POOL" >/dev/null 2>&1 || true
+  ip link del "brvx-$VNI" >/dev/null 2>&1 || true
+  ip link del "vxlan$VNI" >/dev/null 2>&1 || true
+  ip link del "$UNDERLAY" >/dev/null 2>&1 || true
   rm -rf "$POOL_DIR" "$CONSOLE"
 }
 trap 'cleanup_vm; cleanup' EXIT
@@ -91,13 +108,24 @@ mkdir -p "$POOL_DIR"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \
   "{\"add_pool\":{\"pool\":{\"name\":\"$POOL\",\"kind\":{\"dir\":{\"path\":\"$POOL_DIR\"}}}}}"
 
-step "command: create_volume, a blank 64 MiB qcow2 template the VM's root disk is cloned from"
+step "command: copy_template, a 64 MiB qcow2 template from secondary storage, its SHA-256 checked"
+mkdir -p "$STATE/templates"
+qemu-img create -q -f qcow2 "$STATE/templates/demo-template.qcow2" 64M
+SHA=$(sha256sum "$STATE/templates/demo-template.qcow2" | cut -d' ' -f1)
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \
-  "{\"create_volume\":{\"pool\":\"$POOL\",\"name\":\"template.qcow2\",\"format\":\"QCOW2\",\"size_bytes\":67108864}}"
+  "{\"copy_template\":{\"pool\":\"$POOL\",\"name\":\"template.qcow2\",\"source\":{\"path\":\"$STATE/templates/demo-template.qcow2\"},\"format\":\"QCOW2\",\"checksum_algorithm\":\"SHA256\",\"checksum\":\"$SHA\"}}"
+
+step "command: ensure_network, VXLAN $VNI on $UNDERLAY (a veth pair the demo made, so nothing leaves the machine)"
+ip link add "$UNDERLAY" type veth peer name "${UNDERLAY}p"
+ip link set "$UNDERLAY" up
+ip link set "${UNDERLAY}p" up
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \
+  "{\"ensure_network\":{\"vm_uuid\":\"$VM_UUID\",\"network\":{\"vxlan\":{\"vni\":$VNI,\"underlay_device\":\"$UNDERLAY\",\"peers\":[\"192.0.2.1\"]}}}}"
+BRIDGE="brvx-$VNI"
 
 # StartVm prepares the root volume (a linked clone of the template) before
 # it defines the VM; the guest boots its kernel directly and logs its serial
-# console to $CONSOLE.
+# console to $CONSOLE. Its NIC joins the bridge ensure_network made.
 cat >"$STATE/vm.json" <<JSON
 {"start_vm": {
   "spec": {
@@ -111,6 +139,7 @@ cat >"$STATE/vm.json" <<JSON
              "initrd": "$GUEST_DIR/initramfs.cpio.gz", "cmdline": "console=ttyS0 quiet"},
     "features": {"acpi": true},
     "disks": [{"source_type": "file", "target": "vda", "bus": "virtio"}],
+    "interfaces": [{"mac": "$MAC", "bridge": "$BRIDGE", "model": "virtio", "target_dev": "$TAP"}],
     "graphics": [{"type": "vnc", "autoport": true, "listen": "127.0.0.1", "passwd": "demo-vnc"}],
     "serial_console": true,
     "serial_console_log": "$CONSOLE"
@@ -119,8 +148,13 @@ cat >"$STATE/vm.json" <<JSON
 }}
 JSON
 
-step "deploy a real Linux guest ($VM_NAME, TCG): root volume from the template, events Starting -> Running, then the result with its VNC port"
+step "deploy a real Linux guest ($VM_NAME, TCG): root volume cloned from the template, NIC $TAP on $BRIDGE, events Starting -> Running, then the result with its VNC port"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "$(cat "$STATE/vm.json")"
+
+step "command: apply_security_group on $TAP: SSH and ICMP in, anything out; anti-spoofing for its MAC"
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \
+  "{\"apply_security_group\":{\"vm_uuid\":\"$VM_UUID\",\"nics\":[{\"tap\":\"$TAP\",\"bridge\":\"$BRIDGE\",\"mac\":\"$MAC\"}],\"rules\":[{\"direction\":\"INGRESS\",\"protocol\":\"TCP\",\"ports\":{\"start\":22,\"end\":22}},{\"direction\":\"INGRESS\",\"protocol\":\"ICMP\"}]}}"
+nft list table bridge csagent | grep -E "$TAP|ether saddr" | head -5 || true
 
 step "the VM as libvirt sees it"
 virsh -c qemu:///system domstate "$VM_UUID"
@@ -132,6 +166,12 @@ for _ in $(seq 1 600); do
   sleep 0.1
 done
 grep -E "^CSAGENT-" "$CONSOLE" || { echo "no marker yet; the console so far:"; cat "$CONSOLE"; }
+if grep -q "^CSAGENT-NIC: eth0 $MAC" "$CONSOLE"; then
+  echo "the guest booted with its NIC (eth0, $MAC) on $BRIDGE: $(ip -o link show master "$BRIDGE" | cut -d: -f2 | tr -d ' ' | tr '\n' ' ')"
+else
+  echo "the guest's console does not show its NIC $MAC" >&2
+  exit 1
+fi
 
 step "the VM's state through the agent"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"get_vm_state\":{\"vm_uuid\":\"$VM_UUID\"}}"
@@ -150,12 +190,24 @@ step "stop it gracefully: ACPI power button, the guest's acpid powers it off"
   "{\"stop_vm\":{\"vm_uuid\":\"$VM_UUID\",\"force\":true,\"timeout_ms\":30000}}"
 grep -E "^CSAGENT-GUEST-POWEROFF" "$CONSOLE" || true
 
+step "command: remove_security_group, then release_network (the stopped VM was its only user: the bridge and VXLAN device go)"
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"remove_security_group\":{\"vm_uuid\":\"$VM_UUID\"}}"
+"$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \
+  "{\"release_network\":{\"vm_uuid\":\"$VM_UUID\",\"bridge\":\"$BRIDGE\"}}"
+
 step "destroy it (undefine, NVRAM and snapshot metadata too)"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" "{\"destroy_vm\":{\"vm_uuid\":\"$VM_UUID\"}}"
 
 step "command: remove_pool (stopped and undefined; its files are kept, and removed by this script)"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" \
   "{\"remove_pool\":{\"name\":\"$POOL\"}}"
+ip link del "$UNDERLAY"
+rm -rf "$POOL_DIR" "$CONSOLE"
+
+step "nothing left: virsh and ip show none of the demo's domain, pool, bridge or links"
+left=$( { virsh -c qemu:///system list --all --name; virsh -c qemu:///system pool-list --all --name; ls /sys/class/net; } | grep -E "$VM_NAME|$POOL|brvx-$VNI|vxlan$VNI|$TAP|$UNDERLAY" || true)
+if [ -n "$left" ]; then echo "left behind: $left" >&2; exit 1; fi
+echo "nothing left"
 
 step "command with a deadline it cannot meet (echo waits 2 s, deadline 300 ms)"
 "$BIN/csagent-mgmt" send "${ADMIN[@]}" --host "$HOST_UUID" --deadline-ms 300 \
