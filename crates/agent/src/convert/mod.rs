@@ -4,8 +4,9 @@
 //! Owns validation of wire values (a bad command fails with
 //! `InvalidArgument` here, before anything changes). Must not: do I/O or
 //! hold state; nothing outside this module names a `pb::` type except the
-//! link's session and dispatch's envelope, which carry them unopened.
+//! link's session and dispatch's queue, which carry them unopened.
 
+pub mod command;
 pub mod domain;
 pub mod ha;
 pub mod host;
