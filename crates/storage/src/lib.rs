@@ -230,7 +230,7 @@ impl Storage {
         T: Send + 'static,
         F: FnOnce() -> Result<T, StorageError> + Send + 'static,
     {
-        pool_fs::run(step, object, ctl, self.cfg.fs_timeout, f).await
+        pool_fs::run(step, object, ctl, ctl.fs_timeout, f).await
     }
 
     /// Deadline and cancellation of one qemu-img call of operation `op`.
@@ -239,6 +239,7 @@ impl Storage {
             opts.timeout.unwrap_or_else(|| self.cfg.timeout(op)),
             opts.cancel.clone(),
         )
+        .with_fs_timeout(self.cfg.fs_timeout)
     }
 }
 

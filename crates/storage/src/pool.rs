@@ -321,7 +321,7 @@ impl Storage {
         for n in names {
             // Each pool gets the whole budget: one hung NFS pool must not
             // make the others look unreachable.
-            let one = RunCtl::new(ctl.budget, ctl.cancel.clone());
+            let one = RunCtl::new(ctl.budget, ctl.cancel.clone()).with_fs_timeout(ctl.fs_timeout);
             out.push(self.one_status(n, &one).await?);
         }
         Ok(out)

@@ -30,6 +30,9 @@ pub struct RunCtl {
     /// The timeout the deadline came from, for error messages.
     pub budget: Duration,
     pub cancel: CancellationToken,
+    /// Time limit of one filesystem call on pool or template storage
+    /// (pool_fs.rs); the budget unless the storage's config says less.
+    pub fs_timeout: Duration,
 }
 
 impl RunCtl {
@@ -38,7 +41,14 @@ impl RunCtl {
             deadline: Instant::now() + budget,
             budget,
             cancel,
+            fs_timeout: budget,
         }
+    }
+
+    /// The same control with filesystem calls limited to `t`.
+    pub fn with_fs_timeout(mut self, t: Duration) -> Self {
+        self.fs_timeout = t;
+        self
     }
 
     /// Error for `step` when the deadline passed or the token fired, so

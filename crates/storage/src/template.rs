@@ -295,7 +295,7 @@ async fn open_source(
                 ));
             }
             let (pp, rr) = (p.clone(), roots.to_vec());
-            crate::pool_fs::run("open template", p, ctl, ctl.budget, move || {
+            crate::pool_fs::run("open template", p, ctl, ctl.fs_timeout, move || {
                 check_template_root(&pp, &rr)
             })
             .await?;

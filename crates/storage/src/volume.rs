@@ -96,7 +96,7 @@ pub(crate) async fn fs_available(dir: &Path, ctl: &RunCtl) -> Result<Bytes, Stor
 /// workers: a statvfs on a dead NFS mount blocks.
 pub(crate) async fn fs_space(dir: &Path, ctl: &RunCtl) -> Result<(Bytes, Bytes), StorageError> {
     let d = dir.to_path_buf();
-    let st = crate::pool_fs::run("read free space", dir, ctl, ctl.budget, move || {
+    let st = crate::pool_fs::run("read free space", dir, ctl, ctl.fs_timeout, move || {
         nix::sys::statvfs::statvfs(&d)
             .map_err(|e| StorageError::io("read free space", &d, e.into()))
     })

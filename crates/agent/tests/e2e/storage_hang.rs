@@ -64,6 +64,8 @@ async fn volume_commands_on_a_hung_mount_fail_clearly_and_heartbeats_keep_time()
     let mut cfg = f.config();
     cfg.hypervisor.uri = "qemu:///system".into();
     cfg.storage.fs_timeout_secs = 2;
+    // The hung mount is also where a template is copied from.
+    cfg.storage.template_roots = vec![std::env::temp_dir()];
     let agent = run_in_process(cfg);
     f.wait_up(String::new).await;
     let t = Duration::from_secs(30);
@@ -98,6 +100,25 @@ async fn volume_commands_on_a_hung_mount_fail_clearly_and_heartbeats_keep_time()
         })
     };
     ok(&call(plane, &host, cmd("", 0, create("root.qcow2")), t).await);
+    // A healthy pool to copy a template from the hung mount into.
+    let good_dir = tempfile::Builder::new()
+        .prefix("csat-hang-good-")
+        .tempdir()
+        .unwrap();
+    let good = format!("{pool}-good");
+    let def = pb::PoolDefinition {
+        name: good.clone(),
+        kind: Some(pb::pool_definition::Kind::Dir(pb::DirPool {
+            path: good_dir.path().to_str().unwrap().into(),
+        })),
+    };
+    ok(&call(
+        plane,
+        &host,
+        cmd("", 0, B::AddPool(pb::AddPool { pool: Some(def) })),
+        t,
+    )
+    .await);
 
     let mut hang = match HungMount::over(dir.path()) {
         Ok(m) => m,
@@ -119,6 +140,18 @@ async fn volume_commands_on_a_hung_mount_fail_clearly_and_heartbeats_keep_time()
             name: volume().1,
         }),
         create("second.qcow2"),
+        // Secondary storage hung: bounded by fs_timeout too, not by the
+        // operation's two minutes.
+        B::CopyTemplate(pb::CopyTemplate {
+            pool: good.clone(),
+            name: "copy.qcow2".into(),
+            source: Some(pb::copy_template::Source::Path(
+                dir.path().join("root.qcow2").to_str().unwrap().into(),
+            )),
+            format: pb::VolumeFormat::Qcow2 as i32,
+            unverified: true,
+            ..Default::default()
+        }),
     ];
     let mut rxs = Vec::new();
     for b in bodies {
@@ -162,14 +195,10 @@ async fn volume_commands_on_a_hung_mount_fail_clearly_and_heartbeats_keep_time()
         last - first
     );
 
-    // After the hang, the pool works again and goes away cleanly.
-    let r = call(
-        plane,
-        &host,
-        cmd("", 0, B::RemovePool(pb::RemovePool { name: pool.clone() })),
-        t,
-    )
-    .await;
-    ok(&r);
+    // After the hang, the pools work again and go away cleanly.
+    for name in [&pool, &good] {
+        let remove = B::RemovePool(pb::RemovePool { name: name.clone() });
+        ok(&call(plane, &host, cmd("", 0, remove), t).await);
+    }
     agent.stop().await;
 }
