@@ -191,6 +191,34 @@ impl LabAgents {
     /// Starts both agents and waits until both are registered; the plane
     /// also serves csagent-mgmt on `admin` when given.
     pub async fn start(lab: &Lab, admin: Option<PathBuf>) -> LabAgents {
+        let (mut agents, (_, target_cfg)) = Self::source(lab, admin).await;
+        agents
+            .agents
+            .push(crate::run_in_process(lab.agent_config(target_cfg, 2)));
+        agents.wait_target().await;
+        agents
+    }
+
+    /// As `start`, with the target's agent a real `csagent` process the
+    /// test can kill and start again.
+    pub async fn start_with_target_process(lab: &Lab) -> (LabAgents, TargetAgent) {
+        let (agents, (_, cfg)) = Self::source(lab, None).await;
+        let mut target = TargetAgent {
+            cfg: lab.agent_config(cfg, 2),
+            work: agents.f.work.path().to_path_buf(),
+            proc: None,
+        };
+        target.start();
+        agents.wait_target().await;
+        (agents, target)
+    }
+
+    /// The plane, the source's in-process agent (registered), and the
+    /// target's identity and config.
+    async fn source(
+        lab: &Lab,
+        admin: Option<PathBuf>,
+    ) -> (LabAgents, (uuid::Uuid, csagent::config::Config)) {
         let pki = crate::TestPki::new(&["localhost", "127.0.0.1"]);
         let f = crate::Fixture {
             plane: crate::start_plane_at(&pki, crate::fast_liveness(), 16 << 20, admin).await,
@@ -207,22 +235,51 @@ impl LabAgents {
             &[f.plane.addr.to_string()],
             &target_work,
         );
-        let agents = vec![
-            crate::run_in_process(lab.agent_config(f.config(), 1)),
-            crate::run_in_process(lab.agent_config(target_cfg, 2)),
-        ];
+        let agents = vec![crate::run_in_process(lab.agent_config(f.config(), 1))];
         f.wait_up(String::new).await;
-        assert!(
-            crate::wait_for(Duration::from_secs(10), || crate::is_up(&f.plane, &target)).await,
-            "the target agent never registered"
-        );
-        LabAgents { f, target, agents }
+        (LabAgents { f, target, agents }, (target, target_cfg))
+    }
+
+    async fn wait_target(&self) {
+        let up = crate::wait_for(Duration::from_secs(20), || {
+            crate::is_up(&self.f.plane, &self.target)
+        })
+        .await;
+        assert!(up, "the target agent never registered");
     }
 
     pub async fn stop(self) {
         for a in self.agents {
             a.stop().await;
         }
+    }
+}
+
+/// The target's agent as a `csagent` process (logs: target-N.log in the
+/// work dir); killed when dropped.
+pub struct TargetAgent {
+    cfg: csagent::config::Config,
+    work: PathBuf,
+    pub proc: Option<crate::Proc>,
+}
+
+impl TargetAgent {
+    /// Starts it (again).
+    pub fn start(&mut self) {
+        let n = std::fs::read_dir(&self.work).map_or(0, |d| d.count());
+        let name = format!("target-{n}");
+        self.proc = Some(crate::spawn_agent(&self.cfg, &self.work, &name));
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would.
+    pub fn kill(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.signal(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.as_ref().map(|p| p.log_text()).unwrap_or_default()
     }
 }
 

@@ -1,7 +1,9 @@
 //! Live migration through csagent, between two lab hosts (scripts/lab.sh):
 //! one plane, two agents (each driving its lab host's libvirtd over that
 //! host's own socket), a real TCG guest. PrepareMigration on the target,
-//! MigrateVm on the source; a cancelled migration leaves the VM where it was.
+//! MigrateVm on the source; a cancelled migration leaves the VM where it was;
+//! the target's agent killed mid-migration loses nothing: the VM lands on
+//! the target, and the agent, started again, reports it there.
 
 use std::time::Duration;
 
@@ -107,6 +109,19 @@ async fn state_on(h: &Hosts, host: &uuid::Uuid, vm: &uuid::Uuid) -> pb::CommandR
         vm_uuid: vm.to_string(),
     });
     call(&h.a.f.plane, host, body_cmd(body), Duration::from_secs(30)).await
+}
+
+/// Waits (30 s at most) for the migration's first progress with figures.
+async fn until_data_flows(rx: &mut tokio::sync::mpsc::UnboundedReceiver<pb::CommandUpdate>) {
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(u) = rx.recv().await {
+            if matches!(&u.update, Some(pb::command_update::Update::Progress(p)) if p.migration.is_some()) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "no migration progress");
 }
 
 fn running(r: &pb::CommandResult) -> bool {
@@ -396,15 +411,7 @@ async fn a_migration_cut_off_from_its_target_is_aborted_and_the_vm_stays_on_the_
             .registry
             .send(&h.a.f.host.to_string(), body_cmd(body));
     // Cut the target's network once data flows.
-    let seen = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(u) = rx.recv().await {
-            if matches!(&u.update, Some(pb::command_update::Update::Progress(p)) if p.migration.is_some()) {
-                return;
-            }
-        }
-    })
-    .await;
-    assert!(seen.is_ok(), "no migration progress");
+    until_data_flows(&mut rx).await;
     let _restore = LinkDown(&h.lab, 2);
     let out = h.lab.run(2, &["ip", "link", "set", "eth0", "down"]);
     assert!(out.status.success(), "{out:?}");
@@ -430,5 +437,72 @@ async fn a_migration_cut_off_from_its_target_is_aborted_and_the_vm_stays_on_the_
             .is_none()),
         "the target kept the half-migrated VM"
     );
+    h.a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_target_agent_killed_mid_migration_finds_the_vm_it_received_when_it_is_back() {
+    let _turn = csagent_testkit::lab::turn().await;
+    let lab = match Lab::get(2) {
+        Ok(l) => l,
+        Err(why) => {
+            skip!("{why}");
+            return;
+        }
+    };
+    let (a, mut target) = LabAgents::start_with_target_process(&lab).await;
+    let h = Hosts { lab, a, _turn };
+    let name = domain_name("test-tkill");
+    let _domain = LabDomain {
+        lab: &h.lab,
+        name: name.clone(),
+    };
+    let vm = start_guest(&h, &name).await;
+    let p = prepare(&h, &vm).await;
+    // Slow enough to be mid-way when the agent dies.
+    let body = migrate_body(&vm, &p, 16);
+    let (_, mut rx) =
+        h.a.f
+            .plane
+            .registry
+            .send(&h.a.f.host.to_string(), body_cmd(body));
+    until_data_flows(&mut rx).await;
+    target.kill();
+    let killed = std::time::Instant::now();
+
+    // libvirt moves the VM daemon to daemon: the source's answer is OK.
+    let r = result_of(&mut rx, Duration::from_secs(120)).await;
+    println!(
+        "migration finished {:.1} s after the target's agent was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(r.status, pb::CommandStatus::Ok as i32, "{r:?}");
+    assert_eq!(h.lab.domstate(2, &name).as_deref(), Some("running"));
+    assert!(
+        h.lab.domstate(1, &name).is_none(),
+        "still defined on the source"
+    );
+
+    // Back, the target's agent reports the VM; the source does not.
+    target.start();
+    let back = wait_for(Duration::from_secs(30), || {
+        host_summary(&h.a.f.plane, &h.a.target).is_some_and(|s| {
+            s.connected
+                && s.vms.iter().any(|v| {
+                    v.vm_uuid == vm.to_string() && v.state == pb::VmPowerState::Running as i32
+                })
+        })
+    })
+    .await;
+    assert!(
+        back,
+        "the target never reported the VM: {}",
+        target.log_text()
+    );
+    let on_source = host_summary(&h.a.f.plane, &h.a.f.host)
+        .is_some_and(|s| s.vms.iter().any(|v| v.vm_uuid == vm.to_string()));
+    assert!(!on_source, "the source still reports the VM");
+    assert!(running(&state_on(&h, &h.a.target, &vm).await));
+    target.kill();
     h.a.stop().await;
 }
