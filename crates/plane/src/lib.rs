@@ -178,9 +178,16 @@ impl Plane {
         })
     }
 
-    /// Stops accepting and ends the servers.
-    pub async fn stop(self) {
+    /// Stops accepting and ends every agent stream at once, as the plane
+    /// process dying would; `stop` also waits for the servers to end.
+    pub fn halt(&self) {
         self.stop.cancel();
+        self.registry.close_all();
+    }
+
+    /// Stops accepting, ends every agent stream and the servers.
+    pub async fn stop(self) {
+        self.halt();
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
         }

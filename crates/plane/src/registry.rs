@@ -280,6 +280,21 @@ impl Registry {
         }
     }
 
+    /// The plane is stopping: every agent stream ends now, with a status
+    /// saying so, as a plane process's exit would end them. Without this a
+    /// stopped in-process plane would keep its agents' streams open.
+    pub fn close_all(&self) {
+        let mut hosts = self.lock();
+        for (uuid, h) in hosts.iter_mut() {
+            if let Some(c) = h.conn.take() {
+                let _ = c.tx.try_send(Err(tonic::Status::unavailable(
+                    "the management plane is stopping",
+                )));
+                tracing::info!(host = %uuid, conn = c.id, "host disconnected: the plane is stopping");
+            }
+        }
+    }
+
     /// Handles one message from a registered agent.
     pub fn on_message(&self, uuid: &str, msg: pb::AgentMessage) {
         use pb::agent_message::Msg;

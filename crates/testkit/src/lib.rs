@@ -94,8 +94,26 @@ pub async fn start_plane_at(
     max_message_bytes: usize,
     admin_socket: Option<PathBuf>,
 ) -> Plane {
+    plane_on(
+        pki,
+        liveness,
+        max_message_bytes,
+        admin_socket,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn plane_on(
+    pki: &TestPki,
+    liveness: Liveness,
+    max_message_bytes: usize,
+    admin_socket: Option<PathBuf>,
+    listen: SocketAddr,
+) -> Result<Plane, csagent_mgmt::PlaneError> {
     Plane::start(PlaneConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen,
         tls: pki.server.clone(),
         admin_socket,
         liveness,
@@ -104,7 +122,6 @@ pub async fn start_plane_at(
         ha: None,
     })
     .await
-    .unwrap()
 }
 
 /// An agent config for loopback tests against libvirt's test driver.
@@ -238,6 +255,27 @@ impl Fixture {
             &[self.plane.addr.to_string()],
             self.work.path(),
         )
+    }
+
+    /// The plane dies (its streams end, its memory is gone) and a new one
+    /// starts on the same address with the same certificates, as a plane
+    /// process restarted by its supervisor would.
+    pub async fn restart_plane(&mut self) {
+        let addr = self.plane.addr;
+        self.plane.halt();
+        let mut tries = 0;
+        let new = loop {
+            match plane_on(&self.pki, fast_liveness(), 16 << 20, None, addr).await {
+                Ok(p) => break p,
+                // The old listener closes once its server has noticed.
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the plane did not start again on {addr}: {e}"),
+            }
+        };
+        std::mem::replace(&mut self.plane, new).stop().await;
     }
 
     pub async fn wait_up(&self, log: impl Fn() -> String) {

@@ -3,7 +3,8 @@
 //! host's own socket), a real TCG guest. PrepareMigration on the target,
 //! MigrateVm on the source; a cancelled migration leaves the VM where it was;
 //! the target's agent killed mid-migration loses nothing: the VM lands on
-//! the target, and the agent, started again, reports it there.
+//! the target, and the agent, started again, reports it there; nor does
+//! the plane dying mid-migration: a new plane hears the truth from both.
 
 use std::time::Duration;
 
@@ -122,6 +123,28 @@ async fn until_data_flows(rx: &mut tokio::sync::mpsc::UnboundedReceiver<pb::Comm
     })
     .await;
     assert!(seen.is_ok(), "no migration progress");
+}
+
+/// A guest started on the source and migrating to the target at 16 MiB/s
+/// (about 10 s: slow enough for a fault mid-way), once data flows; the
+/// MigrateVm's updates.
+async fn migrating_slowly(
+    h: &Hosts,
+    name: &str,
+) -> (
+    uuid::Uuid,
+    tokio::sync::mpsc::UnboundedReceiver<pb::CommandUpdate>,
+) {
+    let vm = start_guest(h, name).await;
+    let p = prepare(h, &vm).await;
+    let body = migrate_body(&vm, &p, 16);
+    let (_, mut rx) =
+        h.a.f
+            .plane
+            .registry
+            .send(&h.a.f.host.to_string(), body_cmd(body));
+    until_data_flows(&mut rx).await;
+    (vm, rx)
 }
 
 fn running(r: &pb::CommandResult) -> bool {
@@ -457,16 +480,7 @@ async fn the_target_agent_killed_mid_migration_finds_the_vm_it_received_when_it_
         lab: &h.lab,
         name: name.clone(),
     };
-    let vm = start_guest(&h, &name).await;
-    let p = prepare(&h, &vm).await;
-    // Slow enough to be mid-way when the agent dies.
-    let body = migrate_body(&vm, &p, 16);
-    let (_, mut rx) =
-        h.a.f
-            .plane
-            .registry
-            .send(&h.a.f.host.to_string(), body_cmd(body));
-    until_data_flows(&mut rx).await;
+    let (vm, mut rx) = migrating_slowly(&h, &name).await;
     target.kill();
     let killed = std::time::Instant::now();
 
@@ -499,10 +513,63 @@ async fn the_target_agent_killed_mid_migration_finds_the_vm_it_received_when_it_
         "the target never reported the VM: {}",
         target.log_text()
     );
-    let on_source = host_summary(&h.a.f.plane, &h.a.f.host)
-        .is_some_and(|s| s.vms.iter().any(|v| v.vm_uuid == vm.to_string()));
-    assert!(!on_source, "the source still reports the VM");
+    let source_vms = || host_summary(&h.a.f.plane, &h.a.f.host).map(|s| s.vms);
+    let off_source = wait_for(Duration::from_secs(10), || {
+        source_vms().is_some_and(|vms| !vms.iter().any(|v| v.vm_uuid == vm.to_string()))
+    })
+    .await;
+    assert!(
+        off_source,
+        "the source still reports the VM: {:?}",
+        source_vms()
+    );
     assert!(running(&state_on(&h, &h.a.target, &vm).await));
     target.kill();
+    h.a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plane_dying_mid_migration_leaves_the_vm_on_one_host_and_the_new_plane_hears_so() {
+    let mut h = hosts_or_skip!(None);
+    let name = domain_name("test-pdie");
+    let _domain = LabDomain {
+        lab: &h.lab,
+        name: name.clone(),
+    };
+    let (vm, _rx) = migrating_slowly(&h, &name).await;
+    h.a.f.restart_plane().await;
+
+    // The agents carry on without a plane, then register with the new one.
+    let (source, target) = (h.a.f.host, h.a.target);
+    let landed = wait_for(Duration::from_secs(120), || {
+        h.lab.domstate(2, &name).as_deref() == Some("running") && h.lab.domstate(1, &name).is_none()
+    })
+    .await;
+    assert!(
+        landed,
+        "the VM did not move: host 1 {:?}, host 2 {:?}",
+        h.lab.domstate(1, &name),
+        h.lab.domstate(2, &name)
+    );
+    let plane = &h.a.f.plane;
+    let lists = |host: &uuid::Uuid| {
+        host_summary(plane, host).map(|s| {
+            (
+                s.connected,
+                s.vms.iter().any(|v| v.vm_uuid == vm.to_string()),
+            )
+        })
+    };
+    let truth = wait_for(Duration::from_secs(30), || {
+        lists(&source) == Some((true, false)) && lists(&target) == Some((true, true))
+    })
+    .await;
+    assert!(
+        truth,
+        "the new plane hears source {:?}, target {:?}",
+        lists(&source),
+        lists(&target)
+    );
+    assert!(running(&state_on(&h, &target, &vm).await));
     h.a.stop().await;
 }
