@@ -227,7 +227,8 @@ impl Default for StorageSection {
 }
 
 impl StorageSection {
-    /// The local pool's keys: a UUID (or empty: no local pool) and, with
+    /// Paths and ids serde cannot check: the template CA bundle absolute
+    /// when set; the local pool's UUID (or empty: no local pool) and, with
     /// one, an absolute directory.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let ca = &self.template_ca_file;

@@ -249,7 +249,8 @@ mod tests {
         assert_eq!(b.on_host("h2")[0].0, "v1");
     }
 
-    /// Waits until the writer has put `want` VMs with these attempts in the file.
+    /// Reopens the book file until what it holds passes `ok` (the writer
+    /// thread saves a moment after each change).
     fn reopened_when(path: &Path, ok: impl Fn(&Book) -> bool) -> Book {
         for _ in 0..200 {
             if let Ok(b) = Book::open(path) {

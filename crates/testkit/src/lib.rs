@@ -259,7 +259,8 @@ impl Fixture {
 
     /// The plane dies (its streams end, its memory is gone) and a new one
     /// starts on the same address with the same certificates, as a plane
-    /// process restarted by its supervisor would.
+    /// process restarted by its supervisor would. The new plane has
+    /// `fast_liveness`, whatever the old one had.
     pub async fn restart_plane(&mut self) {
         let addr = self.plane.addr;
         self.plane.halt();

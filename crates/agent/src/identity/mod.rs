@@ -16,6 +16,7 @@ mod pin;
 use std::path::PathBuf;
 
 pub use credentials::{Credentials, Generation};
+pub use enroll::{enroll, EnrollParams, Enrolled};
 
 /// What the link dials with: a fixed TLS configuration (tests), or the
 /// host's credentials, renewed and rotated here.
@@ -54,7 +55,6 @@ impl DialTls {
         }
     }
 }
-pub use enroll::{enroll, EnrollParams, Enrolled};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {

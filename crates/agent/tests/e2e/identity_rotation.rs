@@ -341,6 +341,22 @@ fn leftovers(dir: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// Copies `files` from `from` into `dir` as `<file>.next`, as a rotation
+/// stages them.
+fn stage(from: &std::path::Path, dir: &std::path::Path, files: &[&str]) {
+    for f in files {
+        std::fs::copy(from.join(f), dir.join(format!("{f}.next"))).unwrap();
+    }
+}
+
+/// A plane starting on `dir` serves the CA `fingerprint` and has cleared
+/// every staged file.
+fn restarts_on(dir: &std::path::Path, state: &std::path::Path, fingerprint: &str, why: &str) {
+    let a = authority(dir, state);
+    assert_eq!(a.fingerprint().unwrap(), fingerprint, "{why}");
+    assert!(leftovers(dir).is_empty(), "{:?}", leftovers(dir));
+}
+
 // A crash anywhere in a CA rotation: before its commit the plane restarts
 // on the old CA, after it on the new one; never on a CA key that does not
 // match the bundle, or a server key that does not match its certificate.
@@ -359,53 +375,23 @@ async fn a_ca_rotation_cut_short_by_a_crash_is_undone_or_finished_at_the_next_st
     let new_fp = authority(rotated.path(), state.path()).rotate().unwrap();
     assert_ne!(old_fp, new_fp);
 
+    let (dir, from) = (pki.dir.path(), rotated.path());
     // Crash before the commit: half the new files staged.
-    for f in &ROTATED[..2] {
-        std::fs::copy(
-            rotated.path().join(f),
-            pki.dir.path().join(format!("{f}.next")),
-        )
-        .unwrap();
-    }
-    let a = authority(pki.dir.path(), state.path());
-    assert_eq!(
-        a.fingerprint().unwrap(),
-        old_fp,
-        "an uncommitted rotation took effect"
-    );
-    assert!(
-        leftovers(pki.dir.path()).is_empty(),
-        "{:?}",
-        leftovers(pki.dir.path())
+    stage(from, dir, &ROTATED[..2]);
+    restarts_on(
+        dir,
+        state.path(),
+        &old_fp,
+        "an uncommitted rotation took effect",
     );
 
     // Crash after the commit, with two of the four files already moved.
-    for f in ROTATED {
-        std::fs::copy(
-            rotated.path().join(f),
-            pki.dir.path().join(format!("{f}.next")),
-        )
-        .unwrap();
-    }
-    std::fs::write(pki.dir.path().join("rotation.commit"), b"staged\n").unwrap();
+    stage(from, dir, &ROTATED);
+    std::fs::write(dir.join("rotation.commit"), b"staged\n").unwrap();
     for f in &ROTATED[..2] {
-        std::fs::rename(
-            pki.dir.path().join(format!("{f}.next")),
-            pki.dir.path().join(f),
-        )
-        .unwrap();
+        std::fs::rename(dir.join(format!("{f}.next")), dir.join(f)).unwrap();
     }
-    let a = authority(pki.dir.path(), state.path());
-    assert_eq!(
-        a.fingerprint().unwrap(),
-        new_fp,
-        "a committed rotation was lost"
-    );
-    assert!(
-        leftovers(pki.dir.path()).is_empty(),
-        "{:?}",
-        leftovers(pki.dir.path())
-    );
+    restarts_on(dir, state.path(), &new_fp, "a committed rotation was lost");
     // The server pair on disk matches: a host of the new CA is served.
     for f in ROTATED {
         assert_eq!(

@@ -78,19 +78,17 @@ async fn volume_commands_on_a_hung_mount_fail_clearly_and_heartbeats_keep_time()
         "csat-hang-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let def = pb::PoolDefinition {
-        name: pool.clone(),
-        kind: Some(pb::pool_definition::Kind::Dir(pb::DirPool {
-            path: dir.path().to_str().unwrap().into(),
-        })),
+    let add_pool = |name: &str, dir: &std::path::Path| {
+        B::AddPool(pb::AddPool {
+            pool: Some(pb::PoolDefinition {
+                name: name.into(),
+                kind: Some(pb::pool_definition::Kind::Dir(pb::DirPool {
+                    path: dir.to_str().unwrap().into(),
+                })),
+            }),
+        })
     };
-    ok(&call(
-        plane,
-        &host,
-        cmd("", 0, B::AddPool(pb::AddPool { pool: Some(def) })),
-        t,
-    )
-    .await);
+    ok(&call(plane, &host, cmd("", 0, add_pool(&pool, dir.path())), t).await);
     let create = |name: &str| {
         B::CreateVolume(pb::CreateVolume {
             pool: pool.clone(),
@@ -106,16 +104,10 @@ async fn volume_commands_on_a_hung_mount_fail_clearly_and_heartbeats_keep_time()
         .tempdir()
         .unwrap();
     let good = format!("{pool}-good");
-    let def = pb::PoolDefinition {
-        name: good.clone(),
-        kind: Some(pb::pool_definition::Kind::Dir(pb::DirPool {
-            path: good_dir.path().to_str().unwrap().into(),
-        })),
-    };
     ok(&call(
         plane,
         &host,
-        cmd("", 0, B::AddPool(pb::AddPool { pool: Some(def) })),
+        cmd("", 0, add_pool(&good, good_dir.path())),
         t,
     )
     .await);
